@@ -1,0 +1,1 @@
+"""Datasets: the seeded default-data generator and loaders for users' interaction files."""

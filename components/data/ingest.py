@@ -1,0 +1,434 @@
+"""Turns a user's interaction files into the pipeline's input: GZIP TFRecord of tf.train.Example.
+
+Formats (`fmt`):
+  * `generic`: a CSV (or `.parquet`) interaction log with columns user_id, item_id, timestamp
+    (integer epoch seconds or ISO-8601; ISO dates without an offset are UTC) and optional event,
+    rating, price, category. A missing event is 'rating' when the file has a rating column, else
+    'view'. An optional items CSV (item_id and optional category, price, title) supplies category
+    and price wherever the interaction log has none.
+  * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
+    `movies.csv` (movieId,title,genres), whose first genre becomes the category.
+  * `movielens-100k`: ml-100k's tab-separated `u.data` (user, item, rating, timestamp; no header)
+    and optional pipe-separated, Latin-1 `u.item`, whose first flagged genre becomes the category.
+Every event of these gets event 'rating' and price 0.
+
+The output is TFRecord rather than CSV because TFX's CsvExampleGen infers column types and would
+turn numeric ids such as MovieLens' "1" into integers.
+
+Ingestion rejects only what it cannot read, with an `InputDataError` naming the file, line (1-based,
+the header is line 1), field and value. Readable values outside the domain (a negative price, an
+unknown event type, a timestamp in the year 2300) pass through unchanged: the schema validation
+(TensorFlow Data Validation against schemas/schema.pbtxt) reports those over the whole dataset.
+"""
+import csv
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import pathlib
+from typing import Callable, Dict, Iterator, Optional, Sequence
+
+from absl import logging
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from components import features
+
+EXAMPLES_FILE = "events.tfrecord.gz"
+
+# The columns `load_interactions` returns: the event schema without the derived history.
+LOADED_COLUMNS = tuple(column for column in features.EVENT_COLUMNS if column != features.HISTORY)
+
+_TIMESTAMP_EXPECTED = "an integer epoch time or ISO-8601 date"
+_INTEGER = r"[+-]?\d{1,18}"  # 18 digits always fit in int64
+_ISO_8601 = (r"\d{4}-\d{2}-\d{2}"
+             r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?")
+_EPOCH = pd.Timestamp(0, tz="UTC")
+
+# ml-100k's u.item: five descriptive fields, then one 0/1 flag per genre in this order (u.genre).
+_ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+                  "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
+_ML_NO_GENRE = "(no genres listed)"
+
+
+class InputDataError(ValueError):
+  """An input file cannot be read as its format says; the message says where and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """How a delimited text file is laid out."""
+  delimiter: str = ","
+  names: Optional[Sequence[str]] = None  # None: the first line is a header
+  encoding: str = "utf-8"
+  quoting: int = csv.QUOTE_MINIMAL
+
+
+_CSV = _Layout()
+# MovieLens 100k's own field names (its README), used in error messages.
+_U_DATA = _Layout(delimiter="\t", names=("user id", "item id", "rating", "timestamp"),
+                  quoting=csv.QUOTE_NONE)
+_U_ITEM = _Layout(delimiter="|", encoding="latin-1", quoting=csv.QUOTE_NONE, names=(
+    "movie id", "movie title", "release date", "video release date", "IMDb URL") + _ML100K_GENRES)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+  """A file's rows as read, and where each row is in the file, for error messages."""
+  name: str
+  frame: pd.DataFrame
+  lines: Optional[np.ndarray]  # file line of each row; None for Parquet, which has no lines
+
+  def where(self, row: int) -> str:
+    if self.lines is None:
+      return f"{self.name} row {row + 1}"
+    return f"{self.name} line {self.lines[row]}"
+
+
+def _read_table(path: pathlib.Path, layout: _Layout = _CSV) -> _Table:
+  """Reads a delimited text file (or a `.parquet` file) whose rows all have the same fields."""
+  if not path.is_file():
+    raise InputDataError(f"{path}: file not found")
+  if path.suffix == ".parquet":
+    return _read_parquet(path)
+  return _read_delimited(path, layout)
+
+
+def _read_delimited(path: pathlib.Path, layout: _Layout) -> _Table:
+  """Parses with the csv module, which, unlike pandas, tells short rows from empty fields."""
+  text = _decode(path, layout.encoding)
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter,
+                      quoting=layout.quoting)
+  try:
+    # Blank lines carry no record; reader.line_num is the line a record ends on.
+    records = ((reader.line_num, fields) for fields in reader if fields)
+    names = list(layout.names or [name.strip() for name in next(records, (0, []))[1]])
+    if not names:
+      raise InputDataError(f"{path.name}: the file is empty")
+    lines, rows = [], []
+    for line, fields in records:
+      if len(fields) != len(names):
+        raise InputDataError(
+            f"{path.name} line {line}: expected {len(names)} fields "
+            f"({layout.delimiter.join(names)}), found {len(fields)} in "
+            f"'{layout.delimiter.join(fields)}'; is the line truncated or a delimiter unquoted?")
+      lines.append(line)
+      rows.append(fields)
+  except csv.Error as error:
+    raise InputDataError(f"{path.name} line {reader.line_num}: {error}") from None
+  if not rows:
+    raise InputDataError(f"{path.name}: the file has a header but no rows" if layout.names is None
+                         else f"{path.name}: the file is empty")
+  return _Table(path.name, pd.DataFrame(rows, columns=names, dtype=object), np.array(lines))
+
+
+def _decode(path: pathlib.Path, encoding: str) -> str:
+  data = path.read_bytes()
+  try:
+    text = data.decode(encoding)
+  except UnicodeDecodeError as error:
+    line = data.count(b"\n", 0, error.start) + 1
+    raise InputDataError(
+        f"{path.name} line {line}: bytes {data[error.start:error.end]!r} are not valid "
+        f"{encoding.upper()}; save the file as {encoding.upper()}") from None
+  return text.removeprefix("\ufeff")  # the byte-order mark some spreadsheet programs write
+
+
+def _read_parquet(path: pathlib.Path) -> _Table:
+  try:
+    frame = pq.read_table(path).to_pandas()
+  except pa.ArrowException as error:
+    raise InputDataError(f"{path.name}: not a readable Parquet file ({error})") from None
+  if frame.empty:
+    raise InputDataError(f"{path.name}: the file has no rows")
+  return _Table(path.name, frame, None)
+
+
+def _require(table: _Table, columns: Sequence[str]) -> None:
+  missing = [column for column in columns if column not in table.frame.columns]
+  if missing:
+    raise InputDataError(
+        f"{table.name}: missing required column {', '.join(map(repr, missing))}; "
+        f"columns found: {', '.join(map(str, table.frame.columns))}")
+
+
+def _reject(table: _Table, bad: np.ndarray, column: str, expected: str) -> None:
+  """Raises for the first row flagged bad, naming its line, field and value."""
+  rows = np.flatnonzero(bad)
+  if len(rows):
+    others = f" ({len(rows) - 1} more rows like this)" if len(rows) > 1 else ""
+    raise InputDataError(f"{table.where(rows[0])}: field '{column}' has value "
+                         f"'{table.frame[column].iloc[rows[0]]}', expected {expected}{others}")
+
+
+def _absent(values: pd.Series) -> np.ndarray:
+  """Cells without a value: empty CSV fields and Parquet nulls."""
+  return (values.isna() | values.eq("")).to_numpy()
+
+
+def _ids(table: _Table, column: str) -> pd.Series:
+  values = table.frame[column]
+  _reject(table, _absent(values), column, "a non-empty id")
+  return values.astype(str)
+
+
+def _unique_ids(table: _Table, column: str) -> pd.Series:
+  """Ids of an items file, where a repeated id would make its attributes ambiguous."""
+  ids = _ids(table, column)
+  _reject(table, ids.duplicated().to_numpy(), column, "an id not listed on an earlier line")
+  return ids
+
+
+def _strings(table: _Table, column: str) -> pd.Series:
+  """The column as strings, NaN where a cell (or the whole optional column) is absent."""
+  if column not in table.frame:
+    return pd.Series(np.nan, index=table.frame.index, dtype=object)
+  values = table.frame[column]
+  return values.astype(str).where(~_absent(values))
+
+
+def _numbers(table: _Table, column: str, *, required: bool = False) -> pd.Series:
+  """The column as float64, NaN where an optional cell (or the whole optional column) is absent."""
+  if column not in table.frame:
+    return pd.Series(np.nan, index=table.frame.index, dtype=np.float64)
+  values = table.frame[column]
+  absent = _absent(values)
+  if required:
+    _reject(table, absent, column, "a number")
+  numbers = pd.to_numeric(values.where(~absent), errors="coerce")
+  _reject(table, numbers.isna().to_numpy() & ~absent, column, "a number")
+  return numbers.astype(np.float64)
+
+
+def _timestamps(table: _Table, column: str) -> pd.Series:
+  """Seconds since the epoch from integers, ISO-8601 strings or (Parquet) date-times."""
+  values = table.frame[column]
+  _reject(table, _absent(values), column, _TIMESTAMP_EXPECTED)
+  if pd.api.types.is_datetime64_any_dtype(values):
+    return pd.Series(_epoch_seconds(values), index=values.index)
+  if pd.api.types.is_integer_dtype(values):
+    return values.astype(np.int64)
+  text = values.astype(str).str.strip()
+  integer = text.str.fullmatch(_INTEGER).to_numpy()
+  # Only ISO-shaped text is handed to pandas, which would otherwise guess at forms like 1/2/2024.
+  dates = pd.to_datetime(text.where(~integer & text.str.fullmatch(_ISO_8601)), utc=True,
+                         errors="coerce")
+  _reject(table, ~integer & dates.isna().to_numpy(), column, _TIMESTAMP_EXPECTED)
+  seconds = _epoch_seconds(dates.fillna(_EPOCH))
+  seconds[integer] = text[integer].astype(np.int64)
+  return pd.Series(seconds, index=values.index)
+
+
+def _epoch_seconds(dates: pd.Series) -> np.ndarray:
+  """Whole seconds since the epoch; date-times without a time zone are taken as UTC."""
+  if dates.dt.tz is None:
+    dates = dates.dt.tz_localize("UTC")
+  return ((dates - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+
+
+def _join_items(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
+  """Fills each event's absent category and price from its item's (the interaction wins)."""
+  items = items.set_index(features.ITEM_ID)
+  for column in (features.CATEGORY, features.PRICE):
+    events[column] = events[column].fillna(events[features.ITEM_ID].map(items[column]))
+  return events
+
+
+def _read_generic(interactions_path: pathlib.Path,
+                  items_path: Optional[pathlib.Path]) -> pd.DataFrame:
+  table = _read_table(interactions_path)
+  _require(table, (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))
+  default_event = "rating" if features.RATING in table.frame else "view"
+  events = pd.DataFrame({
+      features.USER_ID: _ids(table, features.USER_ID),
+      features.ITEM_ID: _ids(table, features.ITEM_ID),
+      features.TIMESTAMP: _timestamps(table, features.TIMESTAMP),
+      features.EVENT: _strings(table, features.EVENT).fillna(default_event),
+      features.RATING: _numbers(table, features.RATING),
+      features.PRICE: _numbers(table, features.PRICE),
+      features.CATEGORY: _strings(table, features.CATEGORY),
+  })
+  if items_path is None:
+    return events
+  items = _read_table(items_path)
+  _require(items, (features.ITEM_ID,))
+  return _join_items(events, pd.DataFrame({
+      features.ITEM_ID: _unique_ids(items, features.ITEM_ID),
+      features.CATEGORY: _strings(items, features.CATEGORY),
+      features.PRICE: _numbers(items, features.PRICE),
+  }))
+
+
+def _ratings(table: _Table, user: str, item: str, rating: str, timestamp: str) -> pd.DataFrame:
+  """Events of a MovieLens ratings file, given its names for the four fields."""
+  _require(table, (user, item, rating, timestamp))
+  return pd.DataFrame({
+      features.USER_ID: _ids(table, user),
+      features.ITEM_ID: _ids(table, item),
+      features.TIMESTAMP: _timestamps(table, timestamp),
+      features.EVENT: "rating",
+      features.RATING: _numbers(table, rating, required=True),
+      features.PRICE: np.nan,
+      features.CATEGORY: np.nan,
+  })
+
+
+def _movie_categories(ids: pd.Series, first_genre: pd.Series) -> pd.DataFrame:
+  return pd.DataFrame({features.ITEM_ID: ids, features.CATEGORY: first_genre,
+                       features.PRICE: np.nan})
+
+
+def _read_movielens(interactions_path: pathlib.Path,
+                    items_path: Optional[pathlib.Path]) -> pd.DataFrame:
+  events = _ratings(_read_table(interactions_path), "userId", "movieId", "rating", "timestamp")
+  if items_path is None:
+    return events
+  movies = _read_table(items_path)
+  _require(movies, ("movieId", "genres"))
+  first_genre = _strings(movies, "genres").str.split("|").str[0]
+  return _join_items(events, _movie_categories(
+      _unique_ids(movies, "movieId"), first_genre.mask(first_genre == _ML_NO_GENRE)))
+
+
+def _read_movielens_100k(interactions_path: pathlib.Path,
+                         items_path: Optional[pathlib.Path]) -> pd.DataFrame:
+  events = _ratings(_read_table(interactions_path, _U_DATA), *_U_DATA.names)
+  if items_path is None:
+    return events
+  movies = _read_table(items_path, _U_ITEM)
+  flags = np.column_stack([_numbers(movies, genre, required=True) for genre in _ML100K_GENRES])
+  genre = pd.Series(np.array(_ML100K_GENRES)[np.argmax(flags == 1, axis=1)], dtype=object)
+  # Movies flagged with no genre or only with 'unknown' have no category.
+  first_genre = genre.where((flags == 1).any(axis=1) & (genre != "unknown"))
+  return _join_items(events, _movie_categories(_unique_ids(movies, "movie id"), first_genre))
+
+
+_READERS: Dict[str, Callable[[pathlib.Path, Optional[pathlib.Path]], pd.DataFrame]] = {
+    "generic": _read_generic,
+    "movielens": _read_movielens,
+    "movielens-100k": _read_movielens_100k,
+}
+FORMATS = tuple(_READERS)
+
+
+def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.PathLike] = None,
+                      fmt: str = "generic") -> pd.DataFrame:
+  """Reads interactions (and item attributes) into LOADED_COLUMNS, absent values defaulted.
+
+  Ids, event and category are str, timestamp int64, rating and price float64. Rows keep file
+  order. Raises InputDataError for anything unreadable; domain checks are left to the schema.
+  """
+  if fmt not in _READERS:
+    raise InputDataError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
+  events = _READERS[fmt](pathlib.Path(interactions_path),
+                         None if items_path is None else pathlib.Path(items_path))
+  events = events.fillna({features.RATING: 0.0, features.PRICE: 0.0,
+                          features.CATEGORY: features.UNKNOWN_CATEGORY})
+  return events.astype({
+      features.USER_ID: str, features.ITEM_ID: str, features.TIMESTAMP: np.int64,
+      features.EVENT: str, features.RATING: np.float64, features.PRICE: np.float64,
+      features.CATEGORY: str,
+  })[list(LOADED_COLUMNS)].reset_index(drop=True)
+
+
+def add_history(events: pd.DataFrame,
+                history_length: int = features.HISTORY_LENGTH) -> pd.DataFrame:
+  """Sorts by user then time and adds each event's `history`: the user's previous items.
+
+  The sort is stable, so events of a user with equal timestamps keep their file order. History is
+  oldest first and holds the last `history_length` items; a user's first event has an empty one.
+  """
+  user_codes = pd.factorize(events[features.USER_ID], sort=True)[0]
+  order = np.lexsort((events[features.TIMESTAMP].to_numpy(), user_codes))  # lexsort is stable
+  events = events.iloc[order].reset_index(drop=True)
+  user_codes = user_codes[order]
+
+  row = np.arange(len(events))
+  user_start = np.diff(user_codes, prepend=-1) != 0
+  first_row = np.maximum.accumulate(np.where(user_start, row, 0))
+  lengths = np.minimum(row - first_row, history_length)
+  # History i is items[i - lengths[i]:i]; gather all histories into one flat list, then slice it.
+  ends = np.cumsum(lengths)
+  starts = ends - lengths
+  flat = np.repeat(row - lengths - starts, lengths) + np.arange(lengths.sum())
+  items = events[features.ITEM_ID].to_numpy(dtype=object)[flat].tolist()
+  events[features.HISTORY] = [items[start:end] for start, end in zip(starts, ends)]
+  return events
+
+
+def _bytes_feature(values: Sequence[str]) -> tf.train.Feature:
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
+
+
+def _serialized_examples(events: pd.DataFrame) -> Iterator[bytes]:
+  columns = [events[column].tolist() for column in features.EVENT_COLUMNS]
+  for user, item, timestamp, event, rating, price, category, history in zip(*columns):
+    yield tf.train.Example(features=tf.train.Features(feature={
+        features.USER_ID: _bytes_feature([user]),
+        features.ITEM_ID: _bytes_feature([item]),
+        features.TIMESTAMP: tf.train.Feature(int64_list=tf.train.Int64List(value=[timestamp])),
+        features.EVENT: _bytes_feature([event]),
+        features.RATING: tf.train.Feature(float_list=tf.train.FloatList(value=[rating])),
+        features.PRICE: tf.train.Feature(float_list=tf.train.FloatList(value=[price])),
+        features.CATEGORY: _bytes_feature([category]),
+        features.HISTORY: _bytes_feature(history),
+    })).SerializeToString(deterministic=True)  # map order would otherwise vary between runs
+
+
+def _content_digest(path: pathlib.Path) -> Optional[str]:
+  """SHA-256 of the uncompressed records, or None for a missing or damaged file.
+
+  The uncompressed stream is compared because compression settings may differ between versions.
+  """
+  digest = hashlib.sha256()
+  try:
+    with gzip.open(path, "rb") as stream:
+      for chunk in iter(lambda: stream.read(1 << 20), b""):
+        digest.update(chunk)
+  except (OSError, EOFError):
+    return None
+  return digest.hexdigest()
+
+
+def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
+  """Writes `events` (all of features.EVENT_COLUMNS) as GZIP TFRecord; returns whether it wrote.
+
+  An existing file with the same records is left untouched: ExampleGen's input fingerprint includes
+  the file's mtime, so rewriting unchanged data would defeat the pipeline cache. The file is
+  replaced atomically, so a reader sees the old or the new dataset, never a partial one.
+  """
+  out_path = pathlib.Path(out_path)
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  # A dot-file next to the target: os.replace is atomic only within one file system.
+  temp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+  try:
+    with tf.io.TFRecordWriter(str(temp), options="GZIP") as writer:
+      for record in _serialized_examples(events):
+        writer.write(record)
+    if out_path.exists() and _content_digest(temp) == _content_digest(out_path):
+      return False
+    os.replace(temp, out_path)
+    return True
+  finally:
+    temp.unlink(missing_ok=True)
+
+
+def prepare_dataset(interactions_path: os.PathLike, items_path: Optional[os.PathLike] = None,
+                    fmt: str = "generic", *, out_dir: os.PathLike,
+                    history_length: int = features.HISTORY_LENGTH) -> pathlib.Path:
+  """Ingests the files into out_dir/EXAMPLES_FILE; returns out_dir, for ImportExampleGen.
+
+  out_dir becomes the ExampleGen's input_base, so it should hold nothing but the examples file.
+  """
+  events = add_history(load_interactions(interactions_path, items_path, fmt), history_length)
+  out_dir = pathlib.Path(out_dir)
+  wrote = write_examples(events, out_dir / EXAMPLES_FILE)
+  logging.info("Ingested %d events of %d users on %d items from %s: %s %s", len(events),
+               events[features.USER_ID].nunique(), events[features.ITEM_ID].nunique(),
+               interactions_path, "wrote" if wrote else "unchanged", out_dir / EXAMPLES_FILE)
+  return out_dir

@@ -1,0 +1,60 @@
+"""tf.Transform preprocessing: id vocabularies and the fixed-length history the model reads.
+
+Transform runs this once over the training split on Beam to compute the vocabularies, and the same
+graph is embedded in the serving SavedModel, so training and serving map ids identically.
+"""
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from components import features
+
+# Ids unseen in training map to one shared out-of-vocabulary index, right after the vocabulary.
+NUM_OOV_BUCKETS = 1
+# Index written into history slots that hold no item.
+HISTORY_PADDING = -1
+
+
+def vocabulary_size(tf_transform_output: tft.TFTransformOutput, key: str) -> int:
+  """Number of embedding rows an id feature needs: its vocabulary plus the OOV bucket."""
+  return tf_transform_output.vocabulary_size_by_name(key) + NUM_OOV_BUCKETS
+
+
+def _last_items(history: tf.SparseTensor, length: int) -> tf.Tensor:
+  """The `length` most recent items of each history, left-aligned and padded with ''.
+
+  Callers may send longer histories than training used; the most recent items are the ones that
+  predict the next item, so the oldest are dropped.
+  """
+  ragged = tf.RaggedTensor.from_sparse(history)
+  return ragged[:, -length:].to_tensor(default_value="", shape=[None, length])
+
+
+def preprocessing_fn(inputs):
+  """Maps raw events to vocabulary indices.
+
+  Args:
+    inputs: raw features; scalars as [batch] tensors, `history` as a [batch, None] SparseTensor.
+      At serving time only `user_id` and `history` are given, and Transform prunes the rest.
+
+  Returns:
+    `user_id_xf`, `item_id_xf`, `category_xf` as int64 [batch] and `history_xf` as int64
+    [batch, HISTORY_LENGTH] with HISTORY_PADDING in empty slots.
+  """
+  item_vocabulary = tft.vocabulary(inputs[features.ITEM_ID], vocab_filename=features.ITEM_ID)
+
+  outputs = {
+      features.transformed_name(features.USER_ID): tft.compute_and_apply_vocabulary(
+          inputs[features.USER_ID], vocab_filename=features.USER_ID,
+          num_oov_buckets=NUM_OOV_BUCKETS),
+      features.transformed_name(features.CATEGORY): tft.compute_and_apply_vocabulary(
+          inputs[features.CATEGORY], vocab_filename=features.CATEGORY,
+          num_oov_buckets=NUM_OOV_BUCKETS),
+      features.transformed_name(features.ITEM_ID): tft.apply_vocabulary(
+          inputs[features.ITEM_ID], item_vocabulary, num_oov_buckets=NUM_OOV_BUCKETS),
+  }
+
+  history = _last_items(inputs[features.HISTORY], features.HISTORY_LENGTH)
+  history_ids = tft.apply_vocabulary(history, item_vocabulary, num_oov_buckets=NUM_OOV_BUCKETS)
+  outputs[features.transformed_name(features.HISTORY)] = tf.where(
+      tf.equal(history, ""), tf.constant(HISTORY_PADDING, tf.int64), history_ids)
+  return outputs

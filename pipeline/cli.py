@@ -1,0 +1,164 @@
+"""`recsys`: run the pipeline, serve what it pushed, and ask the server for recommendations."""
+import contextlib
+import pathlib
+import socket
+import subprocess
+import sys
+from typing import Iterator, Optional, Sequence
+
+import click
+
+from pipeline import configs
+
+FORMATS = ("generic", "movielens", "movielens-100k")
+DEFAULT_DATASET = "default"
+
+
+class UsageError(click.ClickException):
+  """A problem with the user's input, reported without a traceback."""
+
+
+def _config(home: Optional[str], **overrides) -> configs.PipelineConfig:
+  return configs.PipelineConfig().with_overrides(
+      home=pathlib.Path(home).resolve() if home else None, **overrides)
+
+
+def _default_dataset(config: configs.PipelineConfig):
+  """The built-in dataset, generated once per home so that re-runs hit the pipeline cache."""
+  from components.data import generator
+  return generator.ensure_dataset(config.data_dir / DEFAULT_DATASET / "raw")
+
+
+@click.group()
+def main() -> None:
+  """Train, gate, push and serve a TFRS recommender with TFX."""
+
+
+@main.command()
+@click.option("--interactions", type=click.Path(exists=True, dir_okay=False),
+              help="Your interaction log (CSV or Parquet). Default: the built-in generated dataset.")
+@click.option("--items", type=click.Path(exists=True, dir_okay=False),
+              help="Item attributes to join on item_id (CSV).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
+              help="Layout of --interactions/--items; see README.")
+@click.option("--home", type=click.Path(file_okay=False),
+              help="Where runs, metadata and served models live (default $RECSYS_HOME or ./.recsys).")
+@click.option("--epochs", type=int, help="Training epochs (default in components/model.py).")
+@click.option("--recall-floor", type=float, help="Least recall@10 a model needs to be pushed.")
+@click.option("--no-cache", is_flag=True, help="Re-run every component even if inputs are unchanged.")
+def run(interactions, items, fmt, home, epochs, recall_floor, no_cache) -> None:
+  """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
+  import dataclasses
+
+  from components import data_validation
+  from components.data import ingest
+  from pipeline import local_runner
+  from pipeline import run_report
+
+  config = _config(home, recall_floor=recall_floor, enable_cache=False if no_cache else None)
+  if epochs is not None:
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
+  if interactions is None:
+    dataset = _default_dataset(config)
+    interactions, items, fmt, name = dataset.interactions, dataset.items, "generic", DEFAULT_DATASET
+  else:
+    name = pathlib.Path(interactions).stem
+  try:
+    examples_dir = ingest.prepare_dataset(
+        interactions, items, fmt=fmt, out_dir=config.data_dir / name / "examples")
+  except ingest.InputDataError as error:
+    raise UsageError(str(error)) from error
+
+  versions_before = run_report.pushed_versions(config)
+  try:
+    local_runner.run(config, examples_dir)
+  except data_validation.DataValidationError as error:
+    raise UsageError(str(error)) from error
+  click.echo(run_report.describe(config, versions_before))
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8500, show_default=True, type=int)
+def serve(home, host, port) -> None:
+  """Serve the newest pushed model over TF Serving's gRPC API until interrupted."""
+  config = _config(home)
+  subprocess.run(_server_command(config, host, port), check=True)
+
+
+def _server_command(config: configs.PipelineConfig, host: str, port: int) -> list:
+  return [sys.executable, "-m", "serving.server", "--serving-root", str(config.serving_root),
+          "--model-name", config.model_name, "--host", host, "--port", str(port)]
+
+
+def _print_recommendations(user: str, history: Sequence[str], recommendations) -> None:
+  click.echo(f"Top {len(recommendations)} for user {user}"
+             f" (recent history: {', '.join(history) if history else 'none'}):")
+  for rank, recommendation in enumerate(recommendations, start=1):
+    click.echo(f"{rank:>3}. {recommendation.item_id:<24} score {recommendation.score:.4f}")
+
+
+@main.command()
+@click.option("--user", required=True, help="User id, as in the interaction data.")
+@click.option("--history", default="", help="Comma-separated recent item ids, oldest first.")
+@click.option("--k", default=10, show_default=True, type=int)
+@click.option("--server", default="127.0.0.1:8500", show_default=True,
+              help="host:port of the local server or of TensorFlow Serving.")
+@click.option("--model-name", default=configs.PipelineConfig.model_name, show_default=True)
+def recommend(user, history, k, server, model_name) -> None:
+  """Ask a running server for one user's top-k over gRPC."""
+  import grpc
+
+  from serving import client as client_lib
+
+  history_items = [item for item in history.split(",") if item]
+  with client_lib.RecommenderClient(server, model_name) as client:
+    try:
+      recommendations = client.recommend(user, history_items, k=k)
+    except grpc.RpcError as error:
+      raise UsageError(f"{server}: {error.code().name}: {error.details()}") from error
+  _print_recommendations(user, history_items, recommendations)
+
+
+def _free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _serving_process(config: configs.PipelineConfig) -> Iterator[str]:
+  """Starts the serving process on a free loopback port and stops it on exit."""
+  target_port = _free_port()
+  process = subprocess.Popen(_server_command(config, "127.0.0.1", target_port))
+  try:
+    yield f"127.0.0.1:{target_port}"
+  finally:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--user", help="User id (default: the most active user of the built-in dataset).")
+@click.option("--k", default=10, show_default=True, type=int)
+def demo(home, user, k) -> None:
+  """Start the server on 127.0.0.1, print one user's top-k over gRPC, stop the server."""
+  from components import features
+  from components.data import ingest
+  from serving import client as client_lib
+
+  config = _config(home)
+  events = ingest.load_interactions(_default_dataset(config).interactions)
+  user = user or events[features.USER_ID].value_counts().idxmax()
+  user_events = events[events[features.USER_ID] == user].sort_values(
+      features.TIMESTAMP, kind="stable")
+  history = list(user_events[features.ITEM_ID].iloc[-features.HISTORY_LENGTH:])
+  with _serving_process(config) as target, client_lib.RecommenderClient(target) as client:
+    client.wait_until_available(timeout=120)
+    _print_recommendations(user, history, client.recommend(user, history, k=k))
+
+
+if __name__ == "__main__":
+  main()

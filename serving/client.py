@@ -1,0 +1,143 @@
+"""A gRPC client for the recommender, for the local server and TensorFlow Serving alike.
+
+It speaks only TF Serving's own API through the official stubs, so pointing it at a stock
+`tensorflow/serving` instead of `serving.server` changes nothing but the target.
+
+  with RecommenderClient("127.0.0.1:8500") as client:
+    client.wait_until_available(timeout=60)
+    for recommendation in client.recommend("u00042", history=["i00007", "i00013"], k=10):
+      print(recommendation.item_id, recommendation.score)
+"""
+import time
+from typing import List, NamedTuple, Sequence
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+from serving import signature
+
+# Status codes that mean "not yet" while a server starts: UNAVAILABLE until it listens,
+# NOT_FOUND until it has loaded a version, DEADLINE_EXCEEDED while it is too busy loading to answer.
+_STARTING_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
+                   grpc.StatusCode.DEADLINE_EXCEEDED)
+_AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.Name(
+    get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+_POLL_INTERVAL_SECONDS = 0.25
+
+
+class Recommendation(NamedTuple):
+  item_id: str
+  score: float
+
+
+class ModelStatus(NamedTuple):
+  version: int
+  state: str  # A ModelVersionStatus.State name, e.g. 'AVAILABLE'.
+
+
+class RecommenderClient:
+  """Top-k recommendations over TF Serving's gRPC API; use as a context manager or `close()` it.
+
+  Every RPC has `timeout` seconds. gRPC failures propagate as `grpc.RpcError` with TF Serving's
+  status code (e.g. NOT_FOUND for an unknown model), so callers can tell them apart.
+  """
+
+  def __init__(self, target: str = "127.0.0.1:8500",
+               model_name: str = signature.DEFAULT_MODEL_NAME, timeout: float = 10.0):
+    self.target = target
+    self.model_name = model_name
+    self.timeout = timeout
+    self._channel = grpc.insecure_channel(target)
+    self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+    self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+  def recommend(self, user_id: str, history: Sequence[str] = (),
+                k: int = 10) -> List[Recommendation]:
+    """The best `k` items for one user, best first; `history` is recent item ids, oldest first."""
+    return self.recommend_batch([user_id], [history], k)[0]
+
+  def recommend_batch(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]],
+                      k: int = 10) -> List[List[Recommendation]]:
+    """The best `k` items for each user, in one request; histories may differ in length."""
+    if k < 1:
+      raise ValueError(f"k must be at least 1, got {k}")
+    if len(user_ids) != len(histories):
+      raise ValueError(f"got {len(user_ids)} user ids but {len(histories)} histories")
+    # The signature takes a dense [batch, history_len] matrix, padded with ''.
+    history_len = max((len(history) for history in histories), default=0)
+    padded = [list(history) + [""] * (history_len - len(history)) for history in histories]
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = self.model_name
+    request.model_spec.signature_name = signature.SERVING_SIGNATURE
+    request.inputs[signature.USER_ID].CopyFrom(
+        tf.make_tensor_proto(list(user_ids), dtype=tf.string, shape=[len(user_ids)]))
+    request.inputs[signature.HISTORY].CopyFrom(
+        tf.make_tensor_proto(padded, dtype=tf.string, shape=[len(histories), history_len]))
+    request.output_filter.extend([signature.ITEM_IDS, signature.SCORES])
+    response = self._predictions.Predict(request, timeout=self.timeout)
+
+    item_ids = tf.make_ndarray(response.outputs[signature.ITEM_IDS])
+    scores = tf.make_ndarray(response.outputs[signature.SCORES])
+    # The model's top_k is fixed when it is exported, so k can only be checked against the answer.
+    top_k = item_ids.shape[1]
+    if k > top_k:
+      raise ValueError(f"k={k} is more than the {top_k} items model '{self.model_name}' version "
+                       f"{response.model_spec.version.value} returns per user")
+    return [[Recommendation(item_id.decode(), float(score))
+             for item_id, score in zip(user_items[:k], user_scores[:k])]
+            for user_items, user_scores in zip(item_ids, scores)]
+
+  def model_status(self) -> ModelStatus:
+    """The served version and its state.
+
+    TF Serving lists every version it knows, e.g. the old one AVAILABLE while a new one is LOADING;
+    the newest AVAILABLE version is the one answering requests, so that one is reported, else the
+    newest version in whatever state it is.
+    """
+    return self._model_status(self.timeout)
+
+  def _model_status(self, timeout: float) -> ModelStatus:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = self.model_name
+    response = self._models.GetModelStatus(request, timeout=timeout)
+    served = max(response.model_version_status, key=lambda status: (
+        status.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE, status.version))
+    return ModelStatus(served.version,
+                       get_model_status_pb2.ModelVersionStatus.State.Name(served.state))
+
+  def wait_until_available(self, timeout: float = 60.0) -> ModelStatus:
+    """Polls the model's status until a version is AVAILABLE, for scripts that start a server.
+
+    Raises TimeoutError after `timeout` seconds, with the last state or error seen.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+      try:
+        # No single poll may outlast the deadline.
+        status = self._model_status(min(self.timeout, max(deadline - time.monotonic(), 0.01)))
+        if status.state == _AVAILABLE:
+          return status
+        last_seen = f"version {status.version} is {status.state}"
+      except grpc.RpcError as error:
+        if error.code() not in _STARTING_CODES:
+          raise
+        last_seen = f"{error.code().name}: {error.details()}"
+      remaining = deadline - time.monotonic()
+      if remaining <= 0:
+        raise TimeoutError(f"model '{self.model_name}' at {self.target} was not AVAILABLE "
+                           f"within {timeout}s; last seen: {last_seen}")
+      time.sleep(min(_POLL_INTERVAL_SECONDS, remaining))
+
+  def close(self) -> None:
+    self._channel.close()
+
+  def __enter__(self) -> "RecommenderClient":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

@@ -1,0 +1,16 @@
+"""The serving contract: signature, input and output names of the pushed SavedModel.
+
+These match what TensorFlow Serving exposes for the model, so the same client works against the
+local server and a stock `tensorflow/serving` container.
+"""
+
+DEFAULT_MODEL_NAME = "recommender"
+SERVING_SIGNATURE = "serving_default"
+
+# Inputs.
+USER_ID = "user_id"  # string [batch]
+HISTORY = "history"  # string [batch, history_len]; '' pads, history_len may be 0
+
+# Outputs.
+ITEM_IDS = "item_ids"  # string [batch, top_k], best first
+SCORES = "scores"  # float32 [batch, top_k]

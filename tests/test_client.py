@@ -1,0 +1,76 @@
+"""RecommenderClient against the real local server, serving the tiny model of test_server.py."""
+import pathlib
+from typing import Iterator
+
+import grpc
+import pytest
+
+from serving import client as client_lib
+from serving import signature
+from test_server import RPC_TIMEOUT, TOP_K, expected_recommendations, running_server, save_model
+
+
+def expected(user_id, history, k):
+  return [client_lib.Recommendation(item_id, score)
+          for item_id, score in expected_recommendations(user_id, history)[:k]]
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory) -> Iterator[str]:
+  root = tmp_path_factory.mktemp("serving")
+  save_model(root / signature.DEFAULT_MODEL_NAME / "1")
+  with running_server(root) as target:
+    yield target
+
+
+@pytest.fixture
+def client(target) -> Iterator[client_lib.RecommenderClient]:
+  with client_lib.RecommenderClient(target, timeout=RPC_TIMEOUT) as client:
+    yield client
+
+
+def test_recommend_returns_the_top_k_best_first(client):
+  recommendations = client.recommend("u1", ["item03", "item04"], k=3)
+
+  assert recommendations == expected("u1", ["item03", "item04"], k=3)
+  scores = [recommendation.score for recommendation in recommendations]
+  assert scores == sorted(scores, reverse=True)
+
+
+def test_recommend_without_history(client):
+  assert client.recommend("u1", k=TOP_K) == expected("u1", [], k=TOP_K)
+
+
+def test_recommend_batch_pads_histories_of_different_lengths(client):
+  users = ["u1", "user22", "u333"]
+  histories = [[], ["item01"], ["item01", "item02", "item03"]]
+
+  answers = client.recommend_batch(users, histories, k=2)
+
+  assert answers == [expected(user, history, k=2) for user, history in zip(users, histories)]
+
+
+@pytest.mark.parametrize("k, message", [(0, "at least 1"), (TOP_K + 1, f"the {TOP_K} items")])
+def test_recommend_rejects_k_out_of_range(client, k, message):
+  with pytest.raises(ValueError, match=message):
+    client.recommend("u1", k=k)
+
+
+def test_unknown_model_raises_not_found(target):
+  with client_lib.RecommenderClient(target, model_name="nope", timeout=RPC_TIMEOUT) as client:
+    with pytest.raises(grpc.RpcError) as error:
+      client.recommend("u1")
+  assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_model_status_and_wait_until_available(client):
+  available = client_lib.ModelStatus(version=1, state="AVAILABLE")
+  assert client.model_status() == available
+  assert client.wait_until_available(timeout=RPC_TIMEOUT) == available
+
+
+def test_wait_until_available_times_out_while_no_version_is_served(tmp_path: pathlib.Path):
+  with running_server(tmp_path) as target, client_lib.RecommenderClient(
+      target, timeout=RPC_TIMEOUT) as client:
+    with pytest.raises(TimeoutError, match="NOT_FOUND"):
+      client.wait_until_available(timeout=0.5)

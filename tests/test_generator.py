@@ -1,0 +1,178 @@
+"""The built-in dataset: deterministic, well-formed, and with a signal a recommender can learn."""
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.data import generator
+
+
+@pytest.fixture(scope="module")
+def default_dataset(tmp_path_factory):
+  """The default-size dataset, read back as (interactions, items) frames of strings and ints."""
+  dataset = generator.generate_dataset(tmp_path_factory.mktemp("default"))
+  interactions = pd.read_csv(dataset.interactions, dtype={"user_id": str, "item_id": str})
+  items = pd.read_csv(dataset.items, dtype={"item_id": str})
+  return interactions, items
+
+
+def _small(out_dir, seed):
+  return generator.generate_dataset(out_dir, seed=seed, n_users=50, n_items=40, n_events=2_000)
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+  first, second = _small(tmp_path / "a", seed=5), _small(tmp_path / "b", seed=5)
+  assert first.interactions.read_bytes() == second.interactions.read_bytes()
+  assert first.items.read_bytes() == second.items.read_bytes()
+
+
+def test_different_seeds_give_different_files(tmp_path):
+  first, second = _small(tmp_path / "a", seed=5), _small(tmp_path / "b", seed=6)
+  assert first.interactions.read_bytes() != second.interactions.read_bytes()
+  assert first.items.read_bytes() != second.items.read_bytes()
+
+
+def test_files_have_the_generic_format_and_requested_sizes(default_dataset):
+  interactions, items = default_dataset
+  assert list(interactions.columns) == ["user_id", "item_id", "timestamp", "event"]
+  assert list(items.columns) == ["item_id", "category", "price", "title"]
+  assert len(interactions) == generator.DEFAULT_EVENTS
+  assert len(items) == generator.DEFAULT_ITEMS
+  assert items["category"].nunique() == generator.DEFAULT_CATEGORIES
+  assert interactions["user_id"].str.fullmatch(r"u\d{5}").all()
+  assert items["item_id"].str.fullmatch(r"i\d{5}").all()
+  # Nearly every user is active at the default sizes.
+  assert interactions["user_id"].nunique() > 0.9 * generator.DEFAULT_USERS
+
+
+def test_values_are_in_range(default_dataset):
+  interactions, items = default_dataset
+  assert set(interactions["item_id"]) <= set(items["item_id"])
+  assert items["item_id"].is_unique
+  assert (items["price"] > 0).all()
+  assert set(interactions["event"]) == {"view", "click", "purchase"}
+  window_end = generator.WINDOW_START + generator.WINDOW_DAYS * 86_400
+  assert interactions["timestamp"].between(generator.WINDOW_START, window_end - 1).all()
+  assert interactions["timestamp"].is_monotonic_increasing
+
+
+def test_each_users_timestamps_strictly_increase(default_dataset):
+  interactions, _ = default_dataset
+  gaps = interactions.groupby("user_id")["timestamp"].diff().dropna()
+  assert (gaps > 0).all()
+
+
+def test_sessions_are_hours_to_days_apart(default_dataset):
+  interactions, _ = default_dataset
+  gaps = interactions.groupby("user_id")["timestamp"].diff().dropna()
+  # Within a session events are seconds to minutes apart; between sessions hours to days.
+  assert gaps.median() < 120
+  between_sessions = gaps[gaps > 3_600]
+  assert 0.02 < len(between_sessions) / len(gaps) < 0.3
+  assert between_sessions.median() > 86_400
+
+
+def _previous_event(interactions):
+  """Each event with the same user's previous event and item (file order is time order)."""
+  by_user = interactions.groupby("user_id")
+  return interactions.assign(previous_event=by_user["event"].shift(),
+                             previous_item=by_user["item_id"].shift())
+
+
+def test_clicks_follow_a_view_and_purchases_a_click_of_the_same_item(default_dataset):
+  interactions, _ = default_dataset
+  events = _previous_event(interactions)
+  clicks = events[events["event"] == "click"]
+  purchases = events[events["event"] == "purchase"]
+  assert (clicks["previous_event"] == "view").all()
+  assert (clicks["previous_item"] == clicks["item_id"]).all()
+  assert (purchases["previous_event"] == "click").all()
+  assert (purchases["previous_item"] == purchases["item_id"]).all()
+  views = (events["event"] == "view").sum()
+  assert 0.15 < len(clicks) / views < 0.5 and 0.1 < len(purchases) / len(clicks) < 0.5
+
+
+def test_expensive_items_are_bought_less_often(default_dataset):
+  interactions, items = default_dataset
+  price = interactions["item_id"].map(items.set_index("item_id")["price"])
+  expensive = price > items["price"].median()
+  clicks = interactions["event"] == "click"
+  purchases = interactions["event"] == "purchase"
+  rate = lambda mask: (purchases & mask).sum() / (clicks & mask).sum()
+  assert rate(expensive) < 0.8 * rate(~expensive)
+
+
+def _consecutive_views(interactions, items):
+  """View events with the category and item of the user's previous view."""
+  views = interactions[interactions["event"] == "view"].copy()
+  views["category"] = views["item_id"].map(items.set_index("item_id")["category"])
+  by_user = views.groupby("user_id")
+  views["previous_item"] = by_user["item_id"].shift()
+  views["previous_category"] = by_user["category"].shift()
+  return views.dropna(subset=["previous_item"])
+
+
+def test_previous_category_predicts_the_next_one(default_dataset):
+  views = _consecutive_views(*default_dataset)
+  train_users = set(views["user_id"].unique()[::2])
+  train = views[views["user_id"].isin(train_users)]
+  test = views[~views["user_id"].isin(train_users)]
+  most_likely_next = train.groupby("previous_category")["category"].agg(
+      lambda categories: categories.value_counts().idxmax())
+  history_accuracy = (test["previous_category"].map(most_likely_next) == test["category"]).mean()
+  majority_accuracy = (test["category"] == train["category"].value_counts().idxmax()).mean()
+  assert history_accuracy > 0.5
+  assert history_accuracy > 3 * majority_accuracy
+
+
+def test_recent_history_beats_popularity_at_next_item(default_dataset):
+  views = _consecutive_views(*default_dataset)
+  cut = views["timestamp"].quantile(0.8)
+  train, test = views[views["timestamp"] < cut], views[views["timestamp"] >= cut]
+  popular = set(train["item_id"].value_counts().index[:10])
+  # Top 10 items viewed right after each item in the training period.
+  co_viewed = train.groupby("previous_item")["item_id"].agg(
+      lambda items: set(items.value_counts().index[:10]))
+  popularity_hits = test["item_id"].isin(popular).mean()
+  history_hits = np.mean([item in co_viewed.get(previous, popular)
+                          for item, previous in zip(test["item_id"], test["previous_item"])])
+  assert history_hits > 2 * popularity_hits
+
+
+def test_generates_100k_events_in_a_few_seconds(tmp_path):
+  start = time.perf_counter()
+  dataset = generator.generate_dataset(tmp_path, n_events=100_000)
+  assert time.perf_counter() - start < 10
+  assert dataset.interactions.read_text().count("\n") == 100_001
+
+
+def test_ensure_dataset_generates_only_once(tmp_path):
+  dataset = generator.ensure_dataset(tmp_path)
+  mtimes = [path.stat().st_mtime_ns for path in (dataset.interactions, dataset.items)]
+  again = generator.ensure_dataset(tmp_path)
+  assert again == dataset
+  assert [path.stat().st_mtime_ns for path in (again.interactions, again.items)] == mtimes
+  assert sorted(path.name for path in tmp_path.iterdir()) == ["interactions.csv", "items.csv"]
+
+
+def test_command_line(tmp_path, capsys):
+  generator.main([str(tmp_path), "--seed", "3", "--users", "20", "--items", "15",
+                  "--events", "300"])
+  interactions = pd.read_csv(tmp_path / "interactions.csv")
+  assert len(interactions) == 300 and interactions["user_id"].nunique() <= 20
+  assert len(pd.read_csv(tmp_path / "items.csv")) == 15
+  assert "interactions.csv" in capsys.readouterr().out
+
+
+def test_tiny_catalog_still_works(tmp_path):
+  dataset = generator.generate_dataset(tmp_path, n_users=1, n_items=1, n_events=50,
+                                       n_categories=1)
+  interactions = pd.read_csv(dataset.interactions)
+  assert len(interactions) == 50 and set(interactions["item_id"]) == {"i00000"}
+
+
+@pytest.mark.parametrize("argument", ["n_users", "n_items", "n_events", "n_categories"])
+def test_rejects_empty_sizes(tmp_path, argument):
+  with pytest.raises(ValueError, match=argument):
+    generator.generate_dataset(tmp_path, **{argument: 0})

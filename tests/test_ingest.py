@@ -1,0 +1,357 @@
+"""Ingestion: every format round-trips to Examples, unreadable input is named precisely."""
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from components import features
+from components.data import generator
+from components.data import ingest
+
+_PARSE_SPEC = {
+    features.USER_ID: tf.io.FixedLenFeature([], tf.string),
+    features.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
+    features.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64),
+    features.EVENT: tf.io.FixedLenFeature([], tf.string),
+    features.RATING: tf.io.FixedLenFeature([], tf.float32),
+    features.PRICE: tf.io.FixedLenFeature([], tf.float32),
+    features.CATEGORY: tf.io.FixedLenFeature([], tf.string),
+    features.HISTORY: tf.io.VarLenFeature(tf.string),
+}
+
+
+def _write(path, text):
+  path.write_text(text)
+  return path
+
+
+def _read_examples(path) -> pd.DataFrame:
+  """The TFRecord file parsed back with tf.data, as a frame in the event schema."""
+  batches = tf.data.TFRecordDataset(str(path), compression_type="GZIP").batch(1 << 20).map(
+      lambda records: tf.io.parse_example(records, _PARSE_SPEC))
+  batch = next(iter(batches))
+  decoded = {name: value.numpy() for name, value in batch.items() if name != features.HISTORY}
+  for name in (features.USER_ID, features.ITEM_ID, features.EVENT, features.CATEGORY):
+    decoded[name] = [value.decode() for value in decoded[name]]
+  history = tf.RaggedTensor.from_sparse(batch[features.HISTORY]).to_list()
+  decoded[features.HISTORY] = [[item.decode() for item in items] for items in history]
+  return pd.DataFrame(decoded)[list(features.EVENT_COLUMNS)]
+
+
+def _assert_round_trip(examples_dir, expected: pd.DataFrame):
+  assert sorted(os.listdir(examples_dir)) == [ingest.EXAMPLES_FILE]
+  actual = _read_examples(examples_dir / ingest.EXAMPLES_FILE)
+  expected = expected.astype({features.RATING: np.float32, features.PRICE: np.float32})
+  pd.testing.assert_frame_equal(actual, expected.reset_index(drop=True), check_dtype=False)
+
+
+def _expected(rows, history):
+  return pd.DataFrame(rows, columns=list(ingest.LOADED_COLUMNS)).assign(history=history)
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+
+def test_generic_round_trip_with_items_join(tmp_path):
+  interactions = _write(tmp_path / "events.csv", (
+      "user_id,item_id,timestamp,event,price,category\n"
+      "u2,i1,1700000300,purchase,9.5,\n"  # interaction price wins over the items file's
+      "u1,i1,2023-11-14T22:13:20Z,view,,\n"  # ISO date (= 1700000000)
+      "u1,i2,1700000100,,,shoes\n"  # no event, no rating column: a view
+      "u1,i3,2023-11-14 23:15:00+01:00,click,,\n"))  # = 1700000100, tie keeps file order
+  items = _write(tmp_path / "items.csv", (
+      "item_id,category,price,title\n"
+      "i1,books,12.0,\"Dune, the novel\"\n"
+      "i2,toys,3.25,Ball\n"
+      "i9,music,1.0,Unused\n"))
+  examples_dir = ingest.prepare_dataset(interactions, items, out_dir=tmp_path / "out")
+  assert examples_dir == tmp_path / "out"
+  _assert_round_trip(examples_dir, _expected([
+      ("u1", "i1", 1700000000, "view", 0.0, 12.0, "books"),
+      ("u1", "i2", 1700000100, "view", 0.0, 3.25, "shoes"),
+      ("u1", "i3", 1700000100, "click", 0.0, 0.0, features.UNKNOWN_CATEGORY),
+      ("u2", "i1", 1700000300, "purchase", 0.0, 9.5, "books"),
+  ], history=[[], ["i1"], ["i1", "i2"], []]))
+
+
+def test_generic_defaults_event_to_rating_when_ratings_are_given(tmp_path):
+  interactions = _write(tmp_path / "ratings.csv",
+                        "user_id,item_id,timestamp,rating\n7,42,1700000000,4.5\n7,43,1700000001,\n")
+  events = ingest.load_interactions(interactions)
+  assert list(events[features.EVENT]) == ["rating", "rating"]
+  assert list(events[features.RATING]) == [4.5, 0.0]
+  assert list(events[features.USER_ID]) == ["7", "7"]  # numeric ids stay strings
+
+
+def test_load_interactions_types(tmp_path):
+  interactions = _write(tmp_path / "e.csv", "user_id,item_id,timestamp\n1,2,3\n")
+  events = ingest.load_interactions(interactions)
+  assert tuple(events.columns) == ingest.LOADED_COLUMNS
+  assert events.dtypes.to_dict() == {
+      features.USER_ID: object, features.ITEM_ID: object, features.TIMESTAMP: np.int64,
+      features.EVENT: object, features.RATING: np.float64, features.PRICE: np.float64,
+      features.CATEGORY: object}
+  assert events.iloc[0].tolist() == ["1", "2", 3, "view", 0.0, 0.0, features.UNKNOWN_CATEGORY]
+
+
+def test_parquet_interactions_match_csv(tmp_path):
+  csv_path = _write(tmp_path / "events.csv", (
+      "user_id,item_id,timestamp,event,rating\n"
+      "u1,i1,1700000000,rating,4.0\n"
+      "u1,i2,2023-11-14T22:15:00Z,click,\n"))
+  pd.DataFrame({
+      "user_id": ["u1", "u1"], "item_id": ["i1", "i2"],
+      "timestamp": pd.to_datetime([1700000000, 1700000100], unit="s", utc=True),
+      "event": ["rating", "click"], "rating": [4.0, None],
+  }).to_parquet(tmp_path / "events.parquet")
+  pd.testing.assert_frame_equal(ingest.load_interactions(tmp_path / "events.parquet"),
+                                ingest.load_interactions(csv_path))
+
+
+def test_parquet_errors_name_the_row(tmp_path):
+  pd.DataFrame({"user_id": ["u1", None], "item_id": ["i1", "i2"],
+                "timestamp": [1, 2]}).to_parquet(tmp_path / "events.parquet")
+  with pytest.raises(ingest.InputDataError, match=r"events.parquet row 2: field 'user_id'"):
+    ingest.load_interactions(tmp_path / "events.parquet")
+
+
+def test_generated_dataset_round_trips(tmp_path):
+  dataset = generator.generate_dataset(tmp_path / "raw", seed=1, n_users=30, n_items=20,
+                                       n_events=500)
+  examples_dir = ingest.prepare_dataset(dataset.interactions, dataset.items,
+                                        out_dir=tmp_path / "out")
+  expected = ingest.add_history(ingest.load_interactions(dataset.interactions, dataset.items))
+  _assert_round_trip(examples_dir, expected)
+  assert set(expected[features.EVENT]) <= {"view", "click", "purchase"}
+  assert (expected[features.PRICE] > 0).all()
+  assert not (expected[features.CATEGORY] == features.UNKNOWN_CATEGORY).any()
+
+
+def test_movielens_round_trip(tmp_path):
+  ratings = _write(tmp_path / "ratings.csv", (
+      "userId,movieId,rating,timestamp\n"
+      "1,10,4.0,964982703\n"
+      "1,11,3.5,964982224\n"
+      "2,12,5.0,964982931\n"))
+  movies = _write(tmp_path / "movies.csv", (
+      "movieId,title,genres\n"
+      "10,GoldenEye (1995),Action|Adventure|Thriller\n"
+      "11,\"American President, The (1995)\",Comedy|Drama|Romance\n"
+      "12,Some Film (2015),(no genres listed)\n"))
+  examples_dir = ingest.prepare_dataset(ratings, movies, fmt="movielens", out_dir=tmp_path / "out")
+  _assert_round_trip(examples_dir, _expected([
+      ("1", "11", 964982224, "rating", 3.5, 0.0, "Comedy"),
+      ("1", "10", 964982703, "rating", 4.0, 0.0, "Action"),
+      ("2", "12", 964982931, "rating", 5.0, 0.0, features.UNKNOWN_CATEGORY),
+  ], history=[[], ["11"], []]))
+
+
+def test_movielens_100k_round_trip(tmp_path):
+  data = _write(tmp_path / "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n"
+                                     "196\t302\t1\t881250950\n")
+  flags = lambda *on: "|".join("1" if k in on else "0" for k in range(19))
+  (tmp_path / "u.item").write_bytes(
+      ("242|Kolya (1996)|24-Jan-1997||http://x|" + flags(5) + "\n"
+       "302|L.A. Confidential (1997)|01-Jan-1997||http://x|" + flags(6, 16) + "\n"
+       "303|Ça ira|01-Jan-1997||http://x|" + flags() + "\n").encode("latin-1"))
+  examples_dir = ingest.prepare_dataset(data, tmp_path / "u.item", fmt="movielens-100k",
+                                        out_dir=tmp_path / "out")
+  _assert_round_trip(examples_dir, _expected([
+      ("186", "302", 891717742, "rating", 3.0, 0.0, "Crime"),
+      ("196", "242", 881250949, "rating", 3.0, 0.0, "Comedy"),
+      ("196", "302", 881250950, "rating", 1.0, 0.0, "Crime"),
+  ], history=[[], [], ["242"]]))
+
+
+def test_movielens_latest_small(movielens_dir, tmp_path):
+  examples_dir = ingest.prepare_dataset(movielens_dir / "ratings.csv",
+                                        movielens_dir / "movies.csv", fmt="movielens",
+                                        out_dir=tmp_path / "out")
+  examples = _read_examples(examples_dir / ingest.EXAMPLES_FILE)
+  assert len(examples) == 100_836
+  assert examples[features.USER_ID].nunique() == 610
+  assert set(examples[features.EVENT]) == {"rating"}
+  categories = examples.drop_duplicates(features.ITEM_ID).set_index(features.ITEM_ID)[
+      features.CATEGORY]
+  assert categories["1"] == "Adventure"  # Toy Story: Adventure|Animation|...
+  assert categories["2"] == "Adventure"  # Jumanji
+  assert examples[features.HISTORY].map(len).max() == features.HISTORY_LENGTH
+  assert examples[features.RATING].between(0.5, 5.0).all()
+
+
+# --- history ------------------------------------------------------------------------------------
+
+
+def test_add_history_sorts_stably_and_caps_the_length():
+  events = pd.DataFrame({
+      features.USER_ID: ["b", "a", "a", "a", "b", "a", "a"],
+      features.ITEM_ID: ["x", "a3", "a1", "a2", "y", "a4", "a5"],
+      features.TIMESTAMP: [5, 30, 10, 20, 5, 30, 40],
+  })
+  with_history = ingest.add_history(events, history_length=2)
+  assert list(with_history[features.USER_ID]) == ["a"] * 5 + ["b"] * 2
+  # Equal timestamps keep file order: a3 before a4, x before y.
+  assert list(with_history[features.ITEM_ID]) == ["a1", "a2", "a3", "a4", "a5", "x", "y"]
+  assert list(with_history[features.HISTORY]) == [
+      [], ["a1"], ["a1", "a2"], ["a2", "a3"], ["a3", "a4"], [], ["x"]]
+
+
+def test_add_history_default_length_and_empty_input():
+  events = pd.DataFrame({features.USER_ID: ["u"] * 15, features.ITEM_ID: list("abcdefghijklmno"),
+                         features.TIMESTAMP: range(15)})
+  history = ingest.add_history(events)[features.HISTORY]
+  assert history.iloc[-1] == list("efghijklmn")
+  assert ingest.add_history(events.iloc[:0])[features.HISTORY].tolist() == []
+
+
+# --- unreadable input ---------------------------------------------------------------------------
+
+
+_HEADER = "userId,movieId,rating,timestamp\n"
+
+
+def _ratings_with_line(bad_line: str, at_line: int = 57) -> str:
+  """A ratings.csv whose line `at_line` (header = line 1) is `bad_line`."""
+  good = [f"1,{movie},4.0,964982703\n" for movie in range(at_line - 2)]
+  return _HEADER + "".join(good) + bad_line + "\n" + "2,1,3.0,964982703\n"
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "ratings.csv: the file is empty"),
+    ("\n\n", "ratings.csv: the file is empty"),
+    (_HEADER, "ratings.csv: the file has a header but no rows"),
+    ("userId,movieId,rating\n1,1,4.0\n",
+     "ratings.csv: missing required column 'timestamp'; columns found: userId, movieId, rating"),
+    (_ratings_with_line("3,9,4.0,abc"),
+     "ratings.csv line 57: field 'timestamp' has value 'abc', "
+     "expected an integer epoch time or ISO-8601 date"),
+    (_ratings_with_line("3,9,four,964982703", at_line=4),
+     "ratings.csv line 4: field 'rating' has value 'four', expected a number"),
+    (_ratings_with_line("3,9,4.0,964982703.5", at_line=3),
+     "ratings.csv line 3: field 'timestamp' has value '964982703.5'"),
+    (_ratings_with_line(",9,4.0,964982703", at_line=2),
+     "ratings.csv line 2: field 'userId' has value '', expected a non-empty id"),
+    (_ratings_with_line("3,9,4.0,964982703,extra", at_line=5),
+     "ratings.csv line 5: expected 4 fields (userId,movieId,rating,timestamp), found 5"),
+    (_HEADER + "1,1,4.0,964982703\n1,2,4.",
+     "ratings.csv line 3: expected 4 fields (userId,movieId,rating,timestamp), found 3 in "
+     "'1,2,4.'"),
+])
+def test_unreadable_ratings_are_named(tmp_path, content, message):
+  ratings = _write(tmp_path / "ratings.csv", content)
+  with pytest.raises(ingest.InputDataError) as error:
+    ingest.load_interactions(ratings, fmt="movielens")
+  assert message in str(error.value)
+
+
+def test_error_counts_further_bad_rows(tmp_path):
+  ratings = _write(tmp_path / "ratings.csv", _HEADER + "1,1,x,1\n1,2,y,1\n1,3,z,1\n")
+  with pytest.raises(ingest.InputDataError, match=r"line 2: .*'x'.* \(2 more rows like this\)"):
+    ingest.load_interactions(ratings, fmt="movielens")
+
+
+def test_missing_file_is_named(tmp_path):
+  with pytest.raises(ingest.InputDataError, match=r"nowhere\.csv: file not found"):
+    ingest.load_interactions(tmp_path / "nowhere.csv")
+
+
+def test_missing_items_file_is_named(tmp_path):
+  interactions = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i,1\n")
+  with pytest.raises(ingest.InputDataError, match=r"items\.csv: file not found"):
+    ingest.load_interactions(interactions, tmp_path / "items.csv")
+
+
+def test_non_utf8_bytes_name_the_line(tmp_path):
+  ratings = tmp_path / "ratings.csv"
+  ratings.write_bytes(_HEADER.encode() + b"1,1,4.0,964982703\n1,caf\xe9,4.0,964982703\n")
+  with pytest.raises(ingest.InputDataError,
+                     match=r"ratings\.csv line 3: bytes b'\\xe9' are not valid UTF-8"):
+    ingest.load_interactions(ratings, fmt="movielens")
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+  interactions = tmp_path / "events.csv"
+  interactions.write_bytes("user_id,item_id,timestamp\nü,i,1\n".encode("utf-8-sig"))
+  assert ingest.load_interactions(interactions)[features.USER_ID].tolist() == ["ü"]
+
+
+def test_duplicate_item_in_items_file_is_named(tmp_path):
+  interactions = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i1,1\n")
+  items = _write(tmp_path / "items.csv", "item_id,price\ni1,2.0\ni2,3.0\ni1,4.0\n")
+  with pytest.raises(ingest.InputDataError,
+                     match=r"items\.csv line 4: field 'item_id' has value 'i1'"):
+    ingest.load_interactions(interactions, items)
+
+
+def test_unknown_format_is_named(tmp_path):
+  interactions = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i,1\n")
+  with pytest.raises(ingest.InputDataError,
+                     match="unknown format 'movielens-1m'; expected one of generic, movielens"):
+    ingest.load_interactions(interactions, fmt="movielens-1m")
+
+
+def test_input_data_error_is_a_value_error():
+  assert issubclass(ingest.InputDataError, ValueError)
+
+
+def test_domain_problems_pass_through_for_schema_validation(tmp_path):
+  interactions = _write(tmp_path / "events.csv", (
+      "user_id,item_id,timestamp,event,rating,price\n"
+      "u1,i1,9999999999,teleport,9.5,-3.5\n"
+      "u1,i2,-20,view,-1,0\n"))
+  examples_dir = ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
+  _assert_round_trip(examples_dir, _expected([
+      ("u1", "i2", -20, "view", -1.0, 0.0, features.UNKNOWN_CATEGORY),
+      ("u1", "i1", 9999999999, "teleport", 9.5, -3.5, features.UNKNOWN_CATEGORY),
+  ], history=[[], ["i2"]]))
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _events(n_users=3):
+  events = pd.DataFrame({
+      features.USER_ID: [f"u{k % n_users}" for k in range(12)],
+      features.ITEM_ID: [f"i{k}" for k in range(12)],
+      features.TIMESTAMP: np.arange(12, dtype=np.int64),
+      features.EVENT: "view", features.RATING: 0.0, features.PRICE: 1.5, features.CATEGORY: "c",
+  })
+  return ingest.add_history(events)
+
+
+def test_unchanged_content_leaves_the_file_untouched(tmp_path):
+  path = tmp_path / "examples" / ingest.EXAMPLES_FILE
+  assert ingest.write_examples(_events(), path)
+  os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an mtime a rewrite could not keep
+  before = path.stat()
+  assert not ingest.write_examples(_events(), path)
+  after = path.stat()
+  assert (after.st_mtime_ns, after.st_ino) == (before.st_mtime_ns, before.st_ino)
+  assert os.listdir(path.parent) == [ingest.EXAMPLES_FILE]  # no temporary file left behind
+
+
+def test_changed_content_is_rewritten(tmp_path):
+  path = tmp_path / ingest.EXAMPLES_FILE
+  ingest.write_examples(_events(n_users=3), path)
+  os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+  assert ingest.write_examples(_events(n_users=4), path)
+  assert path.stat().st_mtime_ns != 1_000_000_000
+  assert _read_examples(path)[features.USER_ID].nunique() == 4
+  assert os.listdir(tmp_path) == [ingest.EXAMPLES_FILE]
+
+
+def test_damaged_file_is_replaced(tmp_path):
+  path = tmp_path / ingest.EXAMPLES_FILE
+  path.write_bytes(b"not gzip")
+  assert ingest.write_examples(_events(), path)
+  assert len(_read_examples(path)) == 12
+
+
+def test_prepare_dataset_is_idempotent(tmp_path):
+  interactions = _write(tmp_path / "events.csv", "user_id,item_id,timestamp\nu,i,1\nu,j,2\n")
+  out = ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
+  mtime = (out / ingest.EXAMPLES_FILE).stat().st_mtime_ns
+  ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
+  assert (out / ingest.EXAMPLES_FILE).stat().st_mtime_ns == mtime

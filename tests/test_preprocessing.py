@@ -1,0 +1,73 @@
+"""Transform's preprocessing_fn on Beam, against hand-computed vocabulary indices."""
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata
+
+from components import features
+from components import preprocessing
+from components import schema as schema_lib
+
+
+def _event(user, item, history, category="c1"):
+  return {
+      features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: 1_700_000_000,
+      features.EVENT: "view", features.RATING: 0.0, features.PRICE: 1.0,
+      features.CATEGORY: category, features.HISTORY: history,
+  }
+
+
+@pytest.fixture(scope="module")
+def transformed():
+  raw = [
+      _event("u1", "a", []),
+      _event("u1", "b", ["a"]),
+      _event("u2", "a", [], category="c2"),
+      _event("u2", "c", ["a"] + ["b"] * 12),  # longer than HISTORY_LENGTH: keep the newest
+  ]
+  metadata = dataset_metadata.DatasetMetadata(schema_lib.load_schema())
+  with tempfile.TemporaryDirectory() as temp_dir, tft_beam.Context(temp_dir=temp_dir):
+    (data, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
+        preprocessing.preprocessing_fn, output_record_batches=False)
+    output_dir = tempfile.mkdtemp()
+    _ = transform_fn | tft_beam.WriteTransformFn(output_dir)
+  return data, tft.TFTransformOutput(output_dir)
+
+
+def test_vocabularies_order_ids_by_frequency(transformed):
+  _, output = transformed
+  # 'a' occurs twice, 'b' and 'c' once (ties broken by descending string order).
+  assert output.vocabulary_by_name(features.ITEM_ID) == [b"a", b"c", b"b"]
+  assert preprocessing.vocabulary_size(output, features.ITEM_ID) == 4  # + OOV bucket
+
+
+def test_ids_become_vocabulary_indices(transformed):
+  data, _ = transformed
+  items = [row[features.transformed_name(features.ITEM_ID)] for row in data]
+  assert items == [0, 2, 0, 1]
+
+
+def test_history_is_padded_and_keeps_most_recent_items(transformed):
+  data, _ = transformed
+  history = np.array([row[features.transformed_name(features.HISTORY)] for row in data])
+  pad = preprocessing.HISTORY_PADDING
+  assert history.shape == (4, features.HISTORY_LENGTH)
+  assert list(history[0]) == [pad] * features.HISTORY_LENGTH
+  assert list(history[1]) == [0] + [pad] * (features.HISTORY_LENGTH - 1)
+  # 13 items in, the newest 10 out: the leading 'a' and two 'b's are dropped.
+  assert list(history[3]) == [2] * features.HISTORY_LENGTH
+
+
+def test_serving_layer_maps_unknown_ids_to_oov_and_needs_only_query_features(transformed):
+  _, output = transformed
+  layer = output.transform_features_layer()
+  history = tf.sparse.from_dense(tf.constant([["zzz", "a"], ["", ""]]))
+  result = layer({features.USER_ID: tf.constant(["u2", "stranger"]), features.HISTORY: history})
+  assert list(result[features.transformed_name(features.USER_ID)].numpy()) == [0, 2]
+  history_xf = result[features.transformed_name(features.HISTORY)].numpy()
+  assert list(history_xf[0][:2]) == [3, 0]  # unknown item -> OOV index 3
+  assert (history_xf[1] == preprocessing.HISTORY_PADDING).all()

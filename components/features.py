@@ -1,8 +1,15 @@
-"""Names and shapes of the interaction features, shared by ingestion, Transform and Trainer.
+"""Names and shapes of the features, shared by ingestion, session building, Transform and Trainer.
 
-One row of the internal event schema is one interaction of a user with an item.
+Three kinds of record flow through the pipeline:
+  * an event (ingestion's output, validated against schemas/events/schema.pbtxt): one interaction
+    of a user with an item, or one impression the platform logged;
+  * a retrieval example (SessionBuilder's `examples`): one engagement with the user's history
+    before it, what the two-tower model learns to predict;
+  * a transition (SessionBuilder's `transitions`): one impression as a step of the session's
+    Markov decision process, what the DQN ranking head learns from.
 """
 
+# Event fields.
 USER_ID = "user_id"
 ITEM_ID = "item_id"
 TIMESTAMP = "timestamp"  # seconds since the Unix epoch
@@ -10,14 +17,35 @@ EVENT = "event"
 RATING = "rating"  # explicit rating where the source has one, else 0.0
 PRICE = "price"  # item price at event time; 0.0 where the source has none
 CATEGORY = "category"
-HISTORY = "history"  # the user's previous items, oldest first, at most HISTORY_LENGTH
+# Logged by a platform that shows slates (the simulator does); absent from other sources.
+SESSION_ID = "session_id"  # the platform's own session id, kept for reference
+POSITION = "position"  # 0-based slot of the item in the slate shown
+PROPENSITY = "propensity"  # probability the logging policy had of showing the item there
 
-EVENT_TYPES = ("view", "click", "purchase", "rating")
-HISTORY_LENGTH = 10
+# An impression is an item shown and not engaged with; the other event types are engagements: the
+# user chose the item, so they are retrieval positives and enter the user's history. A logged
+# impression row carries its strongest outcome: 'click' or 'purchase' when there was one.
+IMPRESSION = "impression"
+ENGAGEMENT_EVENTS = ("view", "click", "purchase", "rating")
+EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
+CLICK_EVENTS = ("click", "purchase")
+PURCHASE_EVENT = "purchase"
 UNKNOWN_CATEGORY = "unknown"
 
-# Columns written by ingestion, in order.
-EVENT_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, EVENT, RATING, PRICE, CATEGORY, HISTORY)
+REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, EVENT, RATING, PRICE, CATEGORY)
+OPTIONAL_EVENT_COLUMNS = (SESSION_ID, POSITION, PROPENSITY)
+# Columns ingestion writes, in order; optional ones only where the source has them.
+EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
+
+# Fields SessionBuilder adds.
+SESSION = "session"  # "<user_id>/<n>": the user's n-th session, cut at inactivity gaps
+HISTORY = "history"  # the user's engaged items before this one, oldest first
+HISTORY_LENGTH = 10
+CLICK = "click"  # 1 if the shown item was clicked (a purchase implies a click)
+PURCHASE = "purchase"  # 1 if it was bought
+REVENUE = "revenue"  # price of a purchase, else 0.0
+NEXT_HISTORY = "next_history"  # the history after this step: the state the action leads to
+DONE = "done"  # 1 on a session's last step
 
 
 def transformed_name(key: str) -> str:

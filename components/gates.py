@@ -1,18 +1,27 @@
 """Thin TFX wrappers around the data and model gates; the logic lives in plain modules."""
 import json
+import logging
 import os
+from typing import List
 
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.components.schema_gen import executor as schema_gen_executor
+from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components import data_validation
+from components import schema as schema_lib
 from components import retrieval_evaluation
+from components import sessions
 
-EVAL_SPLIT = "eval"
 METRICS_FILE = "metrics.json"
+# Custom properties of DriftGate's output: what it found and whether a person overrode it.
+DRIFT_DETECTED = "drift_detected"
+DRIFT_OVERRIDDEN = "drift_overridden"
+BASELINE_STATISTICS = "baseline_statistics"  # the baseline artifact's id
 
 
 @component
@@ -22,6 +31,76 @@ def DataValidationGate(
   """Fails the run when ExampleValidator found any anomaly in any split."""
   splits = artifact_utils.decode_split_names(anomalies.split_names)
   data_validation.check_split_anomalies(anomalies, splits)
+
+
+class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
+  """Up to `limit` newest artifacts of each channel, however few exist.
+
+  TFX's LatestArtifactStrategy resolves nothing unless all it asks for exist, and a first run
+  has a single statistics artifact.
+  """
+
+  def __init__(self, limit: int):
+    self._limit = limit
+
+  def resolve_artifacts(self, store, input_dict):
+    del store  # the channels' artifacts are all it needs
+    return {key: sorted(artifacts, key=lambda artifact: artifact.id, reverse=True)[:self._limit]
+            for key, artifacts in input_dict.items()}
+
+
+def baseline_of(current, recent):
+  """The newest statistics in `recent` other than `current`, or None when there are none.
+
+  A re-run of unchanged data reuses the cached statistics artifact, which is not a baseline.
+  """
+  others = [artifact for artifact in recent or () if artifact.id != current.id]
+  return max(others, key=lambda artifact: artifact.id, default=None)
+
+
+@component
+def DriftGate(
+    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    recent_statistics: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.ExampleStatistics]] = None,
+    allow_drift: tfx.dsl.components.Parameter[int] = 0,
+) -> None:
+  """Fails the run when its data drifted from the previous run's, unless allow_drift is set.
+
+  `recent_statistics` are StatisticsGen outputs of earlier runs (a resolver's output); the
+  baseline is the newest of them. The first run has none and passes. The findings are written
+  as TFDV anomalies, one `SchemaDiff.pb` per split as ExampleValidator writes them; an override
+  is recorded both as this execution's `allow_drift` property and as the output's
+  `drift_overridden` property in ML Metadata.
+  """
+  drift.split_names = statistics.split_names
+  baseline = baseline_of(statistics, recent_statistics)
+  detected = []
+  if baseline is not None:
+    drift.set_int_custom_property(BASELINE_STATISTICS, baseline.id)
+    curated = schema_lib.load_schema(
+        os.path.join(schema.uri, schema_gen_executor.DEFAULT_FILE_NAME))
+    for split in artifact_utils.decode_split_names(statistics.split_names):
+      found = data_validation.drift_anomalies(
+          stats_artifact_utils.load_statistics(statistics, split).proto(),
+          stats_artifact_utils.load_statistics(baseline, split).proto(), curated)
+      io_utils.write_bytes_file(
+          os.path.join(drift.uri, f"Split-{split}", data_validation.ANOMALIES_FILE),
+          found.SerializeToString())
+      detected += [f"[{split}] {message}" for message in data_validation.anomaly_messages(found)]
+  drift.set_int_custom_property(DRIFT_DETECTED, int(bool(detected)))
+  drift.set_int_custom_property(DRIFT_OVERRIDDEN, int(bool(detected and allow_drift)))
+  if detected and allow_drift:
+    logging.warning("Drift from the previous run's data overridden by allow_drift:\n  %s",
+                    "\n  ".join(detected))
+  elif detected:
+    raise data_validation.DataDriftError(
+        "The data drifted from the previous run's data beyond the thresholds in "
+        "schemas/events/schema.pbtxt; the run stops before the model is trained. If the change "
+        "is expected, re-run with --allow-drift (the override is recorded in ML Metadata):\n  "
+        + "\n  ".join(detected))
 
 
 @component
@@ -40,8 +119,9 @@ def RetrievalEvaluator(
   """
   metrics = retrieval_evaluation.recall_at_k(
       os.path.join(model.uri, "Format-Serving"),
-      retrieval_evaluation.read_events(artifact_utils.get_split_uri([examples], EVAL_SPLIT)), k)
+      retrieval_evaluation.read_events(artifact_utils.get_split_uri([examples], sessions.EVAL_SPLIT)), k)
   verdict = retrieval_evaluation.judge_recall(metrics, k, recall_floor)
+  logging.info("Model %s: %s", "blessed" if verdict.blessed else "not blessed", verdict.reason)
   io_utils.write_string_file(
       os.path.join(evaluation.uri, METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=True))
 

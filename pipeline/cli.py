@@ -1,12 +1,19 @@
 """`recsys`: run the pipeline, serve what it pushed, and ask the server for recommendations."""
 import contextlib
+import os
 import pathlib
 import socket
 import subprocess
 import sys
+import warnings
 from typing import Iterator, Optional, Sequence
 
 import click
+
+# The command line is for people: keep TensorFlow's C++ start-up chatter and Google client
+# libraries' Python-version notices out of its output. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from pipeline import configs
 
@@ -46,7 +53,14 @@ def main() -> None:
 @click.option("--epochs", type=int, help="Training epochs (default in components/model.py).")
 @click.option("--recall-floor", type=float, help="Least recall@10 a model needs to be pushed.")
 @click.option("--no-cache", is_flag=True, help="Re-run every component even if inputs are unchanged.")
-def run(interactions, items, fmt, home, epochs, recall_floor, no_cache) -> None:
+@click.option("--allow-drift", is_flag=True,
+              help="Go on although the data drifted from the previous span (recorded in ML "
+              "Metadata).")
+@click.option("--beam-arg", "beam_args", multiple=True,
+              help="A Beam pipeline option, repeatable; replaces the in-process defaults, e.g. "
+              "--beam-arg=--direct_running_mode=multi_processing --beam-arg=--direct_num_workers=2")
+def run(interactions, items, fmt, home, epochs, recall_floor, no_cache, allow_drift,
+        beam_args) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   import dataclasses
 
@@ -55,23 +69,26 @@ def run(interactions, items, fmt, home, epochs, recall_floor, no_cache) -> None:
   from pipeline import local_runner
   from pipeline import run_report
 
-  config = _config(home, recall_floor=recall_floor, enable_cache=False if no_cache else None)
+  from components.data import spans
+
+  config = _config(home, recall_floor=recall_floor, enable_cache=False if no_cache else None,
+                   allow_drift=allow_drift or None, beam_pipeline_args=tuple(beam_args) or None)
   if epochs is not None:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
   if interactions is None:
     dataset = _default_dataset(config)
-    interactions, items, fmt, name = dataset.interactions, dataset.items, "generic", DEFAULT_DATASET
-  else:
-    name = pathlib.Path(interactions).stem
+    interactions, items, fmt = dataset.interactions, dataset.items, "generic"
+  input_base = config.input_base
   try:
-    examples_dir = ingest.prepare_dataset(
-        interactions, items, fmt=fmt, out_dir=config.data_dir / name / "examples")
+    staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging")
   except ingest.InputDataError as error:
     raise UsageError(str(error)) from error
+  span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
+  click.echo(f"Ingested {interactions} as span {span} of {input_base}")
 
   versions_before = run_report.pushed_versions(config)
   try:
-    local_runner.run(config, examples_dir)
+    local_runner.run(config, input_base)
   except data_validation.DataValidationError as error:
     raise UsageError(str(error)) from error
   click.echo(run_report.describe(config, versions_before))
@@ -151,6 +168,7 @@ def demo(home, user, k) -> None:
 
   config = _config(home)
   events = ingest.load_interactions(_default_dataset(config).interactions)
+  events = events[events[features.EVENT].isin(features.ENGAGEMENT_EVENTS)]
   user = user or events[features.USER_ID].value_counts().idxmax()
   user_events = events[events[features.USER_ID] == user].sort_values(
       features.TIMESTAMP, kind="stable")

@@ -7,8 +7,8 @@ from pipeline import pipeline as pipeline_lib
 from pipeline.configs import PipelineConfig
 
 
-def run(config: PipelineConfig, examples_dir: pathlib.Path) -> None:
+def run(config: PipelineConfig, input_base: pathlib.Path) -> None:
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
   tfx.orchestration.LocalDagRunner().run(pipeline_lib.create_pipeline(
-      config, examples_dir,
+      config, input_base,
       tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path))))

@@ -1,4 +1,4 @@
-"""The pipeline: events → validated Examples → Transform → two-tower model → gate → push.
+"""The pipeline: events → validated span → sessions → Transform → two-tower model → gate → push.
 
 One definition serves every orchestrator; the runner files only choose where it runs.
 """
@@ -10,42 +10,72 @@ from tfx.orchestration import pipeline as tfx_pipeline
 from components import gates
 from components import schema as schema_lib
 from components import trainer
+from components.data import spans
+from components.session_builder import EVENTS_SPLIT
+from components.session_builder import SessionBuilder
 from pipeline.configs import PipelineConfig
 
+# DriftGate compares with the newest of these that is not this run's own (cached) statistics.
+_RECENT_STATISTICS = 2
 
-def create_pipeline(config: PipelineConfig, examples_dir: pathlib.Path,
+
+def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
                     metadata_connection_config=None) -> tfx_pipeline.Pipeline:
-  """Builds the TFX pipeline over the TFRecord events in `examples_dir` (see components/data)."""
+  """Builds the TFX pipeline over the latest span of TFRecord events under `input_base`."""
   example_gen = tfx.components.ImportExampleGen(
-      input_base=str(examples_dir),
+      input_base=str(input_base),
+      input_config=tfx.proto.Input(splits=[
+          tfx.proto.Input.Split(name=EVENTS_SPLIT, pattern=spans.INPUT_PATTERN)]),
+      # One output split: the train/eval split is by time, in SessionBuilder, not by hash.
       output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-          tfx.proto.SplitConfig.Split(name="train", hash_buckets=config.train_buckets),
-          tfx.proto.SplitConfig.Split(name=gates.EVAL_SPLIT, hash_buckets=1),
-      ])))
+          tfx.proto.SplitConfig.Split(name=EVENTS_SPLIT, hash_buckets=1)])))
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-  schema_gen = tfx.components.ImportSchemaGen(schema_file=str(schema_lib.SCHEMA_PATH))
+  events_schema = tfx.components.ImportSchemaGen(
+      schema_file=str(schema_lib.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
   example_validator = tfx.components.ExampleValidator(
-      statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+      statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
   data_gate = gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
+  # Statistics of earlier runs: a plain channel, not StatisticsGen's output, so the resolver
+  # does not wait for (and pick up) this run's statistics.
+  recent_statistics = tfx.dsl.Resolver(
+      strategy_class=gates.RecentArtifactsStrategy,
+      config={"limit": _RECENT_STATISTICS},
+      statistics=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ExampleStatistics,
+          producer_component_id=statistics_gen.id,
+          output_key="statistics")).with_id("RecentStatistics")
+  drift_gate = gates.DriftGate(
+      statistics=statistics_gen.outputs["statistics"],
+      recent_statistics=recent_statistics.outputs["statistics"],
+      schema=events_schema.outputs["schema"],
+      allow_drift=int(config.allow_drift))
 
+  session_builder = SessionBuilder(
+      events=example_gen.outputs["examples"],
+      session_gap_seconds=config.sessions.session_gap_seconds,
+      history_length=config.sessions.history_length,
+      eval_fraction=config.sessions.eval_fraction)
+  # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
+  session_builder.add_upstream_node(data_gate)
+  session_builder.add_upstream_node(drift_gate)
+
+  examples_schema = tfx.components.ImportSchemaGen(
+      schema_file=str(schema_lib.EXAMPLES_SCHEMA_PATH)).with_id("ExamplesSchemaGen")
   code_config = trainer.custom_config(config.model)
   transform = tfx.components.Transform(
-      examples=example_gen.outputs["examples"],
-      schema=schema_gen.outputs["schema"],
+      examples=session_builder.outputs["examples"],
+      schema=examples_schema.outputs["schema"],
       preprocessing_fn="components.preprocessing.preprocessing_fn",
       custom_config=code_config)
-  # Transform reads the examples, not the gate's output, so the order is stated explicitly.
-  transform.add_upstream_node(data_gate)
-
   model_trainer = tfx.components.Trainer(
       run_fn="components.trainer.run_fn",
       examples=transform.outputs["transformed_examples"],
       transform_graph=transform.outputs["transform_graph"],
-      schema=schema_gen.outputs["schema"],
+      schema=examples_schema.outputs["schema"],
       custom_config=code_config)
   evaluator = gates.RetrievalEvaluator(
       model=model_trainer.outputs["model"],
-      examples=example_gen.outputs["examples"],
+      examples=session_builder.outputs["examples"],
       k=config.eval_k,
       recall_floor=config.recall_floor)
   pusher = tfx.components.Pusher(
@@ -58,8 +88,9 @@ def create_pipeline(config: PipelineConfig, examples_dir: pathlib.Path,
   return tfx_pipeline.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=str(config.pipeline_root),
-      components=[example_gen, statistics_gen, schema_gen, example_validator, data_gate,
-                  transform, model_trainer, evaluator, pusher],
+      components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
+                  recent_statistics, drift_gate, session_builder, examples_schema, transform,
+                  model_trainer, evaluator, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

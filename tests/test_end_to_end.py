@@ -1,14 +1,19 @@
 """The whole product on tiny data: CLI → TFX pipeline → push → gRPC server → client.
 
-One module-scoped home is shared so the pipeline runs once for the success path; the failure
-paths then check that bad input never reaches the Trainer and the served version keeps serving.
+One module-scoped home is shared so the pipeline runs once for the success path; the tests after
+it run in file order, each ingesting a new span into the same home: the failure paths check that
+bad or drifted input never reaches the Trainer and the served version keeps serving.
 """
 import pathlib
 
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from tfx import v1 as tfx
 
+from components import gates
 from components.data import generator
 from pipeline import cli
 from serving import client as client_lib
@@ -29,7 +34,7 @@ def _versions(home: pathlib.Path):
 def trained(tmp_path_factory):
   home = tmp_path_factory.mktemp("home")
   dataset = generator.generate_dataset(
-      tmp_path_factory.mktemp("raw"), seed=7, n_users=80, n_items=60, n_events=4000)
+      tmp_path_factory.mktemp("raw"), seed=7, n_users=80, n_items=60, n_events=20000)
   args = ["--interactions", str(dataset.interactions), "--items", str(dataset.items),
           "--home", str(home), "--epochs", "2", "--recall-floor", "0.01"]
   result = _run(*args)
@@ -47,7 +52,7 @@ def test_run_pushes_a_versioned_saved_model(trained):
 def test_pushed_model_answers_over_grpc(trained):
   home, dataset, _, _ = trained
   catalog = set(pd.read_csv(dataset.items, dtype=str)["item_id"])
-  user = pd.read_csv(dataset.interactions, dtype=str)["user_id"].iloc[0]
+  user = pd.read_csv(dataset.interactions, dtype=str)["user_id"].iloc[-1]
   server, port = server_lib.build_server(home / "serving", port=0)
   server.start()
   try:
@@ -66,29 +71,74 @@ def test_second_run_keeps_the_served_version(trained):
   before = _versions(home)
   result = _run(*args)
   assert result.exit_code == 0, result.output
-  after = _versions(home)
-  assert set(before) <= set(after)
+  assert "as span 1 " in result.output  # the same data is the same span
+  assert "Inputs unchanged since the last run" in result.output
+  assert _versions(home) == before
 
 
-def test_schema_violation_stops_before_training_and_keeps_serving(trained, tmp_path):
-  home, dataset, _, _ = trained
+def _trained_models(home):
+  return list((home / "pipelines" / "recsys" / "Trainer" / "model").glob("*"))
+
+
+def test_schema_violations_stop_before_training_and_keep_serving(trained, tmp_path):
+  home, dataset, args, _ = trained
   before = _versions(home)
-  lines = dataset.interactions.read_text().splitlines()
-  header = lines[0].split(",")
+  events = pd.read_csv(dataset.interactions, dtype=str, keep_default_na=False)
+  # Some rows get an event type the schema does not know, a negative price, a date in 2300.
+  events.loc[::9, "event"] = "teleport"
+  events.loc[5, "price"] = "-9.5"
+  events.loc[7, "timestamp"] = "10413792000"
   bad = tmp_path / "bad_events.csv"
-  # A ninth of the rows get an event type the schema does not know.
-  event = header.index("event")
-  rows = [line.split(",") for line in lines[1:]]
-  for row in rows[::9]:
-    row[event] = "teleport"
-  bad.write_text("\n".join([lines[0]] + [",".join(row) for row in rows]) + "\n")
-  result = CliRunner().invoke(cli.main, [
-      "run", "--interactions", str(bad), "--items", str(dataset.items), "--home", str(home)])
+  events.to_csv(bad, index=False)
+  result = _run("--interactions", str(bad), *args[2:])
   assert result.exit_code != 0
   assert "feature 'event'" in result.output and "teleport" in result.output
+  assert "feature 'price'" in result.output and "-9.5" in result.output
+  assert "feature 'timestamp'" in result.output
   assert _versions(home) == before
-  trainer_runs = list((home / "pipelines" / "recsys" / "Trainer" / "model").glob("*"))
-  assert len(trainer_runs) == 1  # only the good run's model
+  assert len(_trained_models(home)) == 1  # only the good run's model
+
+
+def _latest_drift_gate(home):
+  """The newest DriftGate execution's allow_drift and its output's custom properties."""
+  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      str(home / "metadata" / "recsys.sqlite")))
+  execution = max((e for e in store.get_executions()
+                   if store.get_execution_types_by_id([e.type_id])[0].name.endswith("DriftGate")),
+                  key=lambda e: e.id)
+  events = store.get_events_by_execution_ids([execution.id])
+  outputs = store.get_artifacts_by_id(
+      [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
+  (drift,) = outputs
+  return (execution.properties["allow_drift"].int_value or
+          execution.custom_properties["allow_drift"].int_value,
+          {key: value.int_value for key, value in drift.custom_properties.items()})
+
+
+def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trained, tmp_path):
+  home, dataset, args, _ = trained
+  before = _versions(home)
+  # A feed that switched to cents: every price, in the log and in the items file, x100.
+  cents, cents_items = tmp_path / "cents.csv", tmp_path / "cents_items.csv"
+  for source, target in ((dataset.interactions, cents), (dataset.items, cents_items)):
+    frame = pd.read_csv(source, dtype={"price": float}, keep_default_na=False)
+    frame.loc[:, frame.columns == "price"] *= 100
+    frame.to_csv(target, index=False)
+  args = ["--interactions", str(cents), "--items", str(cents_items), *args[4:]]
+
+  result = _run(*args)
+  assert result.exit_code != 0
+  assert "drifted" in result.output and "feature 'price'" in result.output
+  assert "--allow-drift" in result.output
+  assert _versions(home) == before
+  assert len(_trained_models(home)) == 1
+
+  result = _run(*args, "--allow-drift")
+  assert result.exit_code == 0, result.output
+  allow_drift, properties = _latest_drift_gate(home)
+  assert allow_drift == 1
+  assert properties[gates.DRIFT_DETECTED] == 1 and properties[gates.DRIFT_OVERRIDDEN] == 1
+  assert len(_versions(home)) == len(before) + 1
 
 
 def test_unreadable_file_stops_at_ingestion_naming_the_line(trained, tmp_path):
@@ -102,3 +152,12 @@ def test_unreadable_file_stops_at_ingestion_naming_the_line(trained, tmp_path):
   assert result.exit_code != 0
   assert "truncated.csv" in result.output and "line" in result.output
   assert _versions(home) == before
+
+
+def test_runs_on_movielens_latest_small(movielens_dir, tmp_path):
+  result = _run("--interactions", str(movielens_dir / "ratings.csv"),
+                "--items", str(movielens_dir / "movies.csv"), "--format", "movielens",
+                "--home", str(tmp_path), "--epochs", "1", "--recall-floor", "0.0")
+  assert result.exit_code == 0, result.output
+  assert "pushed version" in result.output
+  assert len(_versions(tmp_path)) == 1

@@ -7,20 +7,9 @@ import pytest
 import tensorflow as tf
 
 from components import features
+from components import sessions
 from components.data import generator
 from components.data import ingest
-
-_PARSE_SPEC = {
-    features.USER_ID: tf.io.FixedLenFeature([], tf.string),
-    features.ITEM_ID: tf.io.FixedLenFeature([], tf.string),
-    features.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64),
-    features.EVENT: tf.io.FixedLenFeature([], tf.string),
-    features.RATING: tf.io.FixedLenFeature([], tf.float32),
-    features.PRICE: tf.io.FixedLenFeature([], tf.float32),
-    features.CATEGORY: tf.io.FixedLenFeature([], tf.string),
-    features.HISTORY: tf.io.VarLenFeature(tf.string),
-}
-
 
 def _write(path, text):
   path.write_text(text)
@@ -28,27 +17,26 @@ def _write(path, text):
 
 
 def _read_examples(path) -> pd.DataFrame:
-  """The TFRecord file parsed back with tf.data, as a frame in the event schema."""
-  batches = tf.data.TFRecordDataset(str(path), compression_type="GZIP").batch(1 << 20).map(
-      lambda records: tf.io.parse_example(records, _PARSE_SPEC))
-  batch = next(iter(batches))
-  decoded = {name: value.numpy() for name, value in batch.items() if name != features.HISTORY}
-  for name in (features.USER_ID, features.ITEM_ID, features.EVENT, features.CATEGORY):
-    decoded[name] = [value.decode() for value in decoded[name]]
-  history = tf.RaggedTensor.from_sparse(batch[features.HISTORY]).to_list()
-  decoded[features.HISTORY] = [[item.decode() for item in items] for items in history]
-  return pd.DataFrame(decoded)[list(features.EVENT_COLUMNS)]
+  """The TFRecord file read back with the session builder's own parser, in file order."""
+  records = tf.data.TFRecordDataset(str(path), compression_type="GZIP")
+  events = [sessions.event_from_example(bytes(record.numpy())) for record in records]
+  frame = pd.DataFrame(events, columns=sessions.Event._fields)
+  return frame.dropna(axis="columns", how="all")  # optional fields no record has
 
 
 def _assert_round_trip(examples_dir, expected: pd.DataFrame):
   assert sorted(os.listdir(examples_dir)) == [ingest.EXAMPLES_FILE]
   actual = _read_examples(examples_dir / ingest.EXAMPLES_FILE)
-  expected = expected.astype({features.RATING: np.float32, features.PRICE: np.float32})
-  pd.testing.assert_frame_equal(actual, expected.reset_index(drop=True), check_dtype=False)
+  # Floats travel as float32 in tf.train.Example.
+  floats = [column for column in (features.RATING, features.PRICE, features.PROPENSITY)
+            if column in expected]
+  pd.testing.assert_frame_equal(actual.astype({c: np.float32 for c in floats}),
+                                expected.astype({c: np.float32 for c in floats}).reset_index(
+                                    drop=True), check_dtype=False)
 
 
-def _expected(rows, history):
-  return pd.DataFrame(rows, columns=list(ingest.LOADED_COLUMNS)).assign(history=history)
+def _expected(rows):
+  return pd.DataFrame(rows, columns=list(features.REQUIRED_EVENT_COLUMNS))
 
 
 # --- formats ------------------------------------------------------------------------------------
@@ -69,11 +57,31 @@ def test_generic_round_trip_with_items_join(tmp_path):
   examples_dir = ingest.prepare_dataset(interactions, items, out_dir=tmp_path / "out")
   assert examples_dir == tmp_path / "out"
   _assert_round_trip(examples_dir, _expected([
+      ("u2", "i1", 1700000300, "purchase", 0.0, 9.5, "books"),
       ("u1", "i1", 1700000000, "view", 0.0, 12.0, "books"),
       ("u1", "i2", 1700000100, "view", 0.0, 3.25, "shoes"),
       ("u1", "i3", 1700000100, "click", 0.0, 0.0, features.UNKNOWN_CATEGORY),
-      ("u2", "i1", 1700000300, "purchase", 0.0, 9.5, "books"),
-  ], history=[[], ["i1"], ["i1", "i2"], []]))
+  ]))
+
+
+def test_impression_log_columns_round_trip_and_absent_fields_are_omitted(tmp_path):
+  interactions = _write(tmp_path / "log.csv", (
+      "user_id,item_id,timestamp,event,price,session_id,position,propensity\n"
+      "u1,i1,1700000000,impression,5.0,s1,0,0.25\n"
+      "u1,i2,1700000000,click,6.0,s1,1,1\n"
+      "u2,i3,1700000100,view,7.0,,,\n"))
+  examples_dir = ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
+  expected = _expected([
+      ("u1", "i1", 1700000000, "impression", 0.0, 5.0, features.UNKNOWN_CATEGORY),
+      ("u1", "i2", 1700000000, "click", 0.0, 6.0, features.UNKNOWN_CATEGORY),
+      ("u2", "i3", 1700000100, "view", 0.0, 7.0, features.UNKNOWN_CATEGORY),
+  ]).assign(session_id=["s1", "s1", None], position=[0, 1, None],
+            propensity=[0.25, 1.0, None])
+  _assert_round_trip(examples_dir, expected)
+  record = next(iter(tf.data.TFRecordDataset(
+      str(examples_dir / ingest.EXAMPLES_FILE), compression_type="GZIP").skip(2)))
+  assert set(tf.train.Example.FromString(record.numpy()).features.feature) == set(
+      features.REQUIRED_EVENT_COLUMNS)
 
 
 def test_generic_defaults_event_to_rating_when_ratings_are_given(tmp_path):
@@ -88,7 +96,7 @@ def test_generic_defaults_event_to_rating_when_ratings_are_given(tmp_path):
 def test_load_interactions_types(tmp_path):
   interactions = _write(tmp_path / "e.csv", "user_id,item_id,timestamp\n1,2,3\n")
   events = ingest.load_interactions(interactions)
-  assert tuple(events.columns) == ingest.LOADED_COLUMNS
+  assert tuple(events.columns) == features.REQUIRED_EVENT_COLUMNS
   assert events.dtypes.to_dict() == {
       features.USER_ID: object, features.ITEM_ID: object, features.TIMESTAMP: np.int64,
       features.EVENT: object, features.RATING: np.float64, features.PRICE: np.float64,
@@ -122,9 +130,9 @@ def test_generated_dataset_round_trips(tmp_path):
                                        n_events=500)
   examples_dir = ingest.prepare_dataset(dataset.interactions, dataset.items,
                                         out_dir=tmp_path / "out")
-  expected = ingest.add_history(ingest.load_interactions(dataset.interactions, dataset.items))
+  expected = ingest.load_interactions(dataset.interactions, dataset.items)
   _assert_round_trip(examples_dir, expected)
-  assert set(expected[features.EVENT]) <= {"view", "click", "purchase"}
+  assert set(expected[features.EVENT]) <= set(features.EVENT_TYPES)
   assert (expected[features.PRICE] > 0).all()
   assert not (expected[features.CATEGORY] == features.UNKNOWN_CATEGORY).any()
 
@@ -142,10 +150,10 @@ def test_movielens_round_trip(tmp_path):
       "12,Some Film (2015),(no genres listed)\n"))
   examples_dir = ingest.prepare_dataset(ratings, movies, fmt="movielens", out_dir=tmp_path / "out")
   _assert_round_trip(examples_dir, _expected([
-      ("1", "11", 964982224, "rating", 3.5, 0.0, "Comedy"),
       ("1", "10", 964982703, "rating", 4.0, 0.0, "Action"),
+      ("1", "11", 964982224, "rating", 3.5, 0.0, "Comedy"),
       ("2", "12", 964982931, "rating", 5.0, 0.0, features.UNKNOWN_CATEGORY),
-  ], history=[[], ["11"], []]))
+  ]))
 
 
 def test_movielens_100k_round_trip(tmp_path):
@@ -159,10 +167,10 @@ def test_movielens_100k_round_trip(tmp_path):
   examples_dir = ingest.prepare_dataset(data, tmp_path / "u.item", fmt="movielens-100k",
                                         out_dir=tmp_path / "out")
   _assert_round_trip(examples_dir, _expected([
-      ("186", "302", 891717742, "rating", 3.0, 0.0, "Crime"),
       ("196", "242", 881250949, "rating", 3.0, 0.0, "Comedy"),
+      ("186", "302", 891717742, "rating", 3.0, 0.0, "Crime"),
       ("196", "302", 881250950, "rating", 1.0, 0.0, "Crime"),
-  ], history=[[], [], ["242"]]))
+  ]))
 
 
 def test_movielens_latest_small(movielens_dir, tmp_path):
@@ -177,33 +185,7 @@ def test_movielens_latest_small(movielens_dir, tmp_path):
       features.CATEGORY]
   assert categories["1"] == "Adventure"  # Toy Story: Adventure|Animation|...
   assert categories["2"] == "Adventure"  # Jumanji
-  assert examples[features.HISTORY].map(len).max() == features.HISTORY_LENGTH
   assert examples[features.RATING].between(0.5, 5.0).all()
-
-
-# --- history ------------------------------------------------------------------------------------
-
-
-def test_add_history_sorts_stably_and_caps_the_length():
-  events = pd.DataFrame({
-      features.USER_ID: ["b", "a", "a", "a", "b", "a", "a"],
-      features.ITEM_ID: ["x", "a3", "a1", "a2", "y", "a4", "a5"],
-      features.TIMESTAMP: [5, 30, 10, 20, 5, 30, 40],
-  })
-  with_history = ingest.add_history(events, history_length=2)
-  assert list(with_history[features.USER_ID]) == ["a"] * 5 + ["b"] * 2
-  # Equal timestamps keep file order: a3 before a4, x before y.
-  assert list(with_history[features.ITEM_ID]) == ["a1", "a2", "a3", "a4", "a5", "x", "y"]
-  assert list(with_history[features.HISTORY]) == [
-      [], ["a1"], ["a1", "a2"], ["a2", "a3"], ["a3", "a4"], [], ["x"]]
-
-
-def test_add_history_default_length_and_empty_input():
-  events = pd.DataFrame({features.USER_ID: ["u"] * 15, features.ITEM_ID: list("abcdefghijklmno"),
-                         features.TIMESTAMP: range(15)})
-  history = ingest.add_history(events)[features.HISTORY]
-  assert history.iloc[-1] == list("efghijklmn")
-  assert ingest.add_history(events.iloc[:0])[features.HISTORY].tolist() == []
 
 
 # --- unreadable input ---------------------------------------------------------------------------
@@ -303,9 +285,9 @@ def test_domain_problems_pass_through_for_schema_validation(tmp_path):
       "u1,i2,-20,view,-1,0\n"))
   examples_dir = ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
   _assert_round_trip(examples_dir, _expected([
-      ("u1", "i2", -20, "view", -1.0, 0.0, features.UNKNOWN_CATEGORY),
       ("u1", "i1", 9999999999, "teleport", 9.5, -3.5, features.UNKNOWN_CATEGORY),
-  ], history=[[], ["i2"]]))
+      ("u1", "i2", -20, "view", -1.0, 0.0, features.UNKNOWN_CATEGORY),
+  ]))
 
 
 # --- writing ------------------------------------------------------------------------------------
@@ -318,7 +300,7 @@ def _events(n_users=3):
       features.TIMESTAMP: np.arange(12, dtype=np.int64),
       features.EVENT: "view", features.RATING: 0.0, features.PRICE: 1.5, features.CATEGORY: "c",
   })
-  return ingest.add_history(events)
+  return events
 
 
 def test_unchanged_content_leaves_the_file_untouched(tmp_path):

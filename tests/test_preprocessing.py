@@ -17,7 +17,7 @@ def _event(user, item, history, category="c1"):
   return {
       features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: 1_700_000_000,
       features.EVENT: "view", features.RATING: 0.0, features.PRICE: 1.0,
-      features.CATEGORY: category, features.HISTORY: history,
+      features.CATEGORY: category, features.SESSION: f"{user}/0", features.HISTORY: history,
   }
 
 
@@ -29,7 +29,8 @@ def transformed():
       _event("u2", "a", [], category="c2"),
       _event("u2", "c", ["a"] + ["b"] * 12),  # longer than HISTORY_LENGTH: keep the newest
   ]
-  metadata = dataset_metadata.DatasetMetadata(schema_lib.load_schema())
+  metadata = dataset_metadata.DatasetMetadata(
+      schema_lib.load_schema(schema_lib.EXAMPLES_SCHEMA_PATH))
   with tempfile.TemporaryDirectory() as temp_dir, tft_beam.Context(temp_dir=temp_dir):
     (data, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
         preprocessing.preprocessing_fn, output_record_batches=False)

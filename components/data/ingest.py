@@ -3,9 +3,11 @@
 Formats (`fmt`):
   * `generic`: a CSV (or `.parquet`) interaction log with columns user_id, item_id, timestamp
     (integer epoch seconds or ISO-8601; ISO dates without an offset are UTC) and optional event,
-    rating, price, category. A missing event is 'rating' when the file has a rating column, else
-    'view'. An optional items CSV (item_id and optional category, price, title) supplies category
-    and price wherever the interaction log has none.
+    rating, price, category, and the impression-log columns session_id, position (slot in the
+    slate, an integer >= 0) and propensity (the logging policy's probability, in (0, 1]). A
+    missing event is 'rating' when the file has a rating column, else 'view'. An optional items
+    CSV (item_id and optional category, price, title) supplies category and price wherever the
+    interaction log has none.
   * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
     `movies.csv` (movieId,title,genres), whose first genre becomes the category.
   * `movielens-100k`: ml-100k's tab-separated `u.data` (user, item, rating, timestamp; no header)
@@ -15,10 +17,15 @@ Every event of these gets event 'rating' and price 0.
 The output is TFRecord rather than CSV because TFX's CsvExampleGen infers column types and would
 turn numeric ids such as MovieLens' "1" into integers.
 
-Ingestion rejects only what it cannot read, with an `InputDataError` naming the file, line (1-based,
-the header is line 1), field and value. Readable values outside the domain (a negative price, an
-unknown event type, a timestamp in the year 2300) pass through unchanged: the schema validation
-(TensorFlow Data Validation against schemas/schema.pbtxt) reports those over the whole dataset.
+Each output record is one raw event; sessions and histories are built later, in Beam
+(components/sessions.py). Optional columns a source lacks are omitted from its records.
+
+Ingestion rejects what it cannot read, and ids, positions and propensities of the wrong form,
+with an `InputDataError` naming the file, line (1-based, the header is line 1), field and value.
+Readable values outside the domain (a negative price, an unknown event type, a timestamp in the
+year 2300) pass through unchanged: the schema validation (TensorFlow Data Validation against
+schemas/events/schema.pbtxt) reports those over the whole dataset. Exact duplicate rows, which
+at-least-once logging produces, are reported here and dropped by the session builder.
 """
 import csv
 import dataclasses
@@ -40,8 +47,8 @@ from components import features
 
 EXAMPLES_FILE = "events.tfrecord.gz"
 
-# The columns `load_interactions` returns: the event schema without the derived history.
-LOADED_COLUMNS = tuple(column for column in features.EVENT_COLUMNS if column != features.HISTORY)
+# An id is one token: whitespace or control characters mean a shifted or corrupted field.
+_BAD_ID = r"[\s\x00-\x1f\x7f]"
 
 _TIMESTAMP_EXPECTED = "an integer epoch time or ISO-8601 date"
 _INTEGER = r"[+-]?\d{1,18}"  # 18 digits always fit in int64
@@ -174,7 +181,37 @@ def _absent(values: pd.Series) -> np.ndarray:
 def _ids(table: _Table, column: str) -> pd.Series:
   values = table.frame[column]
   _reject(table, _absent(values), column, "a non-empty id")
-  return values.astype(str)
+  ids = values.astype(str)
+  _reject(table, ids.str.contains(_BAD_ID).to_numpy(), column,
+          "an id without whitespace or control characters")
+  return ids
+
+
+def _positions(table: _Table, column: str) -> pd.Series:
+  """Slate slots: integers >= 0, NaN where absent."""
+  numbers = _numbers(table, column, expected="an integer >= 0")
+  present = numbers.notna().to_numpy()
+  _reject(table, present & ~((numbers >= 0) & (numbers % 1 == 0)).to_numpy(), column,
+          "an integer >= 0")
+  return numbers
+
+
+def _propensities(table: _Table, column: str) -> pd.Series:
+  """Logging probabilities: in (0, 1], NaN where absent."""
+  numbers = _numbers(table, column, expected="a probability in (0, 1]")
+  present = numbers.notna().to_numpy()
+  _reject(table, present & ~((numbers > 0) & (numbers <= 1)).to_numpy(), column,
+          "a probability in (0, 1]")
+  return numbers
+
+
+def _warn_duplicates(table: _Table) -> None:
+  """Reports exact duplicate rows; they are kept here and dropped when sessions are built."""
+  duplicated = table.frame.duplicated().to_numpy()
+  if duplicated.any():
+    logging.warning("%s: %d rows repeat an earlier row exactly, the first at %s; duplicates are "
+                    "dropped when sessions are built", table.name, duplicated.sum(),
+                    table.where(np.flatnonzero(duplicated)[0]))
 
 
 def _unique_ids(table: _Table, column: str) -> pd.Series:
@@ -192,16 +229,17 @@ def _strings(table: _Table, column: str) -> pd.Series:
   return values.astype(str).where(~_absent(values))
 
 
-def _numbers(table: _Table, column: str, *, required: bool = False) -> pd.Series:
+def _numbers(table: _Table, column: str, *, required: bool = False,
+             expected: str = "a number") -> pd.Series:
   """The column as float64, NaN where an optional cell (or the whole optional column) is absent."""
   if column not in table.frame:
     return pd.Series(np.nan, index=table.frame.index, dtype=np.float64)
   values = table.frame[column]
   absent = _absent(values)
   if required:
-    _reject(table, absent, column, "a number")
+    _reject(table, absent, column, expected)
   numbers = pd.to_numeric(values.where(~absent), errors="coerce")
-  _reject(table, numbers.isna().to_numpy() & ~absent, column, "a number")
+  _reject(table, numbers.isna().to_numpy() & ~absent, column, expected)
   return numbers.astype(np.float64)
 
 
@@ -243,6 +281,7 @@ def _read_generic(interactions_path: pathlib.Path,
                   items_path: Optional[pathlib.Path]) -> pd.DataFrame:
   table = _read_table(interactions_path)
   _require(table, (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))
+  _warn_duplicates(table)
   default_event = "rating" if features.RATING in table.frame else "view"
   events = pd.DataFrame({
       features.USER_ID: _ids(table, features.USER_ID),
@@ -253,6 +292,11 @@ def _read_generic(interactions_path: pathlib.Path,
       features.PRICE: _numbers(table, features.PRICE),
       features.CATEGORY: _strings(table, features.CATEGORY),
   })
+  optional_readers = {features.SESSION_ID: _strings, features.POSITION: _positions,
+                      features.PROPENSITY: _propensities}
+  for column, read in optional_readers.items():
+    if column in table.frame:
+      events[column] = read(table, column)
   if items_path is None:
     return events
   items = _read_table(items_path)
@@ -267,6 +311,7 @@ def _read_generic(interactions_path: pathlib.Path,
 def _ratings(table: _Table, user: str, item: str, rating: str, timestamp: str) -> pd.DataFrame:
   """Events of a MovieLens ratings file, given its names for the four fields."""
   _require(table, (user, item, rating, timestamp))
+  _warn_duplicates(table)
   return pd.DataFrame({
       features.USER_ID: _ids(table, user),
       features.ITEM_ID: _ids(table, item),
@@ -318,10 +363,12 @@ FORMATS = tuple(_READERS)
 
 def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.PathLike] = None,
                       fmt: str = "generic") -> pd.DataFrame:
-  """Reads interactions (and item attributes) into LOADED_COLUMNS, absent values defaulted.
+  """Reads interactions (and item attributes) into the event columns, absent values defaulted.
 
-  Ids, event and category are str, timestamp int64, rating and price float64. Rows keep file
-  order. Raises InputDataError for anything unreadable; domain checks are left to the schema.
+  Returns features.REQUIRED_EVENT_COLUMNS, then whichever OPTIONAL_EVENT_COLUMNS the source has.
+  Ids, event, category and session_id are str, timestamp int64, rating, price and propensity
+  float64, position float64 (NaN where a row has none). Rows keep file order. Raises
+  InputDataError for anything unreadable; domain checks are left to the schema.
   """
   if fmt not in _READERS:
     raise InputDataError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
@@ -329,58 +376,42 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
                          None if items_path is None else pathlib.Path(items_path))
   events = events.fillna({features.RATING: 0.0, features.PRICE: 0.0,
                           features.CATEGORY: features.UNKNOWN_CATEGORY})
-  return events.astype({
+  events = events.astype({
       features.USER_ID: str, features.ITEM_ID: str, features.TIMESTAMP: np.int64,
       features.EVENT: str, features.RATING: np.float64, features.PRICE: np.float64,
       features.CATEGORY: str,
-  })[list(LOADED_COLUMNS)].reset_index(drop=True)
-
-
-def add_history(events: pd.DataFrame,
-                history_length: int = features.HISTORY_LENGTH) -> pd.DataFrame:
-  """Sorts by user then time and adds each event's `history`: the user's previous items.
-
-  The sort is stable, so events of a user with equal timestamps keep their file order. History is
-  oldest first and holds the last `history_length` items; a user's first event has an empty one.
-  """
-  user_codes = pd.factorize(events[features.USER_ID], sort=True)[0]
-  order = np.lexsort((events[features.TIMESTAMP].to_numpy(), user_codes))  # lexsort is stable
-  events = events.iloc[order].reset_index(drop=True)
-  user_codes = user_codes[order]
-
-  row = np.arange(len(events))
-  user_start = np.diff(user_codes, prepend=-1) != 0
-  first_row = np.maximum.accumulate(np.where(user_start, row, 0))
-  lengths = np.minimum(row - first_row, history_length)
-  # History i is items[i - lengths[i]:i]; gather all histories into one flat list, then slice it.
-  ends = np.cumsum(lengths)
-  starts = ends - lengths
-  flat = np.repeat(row - lengths - starts, lengths) + np.arange(lengths.sum())
-  items = events[features.ITEM_ID].to_numpy(dtype=object)[flat].tolist()
-  events[features.HISTORY] = [items[start:end] for start, end in zip(starts, ends)]
-  return events
+  })
+  columns = [column for column in features.EVENT_COLUMNS if column in events]
+  return events[columns].reset_index(drop=True)
 
 
 def _bytes_feature(values: Sequence[str]) -> tf.train.Feature:
   return tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in values]))
 
 
+def _feature(value) -> tf.train.Feature:
+  if isinstance(value, str):
+    return _bytes_feature([value])
+  if isinstance(value, (int, np.integer)):
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+  return tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
+
+
 def _serialized_examples(events: pd.DataFrame) -> Iterator[bytes]:
-  columns = [events[column].tolist() for column in features.EVENT_COLUMNS]
-  for user, item, timestamp, event, rating, price, category, history in zip(*columns):
+  """One tf.train.Example per row; an optional field the row lacks is left out."""
+  columns = {column: events[column].tolist() for column in events.columns}
+  if features.POSITION in columns:  # held as float to allow NaN; written as an int64 feature
+    columns[features.POSITION] = [value if value != value else int(value)
+                                  for value in columns[features.POSITION]]
+  names = list(columns)
+  for values in zip(*columns.values()):
     yield tf.train.Example(features=tf.train.Features(feature={
-        features.USER_ID: _bytes_feature([user]),
-        features.ITEM_ID: _bytes_feature([item]),
-        features.TIMESTAMP: tf.train.Feature(int64_list=tf.train.Int64List(value=[timestamp])),
-        features.EVENT: _bytes_feature([event]),
-        features.RATING: tf.train.Feature(float_list=tf.train.FloatList(value=[rating])),
-        features.PRICE: tf.train.Feature(float_list=tf.train.FloatList(value=[price])),
-        features.CATEGORY: _bytes_feature([category]),
-        features.HISTORY: _bytes_feature(history),
+        name: _feature(value) for name, value in zip(names, values)
+        if not (isinstance(value, float) and value != value)  # NaN: an absent optional field
     })).SerializeToString(deterministic=True)  # map order would otherwise vary between runs
 
 
-def _content_digest(path: pathlib.Path) -> Optional[str]:
+def records_digest(path: pathlib.Path) -> Optional[str]:
   """SHA-256 of the uncompressed records, or None for a missing or damaged file.
 
   The uncompressed stream is compared because compression settings may differ between versions.
@@ -396,7 +427,7 @@ def _content_digest(path: pathlib.Path) -> Optional[str]:
 
 
 def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
-  """Writes `events` (all of features.EVENT_COLUMNS) as GZIP TFRecord; returns whether it wrote.
+  """Writes `events` (load_interactions' columns) as GZIP TFRecord; returns whether it wrote.
 
   An existing file with the same records is left untouched: ExampleGen's input fingerprint includes
   the file's mtime, so rewriting unchanged data would defeat the pipeline cache. The file is
@@ -410,7 +441,7 @@ def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
     with tf.io.TFRecordWriter(str(temp), options="GZIP") as writer:
       for record in _serialized_examples(events):
         writer.write(record)
-    if out_path.exists() and _content_digest(temp) == _content_digest(out_path):
+    if out_path.exists() and records_digest(temp) == records_digest(out_path):
       return False
     os.replace(temp, out_path)
     return True
@@ -419,13 +450,12 @@ def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
 
 
 def prepare_dataset(interactions_path: os.PathLike, items_path: Optional[os.PathLike] = None,
-                    fmt: str = "generic", *, out_dir: os.PathLike,
-                    history_length: int = features.HISTORY_LENGTH) -> pathlib.Path:
+                    fmt: str = "generic", *, out_dir: os.PathLike) -> pathlib.Path:
   """Ingests the files into out_dir/EXAMPLES_FILE; returns out_dir, for ImportExampleGen.
 
   out_dir becomes the ExampleGen's input_base, so it should hold nothing but the examples file.
   """
-  events = add_history(load_interactions(interactions_path, items_path, fmt), history_length)
+  events = load_interactions(interactions_path, items_path, fmt)
   out_dir = pathlib.Path(out_dir)
   wrote = write_examples(events, out_dir / EXAMPLES_FILE)
   logging.info("Ingested %d events of %d users on %d items from %s: %s %s", len(events),

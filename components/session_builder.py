@@ -1,0 +1,44 @@
+"""SessionBuilder: the TFX component around components/sessions.py (the logic lives there)."""
+import os
+
+import apache_beam as beam
+from absl import logging
+from tfx import v1 as tfx
+from tfx.components.util import examples_utils
+from tfx.dsl.component.experimental.decorators import component
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils
+
+from components import sessions
+
+# ExampleGen's one split of raw events (pipeline/pipeline.py).
+EVENTS_SPLIT = "events"
+
+
+def _mark_as_examples(artifact) -> None:
+  """Properties downstream components read to parse the splits (as ExampleGen sets them)."""
+  artifact.split_names = artifact_utils.encode_split_names(list(sessions.SPLITS))
+  examples_utils.set_payload_format(artifact, example_gen_pb2.PayloadFormat.FORMAT_TF_EXAMPLE)
+  artifact.set_string_custom_property("file_format", "tfrecords_gzip")
+
+
+@component(use_beam=True)
+def SessionBuilder(
+    events: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    examples: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
+    transitions: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
+    session_gap_seconds: tfx.dsl.components.Parameter[int] = 1800,
+    history_length: tfx.dsl.components.Parameter[int] = 10,
+    eval_fraction: tfx.dsl.components.Parameter[float] = 0.2,
+    beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
+) -> None:
+  """Builds retrieval `examples` and RL `transitions`, each split train/eval by time."""
+  config = sessions.SessionConfig(session_gap_seconds=session_gap_seconds,
+                                  history_length=history_length, eval_fraction=eval_fraction)
+  events_pattern = os.path.join(artifact_utils.get_split_uri([events], EVENTS_SPLIT), "*")
+  with beam_pipeline as pipeline:
+    sessions.build_sessions(pipeline, events_pattern, examples.uri, transitions.uri, config)
+  for counter in pipeline.result.metrics().query()["counters"]:
+    logging.info("SessionBuilder %s: %d", counter.key.metric.name, counter.committed)
+  _mark_as_examples(examples)
+  _mark_as_examples(transitions)

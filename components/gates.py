@@ -21,7 +21,8 @@ METRICS_FILE = "metrics.json"
 # Custom properties of DriftGate's output: what it found and whether a person overrode it.
 DRIFT_DETECTED = "drift_detected"
 DRIFT_OVERRIDDEN = "drift_overridden"
-BASELINE_STATISTICS = "baseline_statistics"  # the baseline artifact's id
+STATISTICS_URI = "statistics_uri"  # the statistics this run was judged on
+BASELINE_STATISTICS_URI = "baseline_statistics_uri"
 
 
 @component
@@ -37,7 +38,7 @@ class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
   """Up to `limit` newest artifacts of each channel, however few exist.
 
   TFX's LatestArtifactStrategy resolves nothing unless all it asks for exist, and a first run
-  has a single statistics artifact.
+  has no earlier artifacts at all.
   """
 
   def __init__(self, limit: int):
@@ -49,13 +50,19 @@ class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
             for key, artifacts in input_dict.items()}
 
 
-def baseline_of(current, recent):
-  """The newest statistics in `recent` other than `current`, or None when there are none.
+def accepted_baseline(accepted) -> "tfx.types.standard_artifacts.ExampleStatistics | None":
+  """The statistics the newest accepted run was judged on, from its DriftGate output.
 
-  A re-run of unchanged data reuses the cached statistics artifact, which is not a baseline.
+  Only runs that passed both gates publish a drift artifact, so data a gate stopped never
+  becomes the baseline: after a rejected feed, the next run is compared with the last good one.
   """
-  others = [artifact for artifact in recent or () if artifact.id != current.id]
-  return max(others, key=lambda artifact: artifact.id, default=None)
+  if not accepted:
+    return None
+  newest = max(accepted, key=lambda artifact: artifact.id)
+  baseline = tfx.types.standard_artifacts.ExampleStatistics()
+  baseline.uri = newest.get_string_custom_property(STATISTICS_URI)
+  baseline.split_names = newest.split_names
+  return baseline
 
 
 @component
@@ -63,23 +70,23 @@ def DriftGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
     schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
     drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    recent_statistics: tfx.dsl.components.InputArtifact[
-        List[tfx.types.standard_artifacts.ExampleStatistics]] = None,
+    accepted: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.ExampleAnomalies]] = None,
     allow_drift: tfx.dsl.components.Parameter[int] = 0,
 ) -> None:
-  """Fails the run when its data drifted from the previous run's, unless allow_drift is set.
+  """Fails the run when its data drifted from the last accepted run's, unless allow_drift is set.
 
-  `recent_statistics` are StatisticsGen outputs of earlier runs (a resolver's output); the
-  baseline is the newest of them. The first run has none and passes. The findings are written
-  as TFDV anomalies, one `SchemaDiff.pb` per split as ExampleValidator writes them; an override
-  is recorded both as this execution's `allow_drift` property and as the output's
-  `drift_overridden` property in ML Metadata.
+  `accepted` are earlier runs' outputs of this gate (a resolver's output); each records the
+  statistics it passed, the newest of which is the baseline. The first run has none and passes.
+  The findings are written as TFDV anomalies, one `SchemaDiff.pb` per split as ExampleValidator
+  writes them; an override is recorded both as this execution's `allow_drift` property and as
+  the output's `drift_overridden` property in ML Metadata.
   """
   drift.split_names = statistics.split_names
-  baseline = baseline_of(statistics, recent_statistics)
+  baseline = accepted_baseline(accepted)
   detected = []
   if baseline is not None:
-    drift.set_int_custom_property(BASELINE_STATISTICS, baseline.id)
+    drift.set_string_custom_property(BASELINE_STATISTICS_URI, baseline.uri)
     curated = schema_lib.load_schema(
         os.path.join(schema.uri, schema_gen_executor.DEFAULT_FILE_NAME))
     for split in artifact_utils.decode_split_names(statistics.split_names):
@@ -90,14 +97,15 @@ def DriftGate(
           os.path.join(drift.uri, f"Split-{split}", data_validation.ANOMALIES_FILE),
           found.SerializeToString())
       detected += [f"[{split}] {message}" for message in data_validation.anomaly_messages(found)]
+  drift.set_string_custom_property(STATISTICS_URI, statistics.uri)
   drift.set_int_custom_property(DRIFT_DETECTED, int(bool(detected)))
   drift.set_int_custom_property(DRIFT_OVERRIDDEN, int(bool(detected and allow_drift)))
   if detected and allow_drift:
-    logging.warning("Drift from the previous run's data overridden by allow_drift:\n  %s",
+    logging.warning("Drift from the last accepted data overridden by allow_drift:\n  %s",
                     "\n  ".join(detected))
   elif detected:
     raise data_validation.DataDriftError(
-        "The data drifted from the previous run's data beyond the thresholds in "
+        "The data drifted from the last accepted run's data beyond the thresholds in "
         "schemas/events/schema.pbtxt; the run stops before the model is trained. If the change "
         "is expected, re-run with --allow-drift (the override is recorded in ML Metadata):\n  "
         + "\n  ".join(detected))

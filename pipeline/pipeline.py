@@ -15,9 +15,6 @@ from components.session_builder import EVENTS_SPLIT
 from components.session_builder import SessionBuilder
 from pipeline.configs import PipelineConfig
 
-# DriftGate compares with the newest of these that is not this run's own (cached) statistics.
-_RECENT_STATISTICS = 2
-
 
 def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
                     metadata_connection_config=None) -> tfx_pipeline.Pipeline:
@@ -35,20 +32,22 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
   data_gate = gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
-  # Statistics of earlier runs: a plain channel, not StatisticsGen's output, so the resolver
-  # does not wait for (and pick up) this run's statistics.
-  recent_statistics = tfx.dsl.Resolver(
+  # Earlier runs' DriftGate outputs, each naming the statistics that passed: a plain channel
+  # (not the gate's own output), so the resolver sees only earlier runs.
+  accepted_runs = tfx.dsl.Resolver(
       strategy_class=gates.RecentArtifactsStrategy,
-      config={"limit": _RECENT_STATISTICS},
-      statistics=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ExampleStatistics,
-          producer_component_id=statistics_gen.id,
-          output_key="statistics")).with_id("RecentStatistics")
+      config={"limit": 1},
+      accepted=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ExampleAnomalies,
+          producer_component_id="DriftGate",
+          output_key="drift")).with_id("LastAcceptedRun")
   drift_gate = gates.DriftGate(
       statistics=statistics_gen.outputs["statistics"],
-      recent_statistics=recent_statistics.outputs["statistics"],
+      accepted=accepted_runs.outputs["accepted"],
       schema=events_schema.outputs["schema"],
       allow_drift=int(config.allow_drift))
+  # Data that breaks the schema must not become the next run's drift baseline.
+  drift_gate.add_upstream_node(data_gate)
 
   session_builder = SessionBuilder(
       events=example_gen.outputs["examples"],
@@ -56,7 +55,6 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       history_length=config.sessions.history_length,
       eval_fraction=config.sessions.eval_fraction)
   # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
-  session_builder.add_upstream_node(data_gate)
   session_builder.add_upstream_node(drift_gate)
 
   examples_schema = tfx.components.ImportSchemaGen(
@@ -89,7 +87,7 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       pipeline_name=config.pipeline_name,
       pipeline_root=str(config.pipeline_root),
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
-                  recent_statistics, drift_gate, session_builder, examples_schema, transform,
+                  accepted_runs, drift_gate, session_builder, examples_schema, transform,
                   model_trainer, evaluator, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,

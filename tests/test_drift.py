@@ -1,10 +1,9 @@
 """Drift between spans: TFDV comparators with the curated schema's thresholds."""
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
 import tensorflow_data_validation as tfdv
+from tfx.types import standard_artifacts
 
 from components import data_validation
 from components import gates
@@ -66,11 +65,15 @@ def test_schema_violations_are_left_to_the_example_validator(schema):
   assert not data_validation.drift_anomalies(current_stats, baseline_stats, schema).anomaly_info
 
 
-def test_the_baseline_is_the_newest_earlier_statistics_but_never_the_runs_own():
-  def stats(artifact_id):
-    return types.SimpleNamespace(id=artifact_id)
+def test_the_baseline_is_what_the_newest_accepted_run_passed():
+  def accepted(artifact_id, statistics_uri):
+    artifact = standard_artifacts.ExampleAnomalies()
+    artifact.id = artifact_id
+    artifact.split_names = '["events"]'
+    artifact.set_string_custom_property(gates.STATISTICS_URI, statistics_uri)
+    return artifact
 
-  current = stats(30)
-  assert gates.baseline_of(current, [stats(10), stats(25), current]).id == 25
-  assert gates.baseline_of(current, [current]) is None  # unchanged data: cached statistics
-  assert gates.baseline_of(current, None) is None  # the first run
+  baseline = gates.accepted_baseline([accepted(3, "/stats/3"), accepted(9, "/stats/9")])
+  assert baseline.uri == "/stats/9" and baseline.split_names == '["events"]'
+  assert gates.accepted_baseline(None) is None  # the first run
+  assert gates.accepted_baseline([]) is None

@@ -116,7 +116,7 @@ def _latest_drift_gate(home):
 
 
 def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trained, tmp_path):
-  home, dataset, args, _ = trained
+  home, dataset, good_args, _ = trained
   before = _versions(home)
   # A feed that switched to cents: every price, in the log and in the items file, x100.
   cents, cents_items = tmp_path / "cents.csv", tmp_path / "cents_items.csv"
@@ -124,7 +124,7 @@ def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trai
     frame = pd.read_csv(source, dtype={"price": float}, keep_default_na=False)
     frame.loc[:, frame.columns == "price"] *= 100
     frame.to_csv(target, index=False)
-  args = ["--interactions", str(cents), "--items", str(cents_items), *args[4:]]
+  args = ["--interactions", str(cents), "--items", str(cents_items), *good_args[4:]]
 
   result = _run(*args)
   assert result.exit_code != 0
@@ -133,12 +133,18 @@ def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trai
   assert _versions(home) == before
   assert len(_trained_models(home)) == 1
 
+  # Rejected data is not the next run's baseline: the original prices pass the drift gate.
+  result = _run(*good_args)
+  assert result.exit_code == 0, result.output
+  assert _latest_drift_gate(home)[1][gates.DRIFT_DETECTED] == 0
+  assert len(_versions(home)) == len(before) + 1
+
   result = _run(*args, "--allow-drift")
   assert result.exit_code == 0, result.output
   allow_drift, properties = _latest_drift_gate(home)
   assert allow_drift == 1
   assert properties[gates.DRIFT_DETECTED] == 1 and properties[gates.DRIFT_OVERRIDDEN] == 1
-  assert len(_versions(home)) == len(before) + 1
+  assert len(_versions(home)) == len(before) + 2
 
 
 def test_unreadable_file_stops_at_ingestion_naming_the_line(trained, tmp_path):

@@ -1,0 +1,339 @@
+"""A seeded e-commerce user simulator: the default dataset's source and the RL environment.
+
+The platform shows slates; simulated users examine, click, buy and leave. The same code writes the
+logged dataset (with the logging policy's propensities, components/data/generator.py) and runs any
+policy on-policy (`simulate`), so a ranking policy can be judged by the clicks, purchases and
+revenue it earns, not only off-policy from logs.
+
+The world (`World.sample`)
+  * Every category has a unit-norm centre in a `LATENT_DIM`-dimensional taste space and a typical
+    price. An item has a category, an embedding (its centre plus noise), a log-normal price around
+    the category's typical price and a quality prior (`item_quality`, standard normal; it also
+    drives popularity).
+  * A user has a long-term interest vector (a Dirichlet mix of 1 to `MAX_USER_CATEGORIES` category
+    centres plus noise) and a log-normal activity: the share of sessions that are theirs.
+
+Interest drift
+  * Across sessions, long-term interest does a Gaussian random walk: a user's k-th session starts
+    from interest + `session_drift` * (sum of k standard normal steps) / sqrt(LATENT_DIM).
+  * Within a session, interest moves toward what was clicked: after a step with clicks,
+    interest <- (1 - interest_step) * interest + interest_step * mean(clicked embeddings). This
+    in-session drift is the current mission and does not carry over to the next session.
+
+A step: a slate of `slate_size` distinct items, chosen by the policy.
+  * relevance(item) = affinity_weight * <interest, embedding> + quality_weight * quality.
+  * Position bias: position p (0-based) is examined with probability 1 / (1 + p) **
+    examination_decay; an unexamined item is not clicked.
+  * An examined item is clicked with probability sigmoid(click_bias + relevance).
+  * A clicked item is bought with probability sigmoid(purchase_bias + purchase_affinity *
+    <interest, embedding> - price_sensitivity * log(price / median price)). So purchases are a
+    subset of clicks, and expensive items sell less.
+
+Leaving: after each step the user leaves with probability sigmoid(leave_bias + boredom_weight *
+boredom - satisfaction_weight * [the step had a click]), where boredom counts consecutive steps
+without a click. Bored users leave, satisfied ones stay; no session exceeds `max_steps` steps.
+
+Policies (`Policy.slate`) see what a platform sees, `SlateContext`: the users and the items they
+clicked so far in the session, never the hidden interest. Each returns the items it shows and,
+per position, its propensity: the probability the policy had of putting that item at that
+position given the items it placed at earlier positions (the Plackett–Luce step probability;
+for a deterministic policy, 1). Off-policy estimators use these.
+
+Determinism: the same seed gives the same results on any machine; sessions are simulated in
+batches of the constant `SESSIONS_PER_BATCH`, so batching never depends on the machine.
+"""
+import dataclasses
+from typing import Optional, Protocol, Tuple
+
+import numpy as np
+import pandas as pd
+
+LATENT_DIM = 16
+MAX_USER_CATEGORIES = 3
+CATEGORY_NAMES = ("books", "electronics", "home", "garden", "toys", "sports", "beauty", "fashion",
+                  "grocery", "music")
+DEFAULT_SLATE_SIZE = 10
+# Clicked items the policy sees; the pipeline's history length.
+CONTEXT_HISTORY = 10
+# Bounds the [sessions, items] arrays in memory; a constant so that random draws, and thus
+# results, do not depend on the machine.
+SESSIONS_PER_BATCH = 1024
+NO_ITEM = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+  """The catalog and the users' hidden tastes; arrays are indexed by item or user number."""
+  item_category: np.ndarray  # [n_items] int, index into category_names
+  item_price: np.ndarray  # [n_items] float, > 0
+  item_quality: np.ndarray  # [n_items] float, standard normal prior
+  item_embedding: np.ndarray  # [n_items, LATENT_DIM]
+  user_interest: np.ndarray  # [n_users, LATENT_DIM], long-term
+  user_activity: np.ndarray  # [n_users] float, sums to 1
+  category_names: Tuple[str, ...]
+
+  @classmethod
+  def sample(cls, rng: np.random.Generator, n_users: int, n_items: int,
+             n_categories: int) -> "World":
+    """Draws a catalog and a user population as described in the module docstring."""
+    centres = _unit_rows(rng.normal(size=(n_categories, LATENT_DIM)))
+    typical_price = rng.lognormal(mean=np.log(30.0), sigma=0.7, size=n_categories)
+    item_category = rng.integers(n_categories, size=n_items)
+    # Noise of norm about 0.5 around unit-norm centres: a category's items stay closer to each
+    # other than to other categories' items.
+    item_embedding = centres[item_category] + rng.normal(
+        scale=0.5 / np.sqrt(LATENT_DIM), size=(n_items, LATENT_DIM))
+    item_price = np.maximum(
+        np.round(typical_price[item_category] * rng.lognormal(sigma=0.5, size=n_items), 2), 0.01)
+    user_interest = _mixture_of_centres(rng, centres, n_users) + rng.normal(
+        scale=0.3 / np.sqrt(LATENT_DIM), size=(n_users, LATENT_DIM))
+    activity = rng.lognormal(sigma=0.5, size=n_users)
+    return cls(item_category=item_category, item_price=item_price,
+               item_quality=rng.normal(size=n_items), item_embedding=item_embedding,
+               user_interest=user_interest, user_activity=activity / activity.sum(),
+               category_names=tuple(CATEGORY_NAMES[k] if k < len(CATEGORY_NAMES)
+                                    else f"category{k:02d}" for k in range(n_categories)))
+
+  @property
+  def n_items(self) -> int:
+    return len(self.item_category)
+
+  @property
+  def n_users(self) -> int:
+    return len(self.user_activity)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+  return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+
+
+def _mixture_of_centres(rng: np.random.Generator, centres: np.ndarray,
+                        n_users: int) -> np.ndarray:
+  """Per user, a Dirichlet-weighted mix of 1..MAX_USER_CATEGORIES distinct category centres."""
+  n_categories = len(centres)
+  n_liked = rng.integers(1, min(MAX_USER_CATEGORIES, n_categories) + 1, size=n_users)
+  # A random permutation per user, of which the first n_liked categories are the liked ones.
+  liked = np.argsort(rng.random((n_users, n_categories)), axis=1)
+  weights = rng.dirichlet(np.ones(n_categories), size=n_users)
+  weights[np.arange(n_categories) >= n_liked[:, None]] = 0.0
+  weights /= weights.sum(axis=1, keepdims=True)
+  return np.einsum("uk,ukd->ud", weights, centres[liked])
+
+
+@dataclasses.dataclass(frozen=True)
+class UserModel:
+  """How users examine, click, buy, drift and leave (module docstring); logits unless noted."""
+  affinity_weight: float = 4.0
+  quality_weight: float = 0.5
+  click_bias: float = -4.0
+  examination_decay: float = 1.0
+  purchase_bias: float = -3.0
+  purchase_affinity: float = 1.5
+  price_sensitivity: float = 0.8
+  interest_step: float = 0.3  # share of the clicked items' embedding mixed into interest
+  session_drift: float = 0.05  # scale of the random walk of interest across sessions
+  leave_bias: float = -1.0
+  boredom_weight: float = 0.8
+  satisfaction_weight: float = 1.0
+  max_steps: int = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SlateContext:
+  """What a policy may see of a batch of sessions."""
+  users: np.ndarray  # [batch] user numbers
+  clicked: np.ndarray  # [batch, CONTEXT_HISTORY] items clicked so far, oldest first, NO_ITEM pads
+  slate_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Slate:
+  items: np.ndarray  # [batch, slate_size] distinct item numbers, position 0 first
+  propensities: np.ndarray  # [batch, slate_size], in (0, 1]
+
+
+class Policy(Protocol):
+  """Chooses the slates shown to a batch of sessions."""
+
+  def slate(self, context: SlateContext, rng: np.random.Generator) -> Slate:
+    ...
+
+
+def plackett_luce(logits: np.ndarray, slate_size: int, rng: np.random.Generator) -> Slate:
+  """Samples a slate without replacement from softmax(logits), per row, with step propensities.
+
+  Adding Gumbel noise and taking the top slate_size is an exact Plackett–Luce sample. The
+  propensity at position j is w[item_j] / (sum of w over items not placed at positions < j),
+  with w = exp(logits).
+  """
+  perturbed = logits + rng.gumbel(size=logits.shape)
+  top = np.argpartition(-perturbed, slate_size - 1, axis=1)[:, :slate_size]
+  order = np.argsort(-np.take_along_axis(perturbed, top, axis=1), axis=1, kind="stable")
+  items = np.take_along_axis(top, order, axis=1)
+  weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+  chosen = np.take_along_axis(weights, items, axis=1)
+  remaining = weights.sum(axis=1, keepdims=True) - (np.cumsum(chosen, axis=1) - chosen)
+  return Slate(items=items, propensities=np.minimum(chosen / remaining, 1.0))
+
+
+class UniformPolicy:
+  """Shows random distinct items: the baseline every policy must beat."""
+
+  def __init__(self, n_items: int):
+    self._n_items = n_items
+
+  def slate(self, context: SlateContext, rng: np.random.Generator) -> Slate:
+    return plackett_luce(np.zeros((len(context.users), self._n_items)), context.slate_size, rng)
+
+
+class LoggingPolicy:
+  """The platform's production policy that wrote the logs: a softmax over its own scores.
+
+  score = quality + estimate_weight * (its noisy estimate of the user's long-term affinity)
+          + continuity_weight * <embedding of the last clicked item, embedding>,
+  sampled Plackett–Luce at `temperature`. The estimate's noise is fixed per (user, item), as a
+  trained model's error would be, so the logs carry a consistent, imperfect selection bias.
+  """
+
+  def __init__(self, world: World, seed: int, temperature: float = 1.0,
+               estimate_weight: float = 3.0, estimate_noise: float = 0.3,
+               continuity_weight: float = 2.0):
+    rng = np.random.default_rng(seed)
+    affinity = world.user_interest @ world.item_embedding.T
+    self._base = world.item_quality + estimate_weight * (
+        affinity + rng.normal(scale=estimate_noise, size=affinity.shape))
+    self._embedding = world.item_embedding
+    self._temperature = temperature
+    self._continuity_weight = continuity_weight
+
+  def slate(self, context: SlateContext, rng: np.random.Generator) -> Slate:
+    scores = self._base[context.users].copy()
+    last = context.clicked[:, -1]
+    has_last = last != NO_ITEM
+    scores[has_last] += self._continuity_weight * (
+        self._embedding[last[has_last]] @ self._embedding.T)
+    return plackett_luce(scores / self._temperature, context.slate_size, rng)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def examination_probability(positions: np.ndarray, user_model: UserModel) -> np.ndarray:
+  return 1.0 / (1.0 + positions) ** user_model.examination_decay
+
+
+def _session_interests(world: World, user_model: UserModel, users: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Each session's starting interest: the user's, moved by the random walk so far."""
+  steps = rng.normal(scale=user_model.session_drift / np.sqrt(LATENT_DIM),
+                     size=(len(users), LATENT_DIM))
+  walk = pd.DataFrame(steps).groupby(users).cumsum().to_numpy()  # in session order per user
+  return world.user_interest[users] + walk
+
+
+@dataclasses.dataclass
+class SimulationResult:
+  """Per-session outcomes and every impression, in session then step then position order."""
+  sessions: pd.DataFrame  # session, user, steps, clicks, purchases, revenue
+  impressions: pd.DataFrame  # session, user, step, position, item, propensity, click,
+  #                            purchase, price
+
+
+def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_size: int,
+                    users: np.ndarray, interests: np.ndarray,
+                    rng: np.random.Generator) -> pd.DataFrame:
+  """Impressions of one batch of sessions, advanced together step by step."""
+  batch = len(users)
+  interests = interests.copy()
+  clicked_context = np.full((batch, CONTEXT_HISTORY), NO_ITEM, dtype=np.int64)
+  boredom = np.zeros(batch)
+  active = np.ones(batch, dtype=bool)
+  median_price = np.median(world.item_price)
+  positions = np.arange(slate_size)
+  rows = []
+  for step in range(user_model.max_steps):
+    index = np.flatnonzero(active)
+    if not len(index):
+      break
+    slate = policy.slate(SlateContext(users=users[index], clicked=clicked_context[index],
+                                      slate_size=slate_size), rng)
+    embeddings = world.item_embedding[slate.items]  # [n, K, D]
+    affinity = np.einsum("nd,nkd->nk", interests[index], embeddings)
+    relevance = (user_model.affinity_weight * affinity
+                 + user_model.quality_weight * world.item_quality[slate.items])
+    p_click = examination_probability(positions, user_model) * _sigmoid(
+        user_model.click_bias + relevance)
+    clicks = rng.random(p_click.shape) < p_click
+    p_purchase = _sigmoid(user_model.purchase_bias + user_model.purchase_affinity * affinity
+                          - user_model.price_sensitivity
+                          * np.log(world.item_price[slate.items] / median_price))
+    purchases = clicks & (rng.random(p_click.shape) < p_purchase)
+    rows.append(pd.DataFrame({
+        "batch_session": np.repeat(index, slate_size), "step": step,
+        "position": np.tile(positions, len(index)), "item": slate.items.ravel(),
+        "propensity": slate.propensities.ravel(), "click": clicks.ravel(),
+        "purchase": purchases.ravel()}))
+
+    any_click = clicks.any(axis=1)
+    clicked_mean = np.einsum("nk,nkd->nd", clicks, embeddings) / np.maximum(
+        clicks.sum(axis=1, keepdims=True), 1)
+    interests[index[any_click]] = ((1 - user_model.interest_step) * interests[index[any_click]]
+                                   + user_model.interest_step * clicked_mean[any_click])
+    for n, (row, slate_clicks) in enumerate(zip(index, clicks)):
+      new = slate.items[n][slate_clicks]
+      if len(new):
+        clicked_context[row] = np.concatenate([clicked_context[row], new])[-CONTEXT_HISTORY:]
+    boredom[index] = np.where(any_click, 0, boredom[index] + 1)
+    p_leave = _sigmoid(user_model.leave_bias + user_model.boredom_weight * boredom[index]
+                       - user_model.satisfaction_weight * any_click)
+    active[index[rng.random(len(index)) < p_leave]] = False
+  return pd.concat(rows, ignore_index=True)
+
+
+def run_sessions(world: World, policy: Policy, n_sessions: int, rng: np.random.Generator,
+                 user_model: UserModel = UserModel(),
+                 slate_size: int = DEFAULT_SLATE_SIZE) -> SimulationResult:
+  """Simulates n_sessions sessions of users drawn by activity; see `simulate`."""
+  if not 0 < slate_size <= world.n_items:
+    raise ValueError(f"slate_size must be in [1, {world.n_items}], got {slate_size}")
+  users = rng.choice(world.n_users, size=n_sessions, p=world.user_activity)
+  interests = _session_interests(world, user_model, users, rng)
+  batches = []
+  for start in range(0, n_sessions, SESSIONS_PER_BATCH):
+    stop = min(start + SESSIONS_PER_BATCH, n_sessions)
+    batch = _simulate_batch(world, policy, user_model, slate_size, users[start:stop],
+                            interests[start:stop], rng)
+    batch["session"] = batch.pop("batch_session") + start
+    batches.append(batch)
+  impressions = pd.concat(batches, ignore_index=True)
+  impressions.insert(1, "user", users[impressions["session"].to_numpy()])
+  impressions["price"] = world.item_price[impressions["item"].to_numpy()]
+  impressions = impressions.sort_values(["session", "step", "position"], kind="stable",
+                                        ignore_index=True)[
+      ["session", "user", "step", "position", "item", "propensity", "click", "purchase",
+       "price"]]
+  revenue = impressions["price"].where(impressions["purchase"], 0.0)
+  grouped = impressions.assign(revenue=revenue).groupby("session")
+  sessions = pd.DataFrame({
+      "session": np.arange(n_sessions), "user": users,
+      "steps": grouped["step"].max().to_numpy() + 1,
+      "clicks": grouped["click"].sum().to_numpy(),
+      "purchases": grouped["purchase"].sum().to_numpy(),
+      "revenue": grouped["revenue"].sum().to_numpy()})
+  return SimulationResult(sessions=sessions, impressions=impressions)
+
+
+def simulate(policy: Policy, n_sessions: int, seed: int, world: Optional[World] = None,
+             user_model: UserModel = UserModel(),
+             slate_size: int = DEFAULT_SLATE_SIZE) -> SimulationResult:
+  """Runs `policy` on-policy for n_sessions sessions: clicks, purchases, revenue per session.
+
+  Without a world, the default dataset's world (components/data/generator.py) is used, so a
+  policy trained on the default logs is evaluated on the users who wrote them.
+  """
+  if world is None:
+    from components.data import generator  # pylint: disable=g-import-not-at-top
+    world = generator.default_world()
+  return run_sessions(world, policy, n_sessions, np.random.default_rng(seed), user_model,
+                      slate_size)

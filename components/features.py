@@ -23,12 +23,12 @@ POSITION = "position"  # 0-based slot of the item in the slate shown
 PROPENSITY = "propensity"  # probability the logging policy had of showing the item there
 
 # An impression is an item shown and not engaged with; the other event types are engagements: the
-# user chose the item, so they are retrieval positives and enter the user's history. A logged
-# impression row carries its strongest outcome: 'click' or 'purchase' when there was one.
+# user chose the item, so they are retrieval positives, enter the user's history and count as a
+# click in the RL reward. A logged impression row carries its strongest outcome: 'click' or
+# 'purchase' when there was one.
 IMPRESSION = "impression"
 ENGAGEMENT_EVENTS = ("view", "click", "purchase", "rating")
 EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
-CLICK_EVENTS = ("click", "purchase")
 PURCHASE_EVENT = "purchase"
 UNKNOWN_CATEGORY = "unknown"
 

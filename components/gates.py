@@ -2,7 +2,7 @@
 import json
 import logging
 import os
-from typing import List
+from typing import List, Optional
 
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
@@ -50,7 +50,7 @@ class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
             for key, artifacts in input_dict.items()}
 
 
-def accepted_baseline(accepted) -> "tfx.types.standard_artifacts.ExampleStatistics | None":
+def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.ExampleStatistics]:
   """The statistics the newest accepted run was judged on, from its DriftGate output.
 
   Only runs that passed both gates publish a drift artifact, so data a gate stopped never

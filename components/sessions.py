@@ -230,6 +230,9 @@ def time_cutoff(quantiles: Sequence[int], eval_fraction: float) -> int:
   return cutoff
 
 
+_OUTPUTS = tuple((kind, split) for kind in (EXAMPLES, TRANSITIONS) for split in SPLITS)
+
+
 class BuildSessions(beam.PTransform):
   """Serialized raw events → {("examples"|"transitions", split): serialized Examples}."""
 
@@ -258,9 +261,6 @@ class BuildSessions(beam.PTransform):
         lambda record, _: _OUTPUTS.index(record[0]), len(_OUTPUTS))
     return {output: partition | f"Values{output[0]}{output[1]}" >> beam.Values()
             for output, partition in zip(_OUTPUTS, outputs)}
-
-
-_OUTPUTS = tuple((kind, split) for kind in (EXAMPLES, TRANSITIONS) for split in SPLITS)
 
 
 def split_dir(artifact_uri: str, split: str) -> str:

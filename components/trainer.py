@@ -77,7 +77,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       model_lib.CATEGORY_XF: tf.constant(categories[:len(item_ids)]),
   }).numpy()
   module = export.RecommenderModule(
-      tf_transform_output.transform_features_layer(), model.query_tower,
-      export.build_index(candidate_embeddings, item_ids.astype(bytes), config.top_k))
+      tf_transform_output.transform_features_layer(), model.query_tower, candidate_embeddings,
+      item_ids.astype(bytes), config.top_k)
   export.save(module, fn_args.serving_model_dir)
   logging.info("Exported the serving model to %s", fn_args.serving_model_dir)

@@ -117,14 +117,33 @@ def _print_recommendations(user: str, history: Sequence[str], recommendations) -
 
 
 @main.command()
-@click.option("--user", required=True, help="User id, as in the interaction data.")
+@click.option("--user", help="One user id, answered by a running server over gRPC.")
 @click.option("--history", default="", help="Comma-separated recent item ids, oldest first.")
 @click.option("--k", default=10, show_default=True, type=int)
 @click.option("--server", default="127.0.0.1:8500", show_default=True,
               help="host:port of the local server or of TensorFlow Serving.")
 @click.option("--model-name", default=configs.PipelineConfig.model_name, show_default=True)
-def recommend(user, history, k, server, model_name) -> None:
-  """Ask a running server for one user's top-k over gRPC."""
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False),
+              help="Batch mode: an exported SavedModel directory (a pushed version).")
+@click.option("--users", help="Batch mode: a file of user ids, one per line, or 'all' (every "
+              "user of --exclude-seen).")
+@click.option("--exclude-seen", "seen_path", type=click.Path(exists=True, dir_okay=False),
+              help="Batch mode: interactions whose engaged items are removed from each user's "
+              "recommendations and serve as their history.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
+              help="Layout of --exclude-seen.")
+@click.option("--output", type=click.Path(dir_okay=False), help="Batch mode: the CSV to write.")
+def recommend(user, history, k, server, model_name, model_dir, users, seen_path, fmt,
+              output) -> None:
+  """One user's top-k from a server (--user), or every requested user's from a model (--model).
+
+  Batch mode writes user_id,rank,item_id,score ranked over the whole catalog.
+  """
+  if (user is None) == (model_dir is None):
+    raise click.UsageError("give either --user (ask a server) or --model (batch)")
+  if model_dir is not None:
+    _recommend_batch(model_dir, users, seen_path, fmt, k, output)
+    return
   import grpc
 
   from serving import client as client_lib
@@ -136,6 +155,28 @@ def recommend(user, history, k, server, model_name) -> None:
     except grpc.RpcError as error:
       raise UsageError(f"{server}: {error.code().name}: {error.details()}") from error
   _print_recommendations(user, history_items, recommendations)
+
+
+def _recommend_batch(model_dir, users, seen_path, fmt, k, output) -> None:
+  from components.data import ingest
+  from serving import batch
+
+  if users is None or output is None:
+    raise click.UsageError("batch mode needs --users and --output")
+  try:
+    seen = batch.engaged_items(ingest.load_interactions(seen_path, fmt=fmt)) if seen_path else {}
+  except ingest.InputDataError as error:
+    raise UsageError(str(error)) from error
+  if users == "all":
+    if not seen_path:
+      raise click.UsageError("--users all takes the users of --exclude-seen; give that file")
+    user_ids = sorted(seen)
+  else:
+    lines = pathlib.Path(users).read_text(encoding="utf-8").splitlines()
+    user_ids = [line.strip() for line in lines if line.strip()]
+  recommendations = batch.recommend(model_dir, user_ids, seen, k)
+  recommendations.to_csv(output, index=False)
+  click.echo(f"Wrote {len(recommendations)} recommendations for {len(user_ids)} users to {output}")
 
 
 def _free_port() -> int:

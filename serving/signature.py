@@ -6,11 +6,14 @@ local server and a stock `tensorflow/serving` container.
 
 DEFAULT_MODEL_NAME = "recommender"
 SERVING_SIGNATURE = "serving_default"
+# The same inputs and outputs with every catalog item ranked: for batch jobs that filter items
+# (e.g. already seen ones) and still need k left, not for online serving.
+RANK_CATALOG_SIGNATURE = "rank_catalog"
 
 # Inputs.
 USER_ID = "user_id"  # string [batch]
 HISTORY = "history"  # string [batch, history_len]; '' pads, history_len may be 0
 
 # Outputs.
-ITEM_IDS = "item_ids"  # string [batch, top_k], best first
-SCORES = "scores"  # float32 [batch, top_k]
+ITEM_IDS = "item_ids"  # string [batch, top_k] (rank_catalog: [batch, catalog]), best first
+SCORES = "scores"  # float32, the same shape

@@ -66,6 +66,23 @@ def test_pushed_model_answers_over_grpc(trained):
   assert scores == sorted(scores, reverse=True)
 
 
+def test_batch_recommendations_from_the_pushed_model(trained, tmp_path):
+  home, dataset, _, _ = trained
+  (version,) = _versions(home)
+  output = tmp_path / "recs.csv"
+  result = CliRunner().invoke(cli.main, [
+      "recommend", "--model", str(home / "serving" / "recommender" / version), "--users", "all",
+      "--exclude-seen", str(dataset.interactions), "--k", "10", "--output", str(output)])
+  assert result.exit_code == 0, result.output
+  recs = pd.read_csv(output, dtype=str)
+  events = pd.read_csv(dataset.interactions, dtype=str)
+  engaged = events[events["event"] != "impression"]
+  assert set(recs["user_id"]) == set(engaged["user_id"])
+  assert (recs.groupby("user_id").size() == 10).all()
+  seen = set(zip(engaged["user_id"], engaged["item_id"]))
+  assert not seen & set(zip(recs["user_id"], recs["item_id"]))
+
+
 def test_second_run_keeps_the_served_version(trained):
   home, _, args, _ = trained
   before = _versions(home)

@@ -77,8 +77,8 @@ def exported(tmp_path_factory):
   model = model_lib.TwoTowerModel(3, 6, 2, CONFIG)
   candidates = model.candidate_tower(_batch([0] * 6, range(6), [0, 1] * 3, [[PAD]] * 6)).numpy()
   ids = np.array([f"item{i}".encode() for i in range(6)], dtype=object)
-  module = export.RecommenderModule(_IdentityTransform(), model.query_tower,
-                                    export.build_index(candidates, ids, top_k=100))
+  module = export.RecommenderModule(_IdentityTransform(), model.query_tower, candidates, ids,
+                                    top_k=100)
   path = str(tmp_path_factory.mktemp("export"))
   export.save(module, path)
   return module, path
@@ -94,6 +94,21 @@ def test_saved_model_round_trip_gives_the_same_answer(exported):
   # k is clipped to the six-item catalog, and scores come best first.
   assert after["item_ids"].shape == (2, 6)
   assert (np.diff(after["scores"].numpy(), axis=1) <= 0).all()
+
+
+def test_rank_catalog_ranks_every_item_like_the_top_k(tmp_path):
+  model = model_lib.TwoTowerModel(3, 6, 2, CONFIG)
+  candidates = model.candidate_tower(_batch([0] * 6, range(6), [0, 1] * 3, [[PAD]] * 6)).numpy()
+  ids = np.array([f"item{i}".encode() for i in range(6)], dtype=object)
+  export.save(export.RecommenderModule(_IdentityTransform(), model.query_tower, candidates, ids,
+                                       top_k=2), str(tmp_path))
+  loaded = tf.saved_model.load(str(tmp_path)).signatures
+  inputs = dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0"], [""]]))
+  top = loaded["serving_default"](**inputs)
+  everything = loaded["rank_catalog"](**inputs)
+  assert top["item_ids"].shape == (2, 2) and everything["item_ids"].shape == (2, 6)
+  np.testing.assert_array_equal(everything["item_ids"].numpy()[:, :2], top["item_ids"].numpy())
+  assert all(sorted(row) == sorted(ids) for row in everything["item_ids"].numpy())
 
 
 def test_empty_history_input_is_accepted(exported):

@@ -1,0 +1,59 @@
+"""Batch recommendations from an exported SavedModel: every requested user's top-k in one file.
+
+For offline evaluation and for precomputed recommendations. It calls the model's `rank_catalog`
+signature, which ranks the whole catalog, so that removing the items a user has already engaged
+with (their "seen" items) still leaves k to recommend. Each user's query uses their most recent
+engaged items as history, as the online service would.
+"""
+import os
+from typing import Dict, Iterable, List, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from components import features
+from serving import signature
+
+OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score")
+_BATCH_SIZE = 256
+
+
+def engaged_items(events: pd.DataFrame) -> Dict[str, List[str]]:
+  """Each user's engaged items in time order (impressions are shown, not seen, items)."""
+  engaged = events[events[features.EVENT].isin(features.ENGAGEMENT_EVENTS)]
+  engaged = engaged.sort_values(features.TIMESTAMP, kind="stable")
+  return engaged.groupby(features.USER_ID, sort=False)[features.ITEM_ID].agg(list).to_dict()
+
+
+def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List[str]], k: int,
+              history_length: int = features.HISTORY_LENGTH) -> pd.DataFrame:
+  """OUTPUT_COLUMNS for each user: the k best items they have not engaged with, best first.
+
+  Users the model never saw get its out-of-vocabulary user embedding, like online.
+  """
+  if k < 1:
+    raise ValueError(f"k must be at least 1, got {k}")
+  rank = tf.saved_model.load(os.fspath(model_dir)).signatures[signature.RANK_CATALOG_SIGNATURE]
+  frames = []
+  for start in range(0, len(users), _BATCH_SIZE):
+    batch = list(users[start:start + _BATCH_SIZE])
+    histories = [seen.get(user, [])[-history_length:] for user in batch]
+    width = max(map(len, histories), default=0)
+    padded = [history + [""] * (width - len(history)) for history in histories]
+    ranked = rank(user_id=tf.constant(batch, tf.string),
+                  history=tf.reshape(tf.constant(padded, tf.string), [len(batch), width]))
+    item_ids = ranked[signature.ITEM_IDS].numpy().astype(str)
+    scores = ranked[signature.SCORES].numpy()
+    for user, items, item_scores in zip(batch, item_ids, scores):
+      frames.append(_top_unseen(user, items, item_scores, set(seen.get(user, ())), k))
+  return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+      columns=list(OUTPUT_COLUMNS))
+
+
+def _top_unseen(user: str, items: np.ndarray, scores: np.ndarray, seen: Iterable[str],
+                k: int) -> pd.DataFrame:
+  keep = ~np.isin(items, list(seen))
+  items, scores = items[keep][:k], scores[keep][:k]
+  return pd.DataFrame({"user_id": user, "rank": np.arange(1, len(items) + 1),
+                       "item_id": items, "score": scores})

@@ -1,5 +1,7 @@
 """Ingestion: every format round-trips to Examples, unreadable input is named precisely."""
+import datetime
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -84,6 +86,22 @@ def test_impression_log_columns_round_trip_and_absent_fields_are_omitted(tmp_pat
       features.REQUIRED_EVENT_COLUMNS)
 
 
+def test_impression_log_columns_load_with_their_types(tmp_path):
+  interactions = _write(tmp_path / "log.csv", (
+      "user_id,item_id,timestamp,event,position,session_id\n"
+      "u1,i1,1700000000,impression,0,s1\n"
+      "u1,i2,1700000000,click,,\n"))
+  events = ingest.load_interactions(interactions)
+  # Optional columns follow the required ones in features' order, whatever the file's order.
+  assert tuple(events.columns) == features.REQUIRED_EVENT_COLUMNS + (
+      features.SESSION_ID, features.POSITION)
+  assert events[features.POSITION].dtype == pd.Int64Dtype()
+  assert events[features.POSITION].tolist()[0] == 0
+  assert events[features.POSITION].isna().tolist() == [False, True]
+  assert events[features.SESSION_ID].tolist()[0] == "s1"
+  assert events[features.SESSION_ID].isna().tolist() == [False, True]
+
+
 def test_generic_defaults_event_to_rating_when_ratings_are_given(tmp_path):
   interactions = _write(tmp_path / "ratings.csv",
                         "user_id,item_id,timestamp,rating\n7,42,1700000000,4.5\n7,43,1700000001,\n")
@@ -118,6 +136,33 @@ def test_parquet_interactions_match_csv(tmp_path):
                                 ingest.load_interactions(csv_path))
 
 
+def test_parquet_nullable_impression_columns_match_csv(tmp_path):
+  """pandas' nullable dtypes (Int64, string) survive Parquet; their NA is an absent field."""
+  csv_path = _write(tmp_path / "log.csv", (
+      "user_id,item_id,timestamp,event,session_id,position,propensity\n"
+      "u1,i1,1700000000,impression,s1,0,0.5\n"
+      "u1,i2,1700000000,click,,,\n"))
+  pd.DataFrame({
+      "user_id": ["u1", "u1"], "item_id": ["i1", "i2"], "timestamp": [1700000000] * 2,
+      "event": ["impression", "click"],
+      "session_id": pd.array(["s1", None], dtype="string"),
+      "position": pd.array([0, None], dtype="Int64"), "propensity": [0.5, None],
+  }).to_parquet(tmp_path / "log.parquet")
+  pd.testing.assert_frame_equal(ingest.load_interactions(tmp_path / "log.parquet"),
+                                ingest.load_interactions(csv_path))
+
+
+def test_parquet_date_times_beyond_pandas_range_are_read(tmp_path):
+  """pandas' nanosecond date-times end in 2262; a later one is readable, for the schema to judge."""
+  pd.DataFrame({
+      "user_id": ["u1", "u1"], "item_id": ["i1", "i2"],
+      "timestamp": [datetime.datetime(2300, 1, 1),
+                    datetime.datetime(1969, 12, 31, 23, 59, 59, 500)],  # floor: -1
+  }).to_parquet(tmp_path / "events.parquet")
+  assert ingest.load_interactions(tmp_path / "events.parquet")[features.TIMESTAMP].tolist() == [
+      10_413_792_000, -1]
+
+
 def test_parquet_errors_name_the_row(tmp_path):
   pd.DataFrame({"user_id": ["u1", None], "item_id": ["i1", "i2"],
                 "timestamp": [1, 2]}).to_parquet(tmp_path / "events.parquet")
@@ -132,6 +177,7 @@ def test_generated_dataset_round_trips(tmp_path):
                                         out_dir=tmp_path / "out")
   expected = ingest.load_interactions(dataset.interactions, dataset.items)
   _assert_round_trip(examples_dir, expected)
+  assert set(features.OPTIONAL_EVENT_COLUMNS) <= set(expected.columns)  # an impression log
   assert set(expected[features.EVENT]) <= set(features.EVENT_TYPES)
   assert (expected[features.PRICE] > 0).all()
   assert not (expected[features.CATEGORY] == features.UNKNOWN_CATEGORY).any()
@@ -219,13 +265,70 @@ def _ratings_with_line(bad_line: str, at_line: int = 57) -> str:
      "ratings.csv line 5: expected 4 fields (userId,movieId,rating,timestamp), found 5"),
     (_HEADER + "1,1,4.0,964982703\n1,2,4.",
      "ratings.csv line 3: expected 4 fields (userId,movieId,rating,timestamp), found 3 in "
-     "'1,2,4.'"),
+     "'1,2,4.', without field 'timestamp'"),
 ])
 def test_unreadable_ratings_are_named(tmp_path, content, message):
   ratings = _write(tmp_path / "ratings.csv", content)
   with pytest.raises(ingest.InputDataError) as error:
     ingest.load_interactions(ratings, fmt="movielens")
   assert message in str(error.value)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("item_id", "", "line 3: field 'item_id' has value '', expected a non-empty id"),
+    ("item_id", "i\t2", "line 3: field 'item_id' has value 'i\t2', expected an id without "
+                        "whitespace or control characters"),
+    ("user_id", "u\x01", "line 3: field 'user_id' has value 'u\x01', expected an id without"),
+    ("position", "-1", "line 3: field 'position' has value '-1', expected an integer >= 0"),
+    ("position", "1.5", "line 3: field 'position' has value '1.5', expected an integer >= 0"),
+    ("position", "1e30", "line 3: field 'position' has value '1e30', expected an integer >= 0"),
+    ("propensity", "1.5",
+     "line 3: field 'propensity' has value '1.5', expected a probability in (0, 1]"),
+    ("propensity", "-0.1",
+     "line 3: field 'propensity' has value '-0.1', expected a probability in (0, 1]"),
+    ("propensity", "high",
+     "line 3: field 'propensity' has value 'high', expected a probability in (0, 1]"),
+])
+def test_malformed_generic_fields_are_named(tmp_path, field, value, message):
+  """Ids, positions and propensities of the wrong form are rejected, not left to the schema."""
+  good = {"user_id": "u1", "item_id": "i1", "timestamp": "1700000000", "position": "0",
+          "propensity": "0.5"}
+  columns = ["user_id", "item_id", "timestamp"]
+  columns += [field] if field not in columns else []
+  lines = [",".join(columns)]
+  for row in (good, {**good, field: value}):  # line 2 is good, line 3 is not
+    lines.append(",".join(row[column] for column in columns))
+  interactions = _write(tmp_path / "log.csv", "\n".join(lines) + "\n")
+  with pytest.raises(ingest.InputDataError) as error:
+    ingest.load_interactions(interactions)
+  assert f"log.csv {message}" in str(error.value)
+
+
+@pytest.mark.parametrize("timestamp, seconds", [
+    ("1700000000", 1700000000),
+    ("-20", -20),
+    ("2023-11-14", 1699920000),
+    ("2023-11-14T22:13:20Z", 1700000000),
+    ("2023-11-14 22:13:20", 1700000000),  # no offset: UTC
+    ("2023-11-14T23:13+01:00", 1700000000 - 20),
+    ("2023-11-14T17:13:20-0500", 1700000000),
+    ("2023-11-14T22:13:20.999Z", 1700000000),  # the fraction is dropped
+    ("1969-12-31T23:59:59.5", -1),  # floor, before the epoch too
+    ("2300-01-01T00:00:00Z", 10_413_792_000),
+])
+def test_timestamp_forms(tmp_path, timestamp, seconds):
+  interactions = _write(tmp_path / "e.csv", f"user_id,item_id,timestamp\nu,i,{timestamp}\n")
+  assert ingest.load_interactions(interactions)[features.TIMESTAMP].tolist() == [seconds]
+
+
+@pytest.mark.parametrize("timestamp", [
+    "yesterday", "1700000000.5", "2023-02-30", "2023-11-14T25:00", "2023-11-14T22:13+24:00",
+    "14/11/2023", "2023-11-14T22:13:20 UTC"])
+def test_unreadable_timestamps_are_named(tmp_path, timestamp):
+  interactions = _write(tmp_path / "e.csv", f"user_id,item_id,timestamp\nu,i,{timestamp}\n")
+  with pytest.raises(ingest.InputDataError, match=re.escape(
+      f"e.csv line 2: field 'timestamp' has value '{timestamp}', expected")):
+    ingest.load_interactions(interactions)
 
 
 def test_error_counts_further_bad_rows(tmp_path):
@@ -251,6 +354,25 @@ def test_non_utf8_bytes_name_the_line(tmp_path):
   with pytest.raises(ingest.InputDataError,
                      match=r"ratings\.csv line 3: bytes b'\\xe9' are not valid UTF-8"):
     ingest.load_interactions(ratings, fmt="movielens")
+
+
+@pytest.mark.parametrize("data, fmt, message", [
+    # The field of a multi-line quoted value, after a byte-order mark and a blank line.
+    (b"\xef\xbb\xbfuser_id,item_id,timestamp,title\n\nu,i,1,\"a,\nb\xff\"\n", "generic",
+     r"line 4: bytes b'\\xff' are not valid UTF-8 \(byte offset 47, field 'title', "
+     r"value 'a,\nb\\xff'\)"),
+    (b"1\t2\t3\t4\n1\t\xff2\t3\t4\n", "movielens-100k",
+     r"line 2: bytes b'\\xff' are not valid UTF-8 \(byte offset 10, field 'item id', "
+     r"value '\\xff2'\)"),
+    # In the header there is no field to name.
+    (b"user_id,item_id,timestamp,caf\xe9\nu,i,1,v\n", "generic",
+     r"line 1: bytes b'\\xe9' are not valid UTF-8 \(byte offset 29\)"),
+])
+def test_non_utf8_bytes_name_the_field_and_value(tmp_path, data, fmt, message):
+  interactions = tmp_path / "events"
+  interactions.write_bytes(data)
+  with pytest.raises(ingest.InputDataError, match=f"events {message}; save the file as UTF-8"):
+    ingest.load_interactions(interactions, fmt=fmt)
 
 
 def test_utf8_byte_order_mark_is_accepted(tmp_path):

@@ -2,12 +2,13 @@
 
 Formats (`fmt`):
   * `generic`: a CSV (or `.parquet`) interaction log with columns user_id, item_id, timestamp
-    (integer epoch seconds or ISO-8601; ISO dates without an offset are UTC) and optional event,
-    rating, price, category, and the impression-log columns session_id, position (slot in the
-    slate, an integer >= 0) and propensity (the logging policy's probability, in (0, 1]). A
-    missing event is 'rating' when the file has a rating column, else 'view'. An optional items
-    CSV (item_id and optional category, price, title) supplies category and price wherever the
-    interaction log has none.
+    (integer epoch seconds or ISO-8601; ISO dates without an offset are UTC) and optional event
+    (features.EVENT_TYPES), rating, price, category, and the impression-log columns session_id,
+    position (slot in the slate, an integer >= 0) and propensity (the logging policy's
+    probability, in (0, 1]). A missing event is 'rating' when the file has a rating column, else
+    'view'. An optional items CSV (item_id and optional category, price, title) supplies category
+    and price wherever the interaction log has none. The simulator (components/data/generator.py)
+    writes this format: one row per impression, with all three impression-log columns.
   * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
     `movies.csv` (movieId,title,genres), whose first genre becomes the category.
   * `movielens-100k`: ml-100k's tab-separated `u.data` (user, item, rating, timestamp; no header)
@@ -29,12 +30,15 @@ at-least-once logging produces, are reported here and dropped by the session bui
 """
 import csv
 import dataclasses
+import datetime
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import pathlib
-from typing import Callable, Dict, Iterator, Optional, Sequence
+import re
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -52,9 +56,12 @@ _BAD_ID = r"[\s\x00-\x1f\x7f]"
 
 _TIMESTAMP_EXPECTED = "an integer epoch time or ISO-8601 date"
 _INTEGER = r"[+-]?\d{1,18}"  # 18 digits always fit in int64
-_ISO_8601 = (r"\d{4}-\d{2}-\d{2}"
-             r"(?:[T ]\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)?")
-_EPOCH = pd.Timestamp(0, tz="UTC")
+# Groups: year, month, day, hour, minute, second, offset sign, offset hours, offset minutes.
+_ISO_8601 = re.compile(r"(\d{4})-(\d{2})-(\d{2})"
+                       r"(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?)?"
+                       r"(?:Z|([+-])(\d{2})(?::?(\d{2}))?)?")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_SECOND = datetime.timedelta(seconds=1)
 
 # ml-100k's u.item: five descriptive fields, then one 0/1 flag per genre in this order (u.genre).
 _ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -91,10 +98,11 @@ class _Table:
   frame: pd.DataFrame
   lines: Optional[np.ndarray]  # file line of each row; None for Parquet, which has no lines
 
+  def position(self, row: int) -> str:
+    return f"row {row + 1}" if self.lines is None else f"line {self.lines[row]}"
+
   def where(self, row: int) -> str:
-    if self.lines is None:
-      return f"{self.name} row {row + 1}"
-    return f"{self.name} line {self.lines[row]}"
+    return f"{self.name} {self.position(row)}"
 
 
 def _read_table(path: pathlib.Path, layout: _Layout = _CSV) -> _Table:
@@ -108,47 +116,82 @@ def _read_table(path: pathlib.Path, layout: _Layout = _CSV) -> _Table:
 
 def _read_delimited(path: pathlib.Path, layout: _Layout) -> _Table:
   """Parses with the csv module, which, unlike pandas, tells short rows from empty fields."""
-  text = _decode(path, layout.encoding)
-  reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter,
-                      quoting=layout.quoting)
-  try:
-    # Blank lines carry no record; reader.line_num is the line a record ends on.
-    records = ((reader.line_num, fields) for fields in reader if fields)
-    names = list(layout.names or [name.strip() for name in next(records, (0, []))[1]])
-    if not names:
-      raise InputDataError(f"{path.name}: the file is empty")
-    lines, rows = [], []
-    for line, fields in records:
-      if len(fields) != len(names):
-        raise InputDataError(
-            f"{path.name} line {line}: expected {len(names)} fields "
-            f"({layout.delimiter.join(names)}), found {len(fields)} in "
-            f"'{layout.delimiter.join(fields)}'; is the line truncated or a delimiter unquoted?")
-      lines.append(line)
-      rows.append(fields)
-  except csv.Error as error:
-    raise InputDataError(f"{path.name} line {reader.line_num}: {error}") from None
+  records = _records(path.name, _decode(path, layout), layout)
+  header_line, header = (0, layout.names) if layout.names else next(records, (0, []))
+  names = [name.strip() for name in header]
+  if not names:
+    raise InputDataError(f"{path.name}: the file is empty")
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:  # which of the columns a field belongs to would be a guess
+    raise InputDataError(f"{path.name} line {header_line}: column "
+                         f"{', '.join(map(repr, repeated))} appears more than once in the header")
+  lines, rows = [], []
+  for line, fields in records:
+    if len(fields) != len(names):
+      # A short row names the fields it lacks, which is what a truncated line loses.
+      lacking = (f", without field {', '.join(map(repr, names[len(fields):]))}"
+                 if len(fields) < len(names) else "")
+      raise InputDataError(
+          f"{path.name} line {line}: expected {len(names)} fields "
+          f"({layout.delimiter.join(names)}), found {len(fields)} in "
+          f"'{layout.delimiter.join(fields)}'{lacking}; is the line truncated or a delimiter "
+          f"unquoted?")
+    lines.append(line)
+    rows.append(fields)
   if not rows:
     raise InputDataError(f"{path.name}: the file has a header but no rows" if layout.names is None
                          else f"{path.name}: the file is empty")
   return _Table(path.name, pd.DataFrame(rows, columns=names, dtype=object), np.array(lines))
 
 
-def _decode(path: pathlib.Path, encoding: str) -> str:
+def _records(name: str, text: str, layout: _Layout) -> Iterator[Tuple[int, List[str]]]:
+  """Each record's line and fields; the line is the one it ends on, blank lines carry none."""
+  reader = csv.reader(io.StringIO(text, newline=""), delimiter=layout.delimiter,
+                      quoting=layout.quoting)
+  try:
+    for fields in reader:
+      if fields:
+        yield reader.line_num, fields
+  except csv.Error as error:
+    raise InputDataError(f"{name} line {reader.line_num}: {error}") from None
+
+
+def _decode(path: pathlib.Path, layout: _Layout) -> str:
   data = path.read_bytes()
   try:
-    text = data.decode(encoding)
+    text = data.decode(layout.encoding)
   except UnicodeDecodeError as error:
-    line = data.count(b"\n", 0, error.start) + 1
-    raise InputDataError(
-        f"{path.name} line {line}: bytes {data[error.start:error.end]!r} are not valid "
-        f"{encoding.upper()}; save the file as {encoding.upper()}") from None
+    raise _undecodable(path.name, data, error, layout) from None
   return text.removeprefix("\ufeff")  # the byte-order mark some spreadsheet programs write
 
 
+def _undecodable(name: str, data: bytes, error: UnicodeDecodeError,
+                 layout: _Layout) -> InputDataError:
+  """Names the line, byte offset and, below the header, the field and value of undecodable bytes.
+
+  The bytes before the error decode; parsed with a stand-in for the bad bytes, their last record
+  and field are the ones holding them, whatever the quoting.
+  """
+  encoding = layout.encoding.upper()
+  where = f"byte offset {error.start}"
+  before = [fields for _, fields in _records(
+      name, data[:error.start].decode(layout.encoding).removeprefix("\ufeff") + "\ufffd", layout)]
+  record, field = len(before) - 1, len(before[-1]) - 1
+  names = layout.names or [column.strip() for column in before[0]]
+  if record >= (layout.names is None) and field < len(names):
+    # The whole record, with the bad bytes escaped, shows the value.
+    records = _records(name, data.decode(layout.encoding, "backslashreplace"), layout)
+    _, fields = next(itertools.islice(records, record, None))
+    where += f", field '{names[field]}', value '{fields[field]}'"
+  line = data.count(b"\n", 0, error.start) + 1
+  return InputDataError(f"{name} line {line}: bytes {data[error.start:error.end]!r} are not valid "
+                        f"{encoding} ({where}); save the file as {encoding}")
+
+
 def _read_parquet(path: pathlib.Path) -> _Table:
+  """Reads date-times as objects: pandas' own nanosecond ones cannot hold years after 2262."""
   try:
-    frame = pq.read_table(path).to_pandas()
+    frame = pq.read_table(path).to_pandas(timestamp_as_object=True)
   except pa.ArrowException as error:
     raise InputDataError(f"{path.name}: not a readable Parquet file ({error})") from None
   if frame.empty:
@@ -174,8 +217,11 @@ def _reject(table: _Table, bad: np.ndarray, column: str, expected: str) -> None:
 
 
 def _absent(values: pd.Series) -> np.ndarray:
-  """Cells without a value: empty CSV fields and Parquet nulls."""
-  return (values.isna() | values.eq("")).to_numpy()
+  """Cells without a value: empty CSV fields and Parquet nulls.
+
+  Parquet's nullable columns (Int64, string) compare to a nullable boolean; NA there is absent.
+  """
+  return (values.isna() | values.eq("")).to_numpy(dtype=bool, na_value=True)
 
 
 def _ids(table: _Table, column: str) -> pd.Series:
@@ -188,12 +234,15 @@ def _ids(table: _Table, column: str) -> pd.Series:
 
 
 def _positions(table: _Table, column: str) -> pd.Series:
-  """Slate slots: integers >= 0, NaN where absent."""
+  """Slate slots: integers >= 0, as nullable Int64 so a row without one stays distinct from 0.
+
+  Whole floats such as 2.0 are accepted: pandas writes an integer column with gaps that way.
+  """
   numbers = _numbers(table, column, expected="an integer >= 0")
   present = numbers.notna().to_numpy()
-  _reject(table, present & ~((numbers >= 0) & (numbers % 1 == 0)).to_numpy(), column,
-          "an integer >= 0")
-  return numbers
+  integers = (numbers >= 0) & (numbers % 1 == 0) & (numbers < 2.0**63)  # fits in int64
+  _reject(table, present & ~integers.to_numpy(), column, "an integer >= 0")
+  return numbers.astype("Int64")
 
 
 def _propensities(table: _Table, column: str) -> pd.Series:
@@ -209,9 +258,12 @@ def _warn_duplicates(table: _Table) -> None:
   """Reports exact duplicate rows; they are kept here and dropped when sessions are built."""
   duplicated = table.frame.duplicated().to_numpy()
   if duplicated.any():
-    logging.warning("%s: %d rows repeat an earlier row exactly, the first at %s; duplicates are "
-                    "dropped when sessions are built", table.name, duplicated.sum(),
-                    table.where(np.flatnonzero(duplicated)[0]))
+    first = np.flatnonzero(duplicated)[0]
+    # Rows before the first duplicate are distinct, so exactly one of them is its original.
+    original = np.flatnonzero(table.frame.iloc[:first + 1].duplicated(keep="last").to_numpy())[0]
+    logging.warning("%s: %d rows repeat an earlier row exactly, the first at %s, a copy of %s; "
+                    "duplicates are dropped when sessions are built", table.name,
+                    duplicated.sum(), table.position(first), table.position(original))
 
 
 def _unique_ids(table: _Table, column: str) -> pd.Series:
@@ -247,26 +299,39 @@ def _timestamps(table: _Table, column: str) -> pd.Series:
   """Seconds since the epoch from integers, ISO-8601 strings or (Parquet) date-times."""
   values = table.frame[column]
   _reject(table, _absent(values), column, _TIMESTAMP_EXPECTED)
-  if pd.api.types.is_datetime64_any_dtype(values):
-    return pd.Series(_epoch_seconds(values), index=values.index)
   if pd.api.types.is_integer_dtype(values):
     return values.astype(np.int64)
+  # Parquet date-times arrive as objects (see _read_parquet) whose text is ISO-8601.
   text = values.astype(str).str.strip()
   integer = text.str.fullmatch(_INTEGER).to_numpy()
-  # Only ISO-shaped text is handed to pandas, which would otherwise guess at forms like 1/2/2024.
-  dates = pd.to_datetime(text.where(~integer & text.str.fullmatch(_ISO_8601)), utc=True,
-                         errors="coerce")
-  _reject(table, ~integer & dates.isna().to_numpy(), column, _TIMESTAMP_EXPECTED)
-  seconds = _epoch_seconds(dates.fillna(_EPOCH))
+  dates = text[~integer].map(_iso_seconds)
+  unreadable = np.zeros(len(text), dtype=bool)
+  unreadable[~integer] = dates.isna().to_numpy()
+  _reject(table, unreadable, column, _TIMESTAMP_EXPECTED)
+  seconds = np.empty(len(text), dtype=np.int64)
   seconds[integer] = text[integer].astype(np.int64)
+  seconds[~integer] = dates.astype(np.int64)
   return pd.Series(seconds, index=values.index)
 
 
-def _epoch_seconds(dates: pd.Series) -> np.ndarray:
-  """Whole seconds since the epoch; date-times without a time zone are taken as UTC."""
-  if dates.dt.tz is None:
-    dates = dates.dt.tz_localize("UTC")
-  return ((dates - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+def _iso_seconds(text: str) -> Optional[int]:
+  """Whole seconds since the epoch of an ISO-8601 date (UTC without an offset); None if not one.
+
+  Parsed here rather than by pandas, whose nanosecond date-times end in 2262: a date in 2300 is
+  readable, and whether it is plausible is the schema's call. Only this one form is accepted, so
+  nothing guesses at forms like 1/2/2024.
+  """
+  match = _ISO_8601.fullmatch(text)
+  if match is None:
+    return None
+  *date_time, sign, offset_hours, offset_minutes = match.groups()
+  offset = datetime.timedelta(hours=int(offset_hours or 0), minutes=int(offset_minutes or 0))
+  try:
+    date = datetime.datetime(*(int(part or 0) for part in date_time),
+                             tzinfo=datetime.timezone(-offset if sign == "-" else offset))
+  except ValueError:  # a day, time or offset out of range, such as 2023-02-30
+    return None
+  return (date - _EPOCH) // _SECOND  # the fraction of a second is not parsed: this is the floor
 
 
 def _join_items(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -367,8 +432,9 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
 
   Returns features.REQUIRED_EVENT_COLUMNS, then whichever OPTIONAL_EVENT_COLUMNS the source has.
   Ids, event, category and session_id are str, timestamp int64, rating, price and propensity
-  float64, position float64 (NaN where a row has none). Rows keep file order. Raises
-  InputDataError for anything unreadable; domain checks are left to the schema.
+  float64, position nullable Int64; an optional field a row leaves empty is NaN (NA for
+  position). Rows keep file order. Raises InputDataError for anything unreadable; domain checks
+  are left to the schema.
   """
   if fmt not in _READERS:
     raise InputDataError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
@@ -399,15 +465,13 @@ def _feature(value) -> tf.train.Feature:
 
 def _serialized_examples(events: pd.DataFrame) -> Iterator[bytes]:
   """One tf.train.Example per row; an optional field the row lacks is left out."""
-  columns = {column: events[column].tolist() for column in events.columns}
-  if features.POSITION in columns:  # held as float to allow NaN; written as an int64 feature
-    columns[features.POSITION] = [value if value != value else int(value)
-                                  for value in columns[features.POSITION]]
+  # Absent cells (NaN, NA) become None, so one test covers every column's dtype.
+  columns = {column: events[column].astype(object).where(events[column].notna(), None).tolist()
+             for column in events.columns}
   names = list(columns)
   for values in zip(*columns.values()):
     yield tf.train.Example(features=tf.train.Features(feature={
-        name: _feature(value) for name, value in zip(names, values)
-        if not (isinstance(value, float) and value != value)  # NaN: an absent optional field
+        name: _feature(value) for name, value in zip(names, values) if value is not None
     })).SerializeToString(deterministic=True)  # map order would otherwise vary between runs
 
 

@@ -3,9 +3,17 @@
 The query tower embeds who the user is and what they touched last; the candidate tower embeds an
 item from its id and category. Training pulls a user's next item towards the query embedding and
 pushes the other items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
+
+In-batch negatives are sampled by popularity: a popular item is a negative far more often than
+a rare one, which teaches the model to rank popular items too low. The loss subtracts each
+candidate's log sampling probability from its logit (the log-Q correction of Yi et al., 2019,
+"Sampling-bias-corrected neural modeling"), and a batch's other rows that hold the same item are
+not counted as negatives (accidental hits).
 """
 import dataclasses
+from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
@@ -74,12 +82,22 @@ class CandidateTower(tf.keras.Model):
 class TwoTowerModel(tfrs.Model):
   """Query and candidate towers trained with a sampled-softmax retrieval loss."""
 
-  def __init__(self, num_users: int, num_items: int, num_categories: int, config: ModelConfig):
+  def __init__(self, num_users: int, num_items: int, num_categories: int, config: ModelConfig,
+               item_probability: Optional[np.ndarray] = None):
+    """item_probability: [num_items] share of training examples with each item, for the log-Q
+    correction; None trains without it (uniform sampling assumed)."""
     super().__init__()
     item_embedding = tf.keras.layers.Embedding(num_items, config.embedding_dim)
     self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, config.embedding_dim)
-    self.task = tfrs.tasks.Retrieval()
+    self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+    if item_probability is None:
+      item_probability = np.full(num_items, 1.0 / num_items)
+    # Items never seen in training would get log(0); they are never sampled, so any floor works.
+    self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
 
   def compute_loss(self, inputs, training=False):
-    return self.task(self.query_tower(inputs), self.candidate_tower(inputs))
+    items = inputs[ITEM_XF]
+    return self.task(self.query_tower(inputs), self.candidate_tower(inputs),
+                     candidate_sampling_probability=tf.gather(self.item_probability, items),
+                     candidate_ids=items)

@@ -2,6 +2,7 @@
 import dataclasses
 import hashlib
 import pathlib
+from typing import Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -43,15 +44,19 @@ def _dataset(fn_args: tfx.components.FnArgs, files, schema, batch_size: int,
       schema)
 
 
-def catalog(dataset: tf.data.Dataset, num_items: int) -> np.ndarray:
-  """The category index of every item index seen in `dataset` (one pass).
+def catalog(dataset: tf.data.Dataset, num_items: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Each item index's category and share of the examples in `dataset` (one pass).
 
-  The candidate tower needs an item's features to embed it, and the training events carry them.
+  The candidate tower needs an item's features to embed it, and the training events carry them;
+  the shares are the in-batch sampling probabilities the loss corrects for.
   """
   categories = np.zeros(num_items, dtype=np.int64)
+  counts = np.zeros(num_items)
   for batch in dataset:
-    categories[batch[model_lib.ITEM_XF].numpy()] = batch[model_lib.CATEGORY_XF].numpy()
-  return categories
+    items = batch[model_lib.ITEM_XF].numpy()
+    categories[items] = batch[model_lib.CATEGORY_XF].numpy()
+    counts += np.bincount(items, minlength=num_items)
+  return categories, counts / max(counts.sum(), 1.0)
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -61,17 +66,18 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   # In-vocabulary items only: the OOV bucket is not a recommendable item.
   item_ids = np.array(tf_transform_output.vocabulary_by_name(features.ITEM_ID), dtype=object)
 
+  train = _dataset(fn_args, fn_args.train_files, schema, config.batch_size, num_epochs=1).cache()
+  num_items = preprocessing.vocabulary_size(tf_transform_output, features.ITEM_ID)
+  categories, item_probability = catalog(train, num_items)
   model = model_lib.TwoTowerModel(
       num_users=preprocessing.vocabulary_size(tf_transform_output, features.USER_ID),
-      num_items=preprocessing.vocabulary_size(tf_transform_output, features.ITEM_ID),
+      num_items=num_items,
       num_categories=preprocessing.vocabulary_size(tf_transform_output, features.CATEGORY),
-      config=config)
+      config=config, item_probability=item_probability)
   model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-  train = _dataset(fn_args, fn_args.train_files, schema, config.batch_size, num_epochs=1).cache()
   history = model.fit(train, epochs=config.epochs, verbose=2)
   logging.info("Training loss per epoch: %s", history.history["loss"])
 
-  categories = catalog(train, len(item_ids) + preprocessing.NUM_OOV_BUCKETS)
   candidate_embeddings = model.candidate_tower({
       model_lib.ITEM_XF: tf.range(len(item_ids), dtype=tf.int64),
       model_lib.CATEGORY_XF: tf.constant(categories[:len(item_ids)]),

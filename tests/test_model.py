@@ -52,14 +52,37 @@ def test_training_learns_user_item_affinity():
   model = model_lib.TwoTowerModel(4, 8, 2, model_lib.ModelConfig(embedding_dim=8))
   model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
   losses = model.fit(data, epochs=8, verbose=0).history["loss"]
-  # Each positive appears ~8 times per batch of 32, and in-batch negatives count its duplicates
-  # as negatives, so the loss cannot fall below 32 * ln(8) ~ 66.5; the ranking is what must hold.
   assert losses[-1] < losses[0]
   queries = model.query_tower(_batch(np.arange(4), np.zeros(4), np.zeros(4), np.full((4, 2), PAD)))
   candidates = model.candidate_tower(_batch(np.zeros(8), np.arange(8), np.arange(8) % 2,
                                             np.full((8, 2), PAD)))
   best = tf.argmax(tf.matmul(queries, candidates, transpose_b=True), axis=1).numpy()
   assert list(best) == [4, 5, 6, 7]
+
+
+def _loss(model, batch):
+  return float(model.compute_loss(batch))
+
+
+def test_rows_with_the_same_item_are_not_negatives_of_each_other():
+  model = model_lib.TwoTowerModel(4, 8, 2, CONFIG)
+  same_item = _batch(np.arange(4), np.full(4, 5), np.zeros(4), np.full((4, 2), PAD))
+  assert _loss(model, same_item) == pytest.approx(0.0, abs=1e-5)
+  distinct = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
+  assert _loss(model, distinct) > 0.1
+
+
+def test_log_q_correction_depends_only_on_relative_sampling_probabilities():
+  tf.keras.utils.set_random_seed(1)
+  model = model_lib.TwoTowerModel(4, 8, 2, CONFIG)
+  batch = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
+  uncorrected = _loss(model, batch)
+  model.item_probability = tf.constant(np.full(8, 0.3), tf.float32)  # uniform: a constant shift
+  assert _loss(model, batch) == pytest.approx(uncorrected, rel=1e-5)
+  model.item_probability = tf.constant([0.9, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.04],
+                                       tf.float32)
+  # Skewed probabilities move the items' logits against each other, so the loss changes.
+  assert _loss(model, batch) != pytest.approx(uncorrected, rel=1e-3)
 
 
 class _IdentityTransform(tf.keras.layers.Layer):

@@ -1,17 +1,22 @@
-"""The serving SavedModel: raw ids in, top-K item ids and scores out, in one graph.
+"""The serving SavedModel: raw ids in, ranked item ids, scores and propensities out, in one graph.
 
-The graph holds the Transform layer (so clients send raw ids, exactly as logged), the query tower
-and brute-force indexes over the catalog embeddings: top-K for `serving_default`, the whole
-catalog for `rank_catalog`. It uses stock TensorFlow ops only, so a stock TensorFlow Serving binary
-loads it.
+The graph holds the Transform layer (so clients send raw ids, exactly as logged), the query
+tower, the catalog's frozen embeddings and features, and the DQN head. Its signatures
+(serving/signature.py):
+  * `serving_default`: the retrieval top-`serve_candidates`, reranked by Q-value (greedily, or
+    sampled with a temperature), top_k out with each item's propensity;
+  * `retrieve`: the two-tower top_k by retrieval score, the baseline reranking is judged against;
+  * `rank_catalog`: every catalog item by retrieval score, for batch jobs that filter.
+Retrieval is a dense matmul and top-k over the catalog, the same function training sought
+candidates with (ranker.Catalog), with every k fixed at export so the shapes survive save/load.
+Stock TensorFlow ops only, so a stock TensorFlow Serving binary loads it.
 """
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from components import features
+from components import ranker
 from serving import signature
-
 
 _INPUTS = [
     tf.TensorSpec([None], tf.string, name=signature.USER_ID),
@@ -23,43 +28,55 @@ class RecommenderModule(tf.Module):
   """What the Pusher ships: the serving signatures and everything they need."""
 
   def __init__(self, tft_layer: tf.keras.layers.Layer, query_tower: tf.keras.Model,
-               candidate_embeddings: np.ndarray, item_ids: np.ndarray, top_k: int):
+               q_network: tf.keras.Model, catalog: ranker.Catalog, item_ids: np.ndarray,
+               top_k: int, config: ranker.RankerConfig):
     super().__init__()
     self.tft_layer = tft_layer
     self.query_tower = query_tower
-    self.index = build_index(candidate_embeddings, item_ids, top_k)
-    self.catalog_index = build_index(candidate_embeddings, item_ids, len(item_ids))
+    self.q_network = q_network
+    self.catalog = catalog
+    self.item_ids = tf.constant(item_ids)
+    catalog_size = len(item_ids)
+    # tf.math.top_k fails at serving time when asked for more items than there are.
+    self.top_k = min(top_k, catalog_size)
+    self.candidates = min(max(config.serve_candidates, self.top_k), catalog_size)
+    self.catalog_size = catalog_size
+    self.temperature = config.temperature
 
-  def _queries(self, user_id, history):
+  def _states(self, user_id, history):
     # Clients pad histories of different lengths with ''; Transform wants them as a ragged list.
     compact_history = tf.ragged.boolean_mask(history, tf.not_equal(history, "")).to_sparse()
     return self.query_tower(
         self.tft_layer({features.USER_ID: user_id, features.HISTORY: compact_history}))
 
+  def _retrieved(self, user_id, history, k: int):
+    scores, items = self.catalog.top_candidates(self._states(user_id, history), k)
+    return {signature.ITEM_IDS: tf.gather(self.item_ids, items), signature.SCORES: scores}
+
   @tf.function(input_signature=_INPUTS)
   def serve(self, user_id, history):
-    scores, item_ids = self.index(self._queries(user_id, history))
-    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores}
+    states = self._states(user_id, history)
+    _, candidates = self.catalog.top_candidates(states, self.candidates)
+    q_values = self.q_network((states, self.catalog.actions(candidates)))
+    order, propensities = ranker.rerank(q_values, self.top_k, self.temperature)
+    return {
+        signature.ITEM_IDS: tf.gather(self.item_ids,
+                                      tf.gather(candidates, order, batch_dims=1)),
+        signature.SCORES: tf.gather(q_values, order, batch_dims=1),
+        signature.PROPENSITIES: propensities,
+    }
+
+  @tf.function(input_signature=_INPUTS)
+  def retrieve(self, user_id, history):
+    return self._retrieved(user_id, history, self.top_k)
 
   @tf.function(input_signature=_INPUTS)
   def rank_catalog(self, user_id, history):
-    scores, item_ids = self.catalog_index(self._queries(user_id, history))
-    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores}
-
-
-def build_index(candidate_embeddings: np.ndarray, item_ids: np.ndarray,
-                top_k: int) -> tfrs.layers.factorized_top_k.BruteForce:
-  """A brute-force index over the whole catalog.
-
-  `k` is fixed when the index is built and clipped to the catalog size, because `tf.math.top_k`
-  fails at serving time when asked for more items than there are.
-  """
-  index = tfrs.layers.factorized_top_k.BruteForce(k=min(top_k, len(item_ids)))
-  index.index(tf.constant(candidate_embeddings), tf.constant(item_ids))
-  return index
+    return self._retrieved(user_id, history, self.catalog_size)
 
 
 def save(module: RecommenderModule, export_dir: str) -> None:
   tf.saved_model.save(module, export_dir, signatures={
       signature.SERVING_SIGNATURE: module.serve.get_concrete_function(),
+      signature.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function(),
       signature.RANK_CATALOG_SIGNATURE: module.rank_catalog.get_concrete_function()})

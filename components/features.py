@@ -47,6 +47,9 @@ REVENUE = "revenue"  # price of a purchase, else 0.0
 NEXT_HISTORY = "next_history"  # the history after this step: the state the action leads to
 DONE = "done"  # 1 on a session's last step
 
+# Derived by Transform (components/preprocessing.py).
+PRICE_BUCKET = "price_bucket"  # quantile bucket of price: the candidate tower's price feature
+
 
 def transformed_name(key: str) -> str:
   """Name of a feature after Transform (ids become vocabulary indices)."""

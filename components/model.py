@@ -1,7 +1,7 @@
 """The two-tower retrieval model (TensorFlow Recommenders on tf-keras).
 
-The query tower embeds who the user is and what they touched last; the candidate tower embeds an
-item from its id and category. Training pulls a user's next item towards the query embedding and
+The query tower embeds who the user is and what they touched last, in order; the candidate tower
+embeds an item from its id, category and price bucket. Training pulls a user's next item towards the query embedding and
 pushes the other items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
 
 In-batch negatives are sampled by popularity: a popular item is a negative far more often than
@@ -11,7 +11,7 @@ candidate's log sampling probability from its logit (the log-Q correction of Yi 
 not counted as negatives (accidental hits).
 """
 import dataclasses
-from typing import Optional
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -19,28 +19,44 @@ import tensorflow_recommenders as tfrs
 
 from components import features
 from components import preprocessing
+from components import ranker as ranker_lib
 
 USER_XF = features.transformed_name(features.USER_ID)
 ITEM_XF = features.transformed_name(features.ITEM_ID)
 CATEGORY_XF = features.transformed_name(features.CATEGORY)
+PRICE_BUCKET_XF = features.transformed_name(features.PRICE_BUCKET)
 HISTORY_XF = features.transformed_name(features.HISTORY)
+NEXT_HISTORY_XF = features.transformed_name(features.NEXT_HISTORY)
+_ATTENTION_HEADS = 2
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Hyper-parameters of the retrieval model; the defaults train well on the default dataset."""
+  """Hyper-parameters of both models; the defaults train well on the default dataset."""
   embedding_dim: int = 64
   epochs: int = 5
   batch_size: int = 512
   learning_rate: float = 0.05
-  # How many items the serving signature returns per user.
+  # How many items the serving signatures return per user.
   top_k: int = 100
+  # The DQN ranking head that reranks the retrieved items.
+  ranker: ranker_lib.RankerConfig = ranker_lib.RankerConfig()
+
+  @classmethod
+  def from_dict(cls, values: Dict) -> "ModelConfig":
+    """The inverse of dataclasses.asdict, which is how the config travels in custom_config."""
+    values = dict(values)
+    values["ranker"] = ranker_lib.RankerConfig.from_dict(values.get("ranker", {}))
+    return cls(**values)
 
 
 class QueryTower(tf.keras.Model):
-  """User id embedding plus the mean embedding of the recent items, projected to the shared space.
+  """User id embedding, plus the recent items as a set (mean) and as a sequence (self-attention).
 
-  The history shares the item embedding table with the candidate tower, so an item a user just saw
+  The mean says what the user likes. The self-attention block (SASRec-style: one layer, each item
+  attending to the others, with an embedding of how recent it is) says where the session is
+  heading, which a mean cannot tell apart from its reverse. Padding is masked out of both. The
+  history shares the item embedding table with the candidate tower, so an item a user just saw
   pulls the query towards items like it from the first training step on.
   """
 
@@ -49,47 +65,72 @@ class QueryTower(tf.keras.Model):
     super().__init__()
     self.user_embedding = tf.keras.layers.Embedding(num_users, embedding_dim)
     self.item_embedding = item_embedding
+    # Recency 0 is the latest item; histories are cut to HISTORY_LENGTH by Transform.
+    self.recency_embedding = tf.keras.layers.Embedding(features.HISTORY_LENGTH, embedding_dim)
+    self.attention = tf.keras.layers.MultiHeadAttention(
+        num_heads=_ATTENTION_HEADS, key_dim=embedding_dim // _ATTENTION_HEADS)
+    self.attention_norm = tf.keras.layers.LayerNormalization()
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
   def call(self, inputs):
     history = inputs[HISTORY_XF]
-    present = tf.cast(tf.not_equal(history, preprocessing.HISTORY_PADDING), tf.float32)
-    # Padding slots index row 0 but are weighted out, so they never move the mean.
-    history_embeddings = self.item_embedding(tf.maximum(history, 0)) * present[..., None]
-    history_mean = tf.math.divide_no_nan(
-        tf.reduce_sum(history_embeddings, axis=1),
-        tf.reduce_sum(present, axis=1, keepdims=True))
+    present = tf.not_equal(history, preprocessing.HISTORY_PADDING)
+    weights = tf.cast(present, tf.float32)[..., None]
+    # Padding slots index row 0 but are weighted and masked out, so they never move the query.
+    history_embeddings = self.item_embedding(tf.maximum(history, 0)) * weights
+    history_mean = _masked_mean(history_embeddings, weights)
+    # Histories are oldest first and padded at the end: an item's recency is counted from the
+    # last present one.
+    lengths = tf.reduce_sum(tf.cast(present, tf.int64), axis=1, keepdims=True)
+    recency = tf.clip_by_value(lengths - 1 - tf.range(tf.shape(history, out_type=tf.int64)[1]),
+                               0, features.HISTORY_LENGTH - 1)
+    sequence = history_embeddings + self.recency_embedding(recency) * weights
+    attended = self.attention_norm(sequence + self.attention(
+        sequence, sequence, attention_mask=present[:, None, :]))
     user = self.user_embedding(inputs[USER_XF])
-    return self.projection(tf.concat([user, history_mean], axis=1))
+    return self.projection(tf.concat(
+        [user, history_mean, _masked_mean(attended * weights, weights)], axis=1))
+
+
+def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+  """Mean over axis 1 of the present slots; zeros for a history with none."""
+  return tf.math.divide_no_nan(tf.reduce_sum(values, axis=1), tf.reduce_sum(weights, axis=1))
 
 
 class CandidateTower(tf.keras.Model):
-  """Item id embedding plus category embedding, projected to the shared space."""
+  """Item id, category and price bucket embeddings, projected to the shared space.
+
+  Category and price are shared by many items, so a rarely seen item still lands near items
+  like it.
+  """
 
   def __init__(self, item_embedding: tf.keras.layers.Embedding, num_categories: int,
-               embedding_dim: int):
+               num_price_buckets: int, embedding_dim: int):
     super().__init__()
     self.item_embedding = item_embedding
     self.category_embedding = tf.keras.layers.Embedding(num_categories, embedding_dim)
+    self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, embedding_dim)
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
   def call(self, inputs):
     return self.projection(tf.concat(
-        [self.item_embedding(inputs[ITEM_XF]), self.category_embedding(inputs[CATEGORY_XF])],
-        axis=1))
+        [self.item_embedding(inputs[ITEM_XF]), self.category_embedding(inputs[CATEGORY_XF]),
+         self.price_embedding(inputs[PRICE_BUCKET_XF])], axis=1))
 
 
 class TwoTowerModel(tfrs.Model):
   """Query and candidate towers trained with a sampled-softmax retrieval loss."""
 
-  def __init__(self, num_users: int, num_items: int, num_categories: int, config: ModelConfig,
+  def __init__(self, num_users: int, num_items: int, num_categories: int,
+               num_price_buckets: int, config: ModelConfig,
                item_probability: Optional[np.ndarray] = None):
     """item_probability: [num_items] share of training examples with each item, for the log-Q
     correction; None trains without it (uniform sampling assumed)."""
     super().__init__()
     item_embedding = tf.keras.layers.Embedding(num_items, config.embedding_dim)
     self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim)
-    self.candidate_tower = CandidateTower(item_embedding, num_categories, config.embedding_dim)
+    self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
+                                          config.embedding_dim)
     self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
     if item_probability is None:
       item_probability = np.full(num_items, 1.0 / num_items)

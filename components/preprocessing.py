@@ -1,7 +1,9 @@
-"""tf.Transform preprocessing: id vocabularies and the fixed-length history the model reads.
+"""tf.Transform preprocessing: id vocabularies, price buckets and the fixed-length histories.
 
-Transform runs this once over the training split on Beam to compute the vocabularies, and the same
-graph is embedded in the serving SavedModel, so training and serving map ids identically.
+Transform runs this once over the training split of the session transitions on Beam (every item
+shown, not only the engaged ones, so every item shown is recommendable) to compute the
+vocabularies and price quantiles, and the same graph is embedded in the serving SavedModel, so
+training and serving map ids identically.
 """
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -12,6 +14,8 @@ from components import features
 NUM_OOV_BUCKETS = 1
 # Index written into history slots that hold no item.
 HISTORY_PADDING = -1
+# Quantile buckets of price: about as many as shoppers tell apart (budget ... premium).
+NUM_PRICE_BUCKETS = 10
 
 
 def vocabulary_size(tf_transform_output: tft.TFTransformOutput, key: str) -> int:
@@ -30,15 +34,17 @@ def _last_items(history: tf.SparseTensor, length: int) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs):
-  """Maps raw events to vocabulary indices.
+  """Maps raw transitions to vocabulary indices and buckets.
 
   Args:
-    inputs: raw features; scalars as [batch] tensors, `history` as a [batch, None] SparseTensor.
-      At serving time only `user_id` and `history` are given, and Transform prunes the rest.
+    inputs: raw features; scalars as [batch] tensors, `history` and `next_history` as
+      [batch, None] SparseTensors. At serving time only `user_id` and `history` are given, and
+      Transform prunes the outputs that need the rest.
 
   Returns:
-    `user_id_xf`, `item_id_xf`, `category_xf` as int64 [batch] and `history_xf` as int64
-    [batch, HISTORY_LENGTH] with HISTORY_PADDING in empty slots.
+    `user_id_xf`, `item_id_xf`, `category_xf`, `price_bucket_xf` (in [0, NUM_PRICE_BUCKETS)) as
+    int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] with
+    HISTORY_PADDING in empty slots.
   """
   item_vocabulary = tft.vocabulary(inputs[features.ITEM_ID], vocab_filename=features.ITEM_ID)
 
@@ -51,10 +57,13 @@ def preprocessing_fn(inputs):
           num_oov_buckets=NUM_OOV_BUCKETS),
       features.transformed_name(features.ITEM_ID): tft.apply_vocabulary(
           inputs[features.ITEM_ID], item_vocabulary, num_oov_buckets=NUM_OOV_BUCKETS),
+      features.transformed_name(features.PRICE_BUCKET): tft.bucketize(
+          inputs[features.PRICE], NUM_PRICE_BUCKETS),
   }
-
-  history = _last_items(inputs[features.HISTORY], features.HISTORY_LENGTH)
-  history_ids = tft.apply_vocabulary(history, item_vocabulary, num_oov_buckets=NUM_OOV_BUCKETS)
-  outputs[features.transformed_name(features.HISTORY)] = tf.where(
-      tf.equal(history, ""), tf.constant(HISTORY_PADDING, tf.int64), history_ids)
+  for key in (features.HISTORY, features.NEXT_HISTORY):
+    history = _last_items(inputs[key], features.HISTORY_LENGTH)
+    history_ids = tft.apply_vocabulary(history, item_vocabulary,
+                                       num_oov_buckets=NUM_OOV_BUCKETS)
+    outputs[features.transformed_name(key)] = tf.where(
+        tf.equal(history, ""), tf.constant(HISTORY_PADDING, tf.int64), history_ids)
   return outputs

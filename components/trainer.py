@@ -1,23 +1,38 @@
-"""TFX Trainer entry point: `run_fn` trains the two-tower model and exports the serving graph."""
+"""TFX Trainer entry point: `run_fn` trains the two-tower model, then the DQN ranking head on its
+towers, and exports both as one serving graph."""
 import dataclasses
 import hashlib
 import pathlib
-from typing import Tuple
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from absl import logging
+from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx import v1 as tfx
+from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
 from components import export
 from components import features
 from components import model as model_lib
 from components import preprocessing
+from components import ranker
 
 MODEL_CONFIG_KEY = "model_config"
 CODE_VERSION_KEY = "code_version"
+_REWARD_FIELDS = (features.CLICK, features.PURCHASE, features.REVENUE, features.DONE)
+_READ_BATCH = 1024
+# Transitions are read in file order, a user's together; this mixes users within a batch.
+_SHUFFLE_BUFFER = 50_000
+
+
+class CatalogFeatures(NamedTuple):
+  """Per item index (vocabulary plus OOV), what the training transitions say about it."""
+  categories: np.ndarray  # int64 category index
+  price_buckets: np.ndarray  # int64 price bucket
+  engagement_share: np.ndarray  # float, sums to 1 over the items engaged with
 
 
 def code_version() -> str:
@@ -37,53 +52,98 @@ def custom_config(config: model_lib.ModelConfig) -> dict:
   return {MODEL_CONFIG_KEY: dataclasses.asdict(config), CODE_VERSION_KEY: code_version()}
 
 
-def _dataset(fn_args: tfx.components.FnArgs, files, schema, batch_size: int,
-             num_epochs=None) -> tf.data.Dataset:
-  return fn_args.data_accessor.tf_dataset_factory(
-      files, tfxio.TensorFlowDatasetOptions(batch_size=batch_size, num_epochs=num_epochs),
-      schema)
+def distribution_strategy() -> tf.distribute.Strategy:
+  """MirroredStrategy over the visible GPUs when there are any, else the default strategy."""
+  if tf.config.list_logical_devices("GPU"):
+    return tf.distribute.MirroredStrategy()
+  return tf.distribute.get_strategy()
 
 
-def catalog(dataset: tf.data.Dataset, num_items: int) -> Tuple[np.ndarray, np.ndarray]:
-  """Each item index's category and share of the examples in `dataset` (one pass).
+def transitions_dataset(fn_args: tfx.components.FnArgs, files,
+                        tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
+  """The transitions in `files`, transformed, one at a time, with their reward fields.
 
-  The candidate tower needs an item's features to embed it, and the training events carry them;
-  the shares are the in-batch sampling probabilities the loss corrects for.
+  The Trainer reads SessionBuilder's raw transitions and applies the Transform graph itself (the
+  same layer the serving graph holds): both models learn from this one dataset, the two-tower
+  model from its engagements, the DQN head from all of it.
+  """
+  raw_schema = io_utils.parse_pbtxt_file(fn_args.schema_path, schema_pb2.Schema())
+  raw = fn_args.data_accessor.tf_dataset_factory(
+      files, tfxio.TensorFlowDatasetOptions(batch_size=_READ_BATCH, num_epochs=1), raw_schema)
+  tft_layer = tf_transform_output.transform_features_layer()
+
+  def transform(raw_batch):
+    transformed = tft_layer(raw_batch)
+    transformed.update({key: raw_batch[key] for key in _REWARD_FIELDS})
+    return transformed
+
+  return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
+
+
+def catalog(transitions: tf.data.Dataset, num_items: int) -> CatalogFeatures:
+  """Each item index's category, price bucket and share of the engagements (one pass).
+
+  The candidate tower and the DQN head need an item's features to score it, and the logged
+  transitions carry them; the engagement shares are the in-batch sampling probabilities the
+  retrieval loss corrects for.
   """
   categories = np.zeros(num_items, dtype=np.int64)
-  counts = np.zeros(num_items)
-  for batch in dataset:
+  price_buckets = np.zeros(num_items, dtype=np.int64)
+  engagements = np.zeros(num_items)
+  for batch in transitions.batch(_READ_BATCH):
     items = batch[model_lib.ITEM_XF].numpy()
     categories[items] = batch[model_lib.CATEGORY_XF].numpy()
-    counts += np.bincount(items, minlength=num_items)
-  return categories, counts / max(counts.sum(), 1.0)
+    price_buckets[items] = batch[model_lib.PRICE_BUCKET_XF].numpy()
+    engagements += np.bincount(items, weights=batch[features.CLICK].numpy(), minlength=num_items)
+  return CatalogFeatures(categories, price_buckets, engagements / max(engagements.sum(), 1.0))
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-  config = model_lib.ModelConfig(**fn_args.custom_config[MODEL_CONFIG_KEY])
+  config = model_lib.ModelConfig.from_dict(fn_args.custom_config[MODEL_CONFIG_KEY])
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  schema = tf_transform_output.transformed_metadata.schema
   # In-vocabulary items only: the OOV bucket is not a recommendable item.
   item_ids = np.array(tf_transform_output.vocabulary_by_name(features.ITEM_ID), dtype=object)
-
-  train = _dataset(fn_args, fn_args.train_files, schema, config.batch_size, num_epochs=1).cache()
   num_items = preprocessing.vocabulary_size(tf_transform_output, features.ITEM_ID)
-  categories, item_probability = catalog(train, num_items)
-  model = model_lib.TwoTowerModel(
-      num_users=preprocessing.vocabulary_size(tf_transform_output, features.USER_ID),
-      num_items=num_items,
-      num_categories=preprocessing.vocabulary_size(tf_transform_output, features.CATEGORY),
-      config=config, item_probability=item_probability)
-  model.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-  history = model.fit(train, epochs=config.epochs, verbose=2)
-  logging.info("Training loss per epoch: %s", history.history["loss"])
+  num_categories = preprocessing.vocabulary_size(tf_transform_output, features.CATEGORY)
 
-  candidate_embeddings = model.candidate_tower({
-      model_lib.ITEM_XF: tf.range(len(item_ids), dtype=tf.int64),
-      model_lib.CATEGORY_XF: tf.constant(categories[:len(item_ids)]),
-  }).numpy()
+  transitions = transitions_dataset(fn_args, fn_args.train_files, tf_transform_output).cache()
+  items = catalog(transitions, num_items)
+  strategy = distribution_strategy()
+  logging.info("Training with %s", type(strategy).__name__)
+
+  with strategy.scope():
+    retrieval = model_lib.TwoTowerModel(
+        num_users=preprocessing.vocabulary_size(tf_transform_output, features.USER_ID),
+        num_items=num_items, num_categories=num_categories,
+        num_price_buckets=preprocessing.NUM_PRICE_BUCKETS, config=config,
+        item_probability=items.engagement_share)
+    retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+  engagements = transitions.filter(lambda transition: transition[features.CLICK] > 0)
+  history = retrieval.fit(engagements.shuffle(_SHUFFLE_BUFFER).batch(config.batch_size),
+                          epochs=config.epochs, verbose=2)
+  logging.info("Retrieval loss per epoch: %s", history.history["loss"])
+
+  in_vocabulary = np.arange(len(item_ids))
+  catalog_actions = ranker.Catalog(
+      retrieval.candidate_tower({
+          model_lib.ITEM_XF: tf.constant(in_vocabulary),
+          model_lib.CATEGORY_XF: tf.constant(items.categories[in_vocabulary]),
+          model_lib.PRICE_BUCKET_XF: tf.constant(items.price_buckets[in_vocabulary]),
+      }).numpy(),
+      items.categories[in_vocabulary], items.price_buckets[in_vocabulary])
+  with strategy.scope():
+    dqn = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
+                           ranker.item_novelty(items.engagement_share), num_categories,
+                           preprocessing.NUM_PRICE_BUCKETS, config.ranker)
+    dqn.build_networks(config.embedding_dim)
+    dqn.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
+  history = dqn.fit(transitions.shuffle(_SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+                    epochs=config.ranker.epochs, verbose=2)
+  logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
+               history.history["cql_penalty"])
+
   module = export.RecommenderModule(
-      tf_transform_output.transform_features_layer(), model.query_tower, candidate_embeddings,
-      item_ids.astype(bytes), config.top_k)
+      tf_transform_output.transform_features_layer(), retrieval.query_tower, dqn.q_network,
+      catalog_actions, item_ids.astype(bytes), config.top_k, config.ranker)
   export.save(module, fn_args.serving_model_dir)
   logging.info("Exported the serving model to %s", fn_args.serving_model_dir)

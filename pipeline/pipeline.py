@@ -1,4 +1,4 @@
-"""The pipeline: events → validated span → sessions → Transform → two-tower model → gate → push.
+"""The pipeline: events → validated span → sessions → Transform → two-tower + DQN → gate → push.
 
 One definition serves every orchestrator; the runner files only choose where it runs.
 """
@@ -57,19 +57,23 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
   # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
   session_builder.add_upstream_node(drift_gate)
 
-  examples_schema = tfx.components.ImportSchemaGen(
-      schema_file=str(schema_lib.EXAMPLES_SCHEMA_PATH)).with_id("ExamplesSchemaGen")
+  transitions_schema = tfx.components.ImportSchemaGen(
+      schema_file=str(schema_lib.TRANSITIONS_SCHEMA_PATH)).with_id("TransitionsSchemaGen")
   code_config = trainer.custom_config(config.model)
+  # Both models learn from the transitions: the two-tower model from their engagements, the DQN
+  # head from all of them. The Trainer applies the Transform graph as it reads them (the same
+  # layer the serving graph holds), so Transform only analyses and writes no copy of the data.
   transform = tfx.components.Transform(
-      examples=session_builder.outputs["examples"],
-      schema=examples_schema.outputs["schema"],
+      examples=session_builder.outputs["transitions"],
+      schema=transitions_schema.outputs["schema"],
       preprocessing_fn="components.preprocessing.preprocessing_fn",
+      materialize=False,
       custom_config=code_config)
   model_trainer = tfx.components.Trainer(
       run_fn="components.trainer.run_fn",
-      examples=transform.outputs["transformed_examples"],
+      examples=session_builder.outputs["transitions"],
       transform_graph=transform.outputs["transform_graph"],
-      schema=examples_schema.outputs["schema"],
+      schema=transitions_schema.outputs["schema"],
       custom_config=code_config)
   evaluator = gates.RetrievalEvaluator(
       model=model_trainer.outputs["model"],
@@ -87,7 +91,7 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       pipeline_name=config.pipeline_name,
       pipeline_root=str(config.pipeline_root),
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
-                  accepted_runs, drift_gate, session_builder, examples_schema, transform,
+                  accepted_runs, drift_gate, session_builder, transitions_schema, transform,
                   model_trainer, evaluator, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,

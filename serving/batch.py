@@ -27,10 +27,13 @@ def engaged_items(events: pd.DataFrame) -> Dict[str, List[str]]:
 
 
 def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List[str]], k: int,
-              history_length: int = features.HISTORY_LENGTH) -> pd.DataFrame:
+              history_length: int = features.HISTORY_LENGTH,
+              remove_seen: bool = True) -> pd.DataFrame:
   """OUTPUT_COLUMNS for each user: the k best items they have not engaged with, best first.
 
-  Users the model never saw get its out-of-vocabulary user embedding, like online.
+  Users the model never saw get its out-of-vocabulary user embedding, like online. The seen
+  items are always the query's history; `remove_seen=False` keeps them in the ranking, as
+  protocols that score every item do.
   """
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
@@ -46,7 +49,8 @@ def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List
     item_ids = ranked[signature.ITEM_IDS].numpy().astype(str)
     scores = ranked[signature.SCORES].numpy()
     for user, items, item_scores in zip(batch, item_ids, scores):
-      frames.append(_top_unseen(user, items, item_scores, set(seen.get(user, ())), k))
+      removed = set(seen.get(user, ())) if remove_seen else set()
+      frames.append(_top_unseen(user, items, item_scores, removed, k))
   return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
       columns=list(OUTPUT_COLUMNS))
 

@@ -5,7 +5,10 @@ local server and a stock `tensorflow/serving` container.
 """
 
 DEFAULT_MODEL_NAME = "recommender"
+# Retrieve the top candidates with the two-tower model, rerank them by the DQN head's Q-values.
 SERVING_SIGNATURE = "serving_default"
+# The two-tower model's own top-k, without reranking: the baseline the reranker is compared with.
+RETRIEVE_SIGNATURE = "retrieve"
 # The same inputs and outputs with every catalog item ranked: for batch jobs that filter items
 # (e.g. already seen ones) and still need k left, not for online serving.
 RANK_CATALOG_SIGNATURE = "rank_catalog"
@@ -16,4 +19,8 @@ HISTORY = "history"  # string [batch, history_len]; '' pads, history_len may be 
 
 # Outputs.
 ITEM_IDS = "item_ids"  # string [batch, top_k] (rank_catalog: [batch, catalog]), best first
-SCORES = "scores"  # float32, the same shape
+SCORES = "scores"  # float32, the same shape: Q-values (serving_default) or retrieval scores
+# float32 [batch, top_k], serving_default only: the probability the serving policy had of putting
+# each item at its position given the items above it (1.0 when it ranks greedily), for logging
+# and off-policy evaluation; the same definition as the simulator's (components/data/simulator.py).
+PROPENSITIES = "propensities"

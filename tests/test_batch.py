@@ -1,16 +1,13 @@
 """Batch recommendations: the whole catalog ranked, seen items removed, k left for every user."""
-import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from components import export
-from components import model as model_lib
 from pipeline import cli
 from serving import batch
 from serving import signature
-from test_model import CONFIG, PAD, _IdentityTransform, _batch
+from test_model import export_tiny_model
 
 N_ITEMS = 6
 
@@ -18,13 +15,8 @@ N_ITEMS = 6
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
   """A tiny exported model whose item ids are "0".."5" (the identity transform reads numbers)."""
-  model = model_lib.TwoTowerModel(3, N_ITEMS, 2, CONFIG)
-  candidates = model.candidate_tower(
-      _batch([0] * N_ITEMS, range(N_ITEMS), [0, 1] * 3, [[PAD]] * N_ITEMS)).numpy()
-  ids = np.array([str(i).encode() for i in range(N_ITEMS)], dtype=object)
   path = tmp_path_factory.mktemp("model")
-  export.save(export.RecommenderModule(_IdentityTransform(), model.query_tower, candidates, ids,
-                                       top_k=2), str(path))
+  export_tiny_model(path, range(N_ITEMS), top_k=2)
   return path
 
 
@@ -45,6 +37,11 @@ def test_seen_items_are_removed_and_k_remain(model_dir):
   assert user_1["score"].is_monotonic_decreasing
   user_2 = recommendations[recommendations["user_id"] == "2"]
   assert list(user_2["item_id"]) == _catalog_order(model_dir, "2", [])[:3]
+
+
+def test_seen_items_can_stay_in_the_ranking_and_still_form_the_history(model_dir):
+  recommendations = batch.recommend(model_dir, ["1"], {"1": ["0", "3"]}, k=6, remove_seen=False)
+  assert list(recommendations["item_id"]) == _catalog_order(model_dir, "1", ["0", "3"])
 
 
 def test_a_user_who_has_seen_almost_everything_gets_what_is_left(model_dir):

@@ -6,22 +6,31 @@ import tensorflow as tf
 from components import export
 from components import model as model_lib
 from components import preprocessing
+from components import ranker
+from serving import signature
 
 PAD = preprocessing.HISTORY_PADDING
 CONFIG = model_lib.ModelConfig(embedding_dim=8)
+PRICE_BUCKETS = 3
 
 
-def _batch(users, items, categories, histories):
+def _batch(users, items, categories, histories, price_buckets=None):
   return {
       model_lib.USER_XF: tf.constant(users, tf.int64),
       model_lib.ITEM_XF: tf.constant(items, tf.int64),
       model_lib.CATEGORY_XF: tf.constant(categories, tf.int64),
+      model_lib.PRICE_BUCKET_XF: tf.constant(
+          np.zeros(len(items)) if price_buckets is None else price_buckets, tf.int64),
       model_lib.HISTORY_XF: tf.constant(histories, tf.int64),
   }
 
 
+def _two_tower(num_users, num_items, num_categories, config=CONFIG):
+  return model_lib.TwoTowerModel(num_users, num_items, num_categories, PRICE_BUCKETS, config)
+
+
 def test_towers_embed_into_one_space():
-  model = model_lib.TwoTowerModel(num_users=5, num_items=7, num_categories=3, config=CONFIG)
+  model = _two_tower(num_users=5, num_items=7, num_categories=3)
   batch = _batch([0, 4], [1, 6], [0, 2], [[1, 2, PAD], [PAD, PAD, PAD]])
   assert model.query_tower(batch).shape == (2, 8)
   assert model.candidate_tower(batch).shape == (2, 8)
@@ -30,7 +39,7 @@ def test_towers_embed_into_one_space():
 
 
 def test_padding_does_not_change_the_query():
-  tower = model_lib.TwoTowerModel(3, 7, 2, CONFIG).query_tower
+  tower = _two_tower(3, 7, 2).query_tower
   short = tower(_batch([1], [0], [0], [[3, PAD, PAD, PAD]]))
   padded_differently = tower(_batch([1], [0], [0], [[3, PAD, PAD, PAD, PAD, PAD]]))
   other_item = tower(_batch([1], [0], [0], [[4, PAD, PAD, PAD]]))
@@ -38,8 +47,15 @@ def test_padding_does_not_change_the_query():
   assert not np.allclose(short.numpy(), other_item.numpy())
 
 
+def test_the_order_of_the_history_matters():
+  tower = _two_tower(3, 7, 2).query_tower
+  forward = tower(_batch([1], [0], [0], [[3, 4, 5, PAD]]))
+  backward = tower(_batch([1], [0], [0], [[5, 4, 3, PAD]]))
+  assert not np.allclose(forward.numpy(), backward.numpy(), atol=1e-6)
+
+
 def test_empty_history_is_finite():
-  tower = model_lib.TwoTowerModel(3, 7, 2, CONFIG).query_tower
+  tower = _two_tower(3, 7, 2).query_tower
   assert np.isfinite(tower(_batch([0], [0], [0], [[PAD, PAD]])).numpy()).all()
 
 
@@ -49,7 +65,7 @@ def test_training_learns_user_item_affinity():
   users = np.repeat(np.arange(4), 64)
   data = tf.data.Dataset.from_tensor_slices(
       _batch(users, users + 4, users % 2, np.full((len(users), 2), PAD))).shuffle(256).batch(32)
-  model = model_lib.TwoTowerModel(4, 8, 2, model_lib.ModelConfig(embedding_dim=8))
+  model = _two_tower(4, 8, 2)
   model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
   losses = model.fit(data, epochs=8, verbose=0).history["loss"]
   assert losses[-1] < losses[0]
@@ -65,7 +81,7 @@ def _loss(model, batch):
 
 
 def test_rows_with_the_same_item_are_not_negatives_of_each_other():
-  model = model_lib.TwoTowerModel(4, 8, 2, CONFIG)
+  model = _two_tower(4, 8, 2)
   same_item = _batch(np.arange(4), np.full(4, 5), np.zeros(4), np.full((4, 2), PAD))
   assert _loss(model, same_item) == pytest.approx(0.0, abs=1e-5)
   distinct = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
@@ -74,7 +90,7 @@ def test_rows_with_the_same_item_are_not_negatives_of_each_other():
 
 def test_log_q_correction_depends_only_on_relative_sampling_probabilities():
   tf.keras.utils.set_random_seed(1)
-  model = model_lib.TwoTowerModel(4, 8, 2, CONFIG)
+  model = _two_tower(4, 8, 2)
   batch = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
   uncorrected = _loss(model, batch)
   model.item_probability = tf.constant(np.full(8, 0.3), tf.float32)  # uniform: a constant shift
@@ -95,50 +111,118 @@ class _IdentityTransform(tf.keras.layers.Layer):
             model_lib.HISTORY_XF: tf.strings.to_number(history, tf.int64)}
 
 
+def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0.0):
+  """An untrained serving graph over len(item_ids) items, for users "0".."2"; returns the module.
+
+  History ids are item indices as strings (what _IdentityTransform reads).
+  """
+  model = _two_tower(3, len(item_ids), 2)
+  items = np.arange(len(item_ids))
+  categories, price_buckets = items % 2, items % PRICE_BUCKETS
+  catalog = ranker.Catalog(
+      model.candidate_tower(_batch([0] * len(items), items, categories, [[PAD]] * len(items),
+                                   price_buckets)).numpy(),
+      categories, price_buckets)
+  q_network = ranker.QNetwork(2, PRICE_BUCKETS, hidden_units=(8,))
+  q_network((tf.zeros([1, CONFIG.embedding_dim]), catalog.actions(tf.zeros([1, 1], tf.int64))))
+  module = export.RecommenderModule(
+      _IdentityTransform(), model.query_tower, q_network, catalog,
+      np.array([str(item).encode() for item in item_ids], dtype=object), top_k,
+      ranker.RankerConfig(serve_candidates=serve_candidates, temperature=temperature))
+  export.save(module, str(path))
+  return module
+
+
+ITEM_IDS = [f"item{i}" for i in range(6)]
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-  model = model_lib.TwoTowerModel(3, 6, 2, CONFIG)
-  candidates = model.candidate_tower(_batch([0] * 6, range(6), [0, 1] * 3, [[PAD]] * 6)).numpy()
-  ids = np.array([f"item{i}".encode() for i in range(6)], dtype=object)
-  module = export.RecommenderModule(_IdentityTransform(), model.query_tower, candidates, ids,
-                                    top_k=100)
-  path = str(tmp_path_factory.mktemp("export"))
-  export.save(module, path)
-  return module, path
+  path = tmp_path_factory.mktemp("export")
+  return export_tiny_model(path, ITEM_IDS, top_k=3, serve_candidates=4), str(path)
+
+
+def _inputs():
+  return dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0", ""], ["", ""]]))
 
 
 def test_saved_model_round_trip_gives_the_same_answer(exported):
   module, path = exported
-  user, history = tf.constant(["1", "2"]), tf.constant([["0", ""], ["", ""]])
-  before = module.serve(user, history)
-  after = tf.saved_model.load(path).signatures["serving_default"](user_id=user, history=history)
-  np.testing.assert_array_equal(before["item_ids"].numpy(), after["item_ids"].numpy())
-  np.testing.assert_allclose(before["scores"].numpy(), after["scores"].numpy(), rtol=1e-6)
-  # k is clipped to the six-item catalog, and scores come best first.
-  assert after["item_ids"].shape == (2, 6)
-  assert (np.diff(after["scores"].numpy(), axis=1) <= 0).all()
+  loaded = tf.saved_model.load(path).signatures
+  for name, method in ((signature.SERVING_SIGNATURE, module.serve),
+                       (signature.RETRIEVE_SIGNATURE, module.retrieve),
+                       (signature.RANK_CATALOG_SIGNATURE, module.rank_catalog)):
+    before, after = method(**_inputs()), loaded[name](**_inputs())
+    assert set(before) == set(after)
+    for key in before:
+      if key == signature.ITEM_IDS:
+        np.testing.assert_array_equal(before[key].numpy(), after[key].numpy())
+      else:
+        np.testing.assert_allclose(before[key].numpy(), after[key].numpy(), rtol=1e-5)
 
 
-def test_rank_catalog_ranks_every_item_like_the_top_k(tmp_path):
-  model = model_lib.TwoTowerModel(3, 6, 2, CONFIG)
-  candidates = model.candidate_tower(_batch([0] * 6, range(6), [0, 1] * 3, [[PAD]] * 6)).numpy()
-  ids = np.array([f"item{i}".encode() for i in range(6)], dtype=object)
-  export.save(export.RecommenderModule(_IdentityTransform(), model.query_tower, candidates, ids,
-                                       top_k=2), str(tmp_path))
+def test_serving_graph_reranks_the_retrieved_candidates_by_q_value(exported):
+  module, path = exported
+  loaded = tf.saved_model.load(path).signatures
+  served = loaded[signature.SERVING_SIGNATURE](**_inputs())
+  retrieved = loaded[signature.RETRIEVE_SIGNATURE](**_inputs())
+  assert served[signature.ITEM_IDS].shape == retrieved[signature.ITEM_IDS].shape == (2, 3)
+  rank_catalog = loaded[signature.RANK_CATALOG_SIGNATURE](**_inputs())[signature.ITEM_IDS]
+  for row in range(2):
+    # The served items come from the retrieval top-4, best Q first.
+    assert set(served[signature.ITEM_IDS].numpy()[row]) <= set(rank_catalog.numpy()[row][:4])
+  assert (np.diff(served[signature.SCORES].numpy(), axis=1) <= 0).all()
+  assert (np.diff(retrieved[signature.SCORES].numpy(), axis=1) <= 0).all()
+  # Greedy ranking: every propensity is 1.
+  np.testing.assert_array_equal(served[signature.PROPENSITIES].numpy(), np.ones((2, 3)))
+  # The Q-values are the QNetwork's for those items in the query's state.
+  states = module._states(**_inputs())  # pylint: disable=protected-access
+  indices = tf.constant([[ITEM_IDS.index(item.decode()) for item in row]
+                         for row in served[signature.ITEM_IDS].numpy()], tf.int64)
+  np.testing.assert_allclose(
+      module.q_network((states, module.catalog.actions(indices))).numpy(),
+      served[signature.SCORES].numpy(), rtol=1e-5)
+
+
+def test_exploring_serving_graph_samples_slates_and_reports_their_propensities(tmp_path):
+  # Also: k = 100 is clipped to the six-item catalog when exported, as tf.math.top_k would fail
+  # at serving time if asked for more items than there are.
+  export_tiny_model(tmp_path, ITEM_IDS, top_k=100, serve_candidates=4, temperature=0.5)
   loaded = tf.saved_model.load(str(tmp_path)).signatures
-  inputs = dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0"], [""]]))
-  top = loaded["serving_default"](**inputs)
-  everything = loaded["rank_catalog"](**inputs)
-  assert top["item_ids"].shape == (2, 2) and everything["item_ids"].shape == (2, 6)
-  np.testing.assert_array_equal(everything["item_ids"].numpy()[:, :2], top["item_ids"].numpy())
-  assert all(sorted(row) == sorted(ids) for row in everything["item_ids"].numpy())
+  assert loaded[signature.RETRIEVE_SIGNATURE](**_inputs())[signature.ITEM_IDS].shape == (2, 6)
+  inputs = dict(user_id=tf.constant(["1"] * 400), history=tf.constant([["0"]] * 400))
+  served = loaded[signature.SERVING_SIGNATURE](**inputs)
+  assert served[signature.ITEM_IDS].shape == (400, 6)
+  slates = {tuple(row) for row in served[signature.ITEM_IDS].numpy()}
+  assert len(slates) > 1  # sampled, not one fixed ranking
+  propensities = served[signature.PROPENSITIES].numpy()
+  assert ((propensities > 0) & (propensities <= 1)).all()
+  # The last position has one candidate left: it is certain.
+  np.testing.assert_allclose(propensities[:, -1], 1.0, rtol=1e-5)
+  # The first position's propensity is the softmax of Q / temperature over all six candidates.
+  first = served[signature.ITEM_IDS].numpy()[:, 0]
+  for item in set(first):
+    share = np.mean(first == item)
+    logged = propensities[first == item, 0]
+    np.testing.assert_allclose(logged, logged[0], rtol=1e-5)  # the same for every request
+    assert share == pytest.approx(logged[0], abs=0.08)
+
+
+def test_rank_catalog_ranks_every_item_like_retrieve(exported):
+  _, path = exported
+  loaded = tf.saved_model.load(path).signatures
+  top = loaded[signature.RETRIEVE_SIGNATURE](**_inputs())
+  everything = loaded[signature.RANK_CATALOG_SIGNATURE](**_inputs())
+  assert top["item_ids"].shape == (2, 3) and everything["item_ids"].shape == (2, 6)
+  np.testing.assert_array_equal(everything["item_ids"].numpy()[:, :3], top["item_ids"].numpy())
+  assert all(sorted(row.astype(str)) == ITEM_IDS for row in everything["item_ids"].numpy())
 
 
 def test_empty_history_input_is_accepted(exported):
   _, path = exported
   serve = tf.saved_model.load(path).signatures["serving_default"]
   out = serve(user_id=tf.constant(["0"]), history=tf.zeros([1, 0], tf.string))
-  assert out["item_ids"].shape == (1, 6)
+  assert out["item_ids"].shape == (1, 3)
 
 
 def test_saved_model_uses_stock_ops_only(exported):
@@ -154,3 +238,4 @@ def test_saved_model_uses_stock_ops_only(exported):
   unknown = {op for op in ops - called_functions if op_def_registry.get(op) is None}
   assert not unknown
   assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+

@@ -13,24 +13,28 @@ from components import preprocessing
 from components import schema as schema_lib
 
 
-def _event(user, item, history, category="c1"):
+def _transition(user, item, history, category="c1", price=1.0):
   return {
       features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: 1_700_000_000,
-      features.EVENT: "view", features.RATING: 0.0, features.PRICE: 1.0,
+      features.EVENT: "view", features.RATING: 0.0, features.PRICE: price,
       features.CATEGORY: category, features.SESSION: f"{user}/0", features.HISTORY: history,
+      features.CLICK: 1, features.PURCHASE: 0, features.REVENUE: 0.0,
+      features.NEXT_HISTORY: history + [item], features.DONE: 0,
+      features.POSITION: [], features.PROPENSITY: [],
   }
 
 
 @pytest.fixture(scope="module")
 def transformed():
   raw = [
-      _event("u1", "a", []),
-      _event("u1", "b", ["a"]),
-      _event("u2", "a", [], category="c2"),
-      _event("u2", "c", ["a"] + ["b"] * 12),  # longer than HISTORY_LENGTH: keep the newest
+      _transition("u1", "a", [], price=1.0),
+      _transition("u1", "b", ["a"], price=100.0),
+      _transition("u2", "a", [], category="c2", price=1.0),
+      # Longer than HISTORY_LENGTH: keep the newest.
+      _transition("u2", "c", ["a"] + ["b"] * 12, price=100.0),
   ]
   metadata = dataset_metadata.DatasetMetadata(
-      schema_lib.load_schema(schema_lib.EXAMPLES_SCHEMA_PATH))
+      schema_lib.load_schema(schema_lib.TRANSITIONS_SCHEMA_PATH))
   with tempfile.TemporaryDirectory() as temp_dir, tft_beam.Context(temp_dir=temp_dir):
     (data, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
         preprocessing.preprocessing_fn, output_record_batches=False)
@@ -61,6 +65,22 @@ def test_history_is_padded_and_keeps_most_recent_items(transformed):
   assert list(history[1]) == [0] + [pad] * (features.HISTORY_LENGTH - 1)
   # 13 items in, the newest 10 out: the leading 'a' and two 'b's are dropped.
   assert list(history[3]) == [2] * features.HISTORY_LENGTH
+
+
+def test_next_history_uses_the_same_vocabulary(transformed):
+  data, _ = transformed
+  next_history = np.array([row[features.transformed_name(features.NEXT_HISTORY)] for row in data])
+  pad = preprocessing.HISTORY_PADDING
+  assert list(next_history[1]) == [0, 2] + [pad] * (features.HISTORY_LENGTH - 2)  # a, b
+  # b * 12 + c: the newest ten are nine b's and the c.
+  assert list(next_history[3]) == [2] * 9 + [1]
+
+
+def test_prices_fall_into_ordered_buckets(transformed):
+  data, _ = transformed
+  buckets = [row[features.transformed_name(features.PRICE_BUCKET)] for row in data]
+  assert all(0 <= bucket < preprocessing.NUM_PRICE_BUCKETS for bucket in buckets)
+  assert buckets[0] == buckets[2] < buckets[1] == buckets[3]
 
 
 def test_serving_layer_maps_unknown_ids_to_oov_and_needs_only_query_features(transformed):

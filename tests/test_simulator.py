@@ -52,6 +52,36 @@ def test_plackett_luce_samples_slates_with_their_probability():
   assert np.allclose(slate_probability, expected)
 
 
+def _step_probabilities(logits, items):
+  """Each placed item's softmax probability among the items not yet placed, one at a time."""
+  propensities = np.zeros(items.shape)
+  for row, slate in enumerate(items):
+    left = list(range(logits.shape[1]))
+    for position, item in enumerate(slate):
+      propensities[row, position] = np.exp(logits[row, item]
+                                           - np.logaddexp.reduce(logits[row, left]))
+      left.remove(item)
+  return propensities
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: a near-deterministic, peaked policy
+def test_plackett_luce_propensities_match_a_step_by_step_recomputation(scale):
+  rng = np.random.default_rng(2)
+  logits = scale * rng.normal(size=(6, 8))
+  logits[0, :3] = -np.inf  # items a policy never shows
+  slate = simulator.plackett_luce(logits, slate_size=4, rng=rng)
+  assert not np.isin(slate.items[0], [0, 1, 2]).any()
+  assert ((slate.propensities > 0) & (slate.propensities <= 1)).all()
+  np.testing.assert_allclose(slate.propensities, _step_probabilities(logits, slate.items),
+                             rtol=1e-9)
+
+
+def test_uniform_policy_logs_one_over_the_items_left(world):
+  log = simulator.simulate(simulator.UniformPolicy(world.n_items), 50, seed=0,
+                           world=world).impressions
+  np.testing.assert_allclose(log["propensity"], 1 / (world.n_items - log["position"]))
+
+
 def test_same_seed_same_sessions(world):
   policy = simulator.UniformPolicy(world.n_items)
   first = simulator.simulate(policy, 200, seed=4, world=world)
@@ -72,6 +102,87 @@ def test_slates_are_distinct_items_with_valid_propensities(world):
   assert (totals["click"].to_numpy() == result.sessions["clicks"].to_numpy()).all()
   revenue = log["price"].where(log["purchase"], 0.0).groupby(log["session"]).sum()
   assert np.allclose(revenue.to_numpy(), result.sessions["revenue"].to_numpy())
+
+
+class RecordingPolicy:
+  """A uniform policy that keeps every context it is shown."""
+
+  def __init__(self, world):
+    self._uniform = simulator.UniformPolicy(world.n_items)
+    self.contexts = []
+
+  def slate(self, context, rng):
+    self.contexts.append(context)
+    return self._uniform.slate(context, rng)
+
+
+def test_policies_see_the_items_clicked_so_far_oldest_first(world):
+  policy = RecordingPolicy(world)
+  result = simulator.simulate(policy, 300, seed=8, world=world)
+  log, sessions = result.impressions, result.sessions
+  clicks = log[log["click"]]
+  for step, context in enumerate(policy.contexts):
+    active = sessions[sessions["steps"] > step]  # a step's batch, in session order
+    np.testing.assert_array_equal(context.users, active["user"].to_numpy())
+    for session, seen in zip(active["session"], context.clicked):
+      before = clicks[(clicks["session"] == session) & (clicks["step"] < step)]["item"]
+      expected = before.to_numpy()[-simulator.CONTEXT_HISTORY:]
+      padding = np.full(simulator.CONTEXT_HISTORY - len(expected), simulator.NO_ITEM)
+      np.testing.assert_array_equal(seen, np.concatenate([padding, expected]))
+
+
+@pytest.fixture
+def tiny_world():
+  """Three users, so that their sessions share batches and each has several."""
+  return simulator.World.sample(np.random.default_rng(5), n_users=3, n_items=15, n_categories=2)
+
+
+def _history(items):
+  """The last CONTEXT_HISTORY of `items`, padded in front with NO_ITEM, as policies see it."""
+  items = list(items)[-simulator.CONTEXT_HISTORY:]
+  return np.array([simulator.NO_ITEM] * (simulator.CONTEXT_HISTORY - len(items)) + items)
+
+
+def test_policies_see_the_users_clicks_up_to_their_batch_and_in_their_session(
+    tiny_world, monkeypatch):
+  monkeypatch.setattr(simulator, "SESSIONS_PER_BATCH", 4)
+  # Eager clickers fill the history beyond CONTEXT_HISTORY within a few sessions.
+  eager = dataclasses.replace(simulator.UserModel(), click_bias=0.0)
+  policy = RecordingPolicy(tiny_world)
+  result = simulator.simulate(policy, 10, seed=0, world=tiny_world, user_model=eager)
+  sessions = result.sessions
+  clicks = result.impressions[result.impressions["click"]]  # session, step, position order
+  assert sessions.groupby("user")["clicks"].sum().max() > simulator.CONTEXT_HISTORY
+  contexts = iter(policy.contexts)
+  for batch_start in range(0, len(sessions), 4):
+    batch = sessions[sessions["session"].between(batch_start, batch_start + 3)]
+    for step in range(batch["steps"].max()):
+      context = next(contexts)
+      active = batch[batch["steps"] > step]
+      np.testing.assert_array_equal(context.users, active["user"].to_numpy())
+      for session, user, seen in zip(active["session"], active["user"], context.history):
+        earlier_batches = clicks[(clicks["user"] == user) & (clicks["session"] < batch_start)]
+        this_session = clicks[(clicks["session"] == session) & (clicks["step"] < step)]
+        np.testing.assert_array_equal(
+            seen, _history(list(earlier_batches["item"]) + list(this_session["item"])))
+  assert next(contexts, None) is None
+  # After the run, a user's history is all of their clicks.
+  for user in range(tiny_world.n_users):
+    np.testing.assert_array_equal(result.history[user],
+                                  _history(clicks[clicks["user"] == user]["item"]))
+
+
+def test_a_run_continues_the_history_of_the_one_before(tiny_world):
+  first = simulator.run_sessions(tiny_world, simulator.UniformPolicy(tiny_world.n_items), 20,
+                                 np.random.default_rng(0))
+  assert (first.history != simulator.NO_ITEM).any()
+  continued, fresh = RecordingPolicy(tiny_world), RecordingPolicy(tiny_world)
+  simulator.run_sessions(tiny_world, continued, 20, np.random.default_rng(1),
+                         history=first.history)
+  simulator.run_sessions(tiny_world, fresh, 20, np.random.default_rng(1))
+  opening = continued.contexts[0]
+  np.testing.assert_array_equal(opening.history, first.history[opening.users])
+  assert (fresh.contexts[0].history == simulator.NO_ITEM).all()
 
 
 def test_top_positions_are_clicked_more(world):
@@ -127,16 +238,62 @@ def test_interest_moves_toward_clicked_items(world):
 
 def test_interest_random_walks_across_sessions(world):
   users = np.zeros(50, dtype=int)  # one user's 50 sessions
-  interests = simulator._session_interests(  # pylint: disable=protected-access
-      world, simulator.UserModel(), users, np.random.default_rng(0))
+  no_walk = np.zeros_like(world.user_interest)
+  interests, walk = simulator._session_interests(  # pylint: disable=protected-access
+      world, simulator.UserModel(), users, no_walk, np.random.default_rng(0))
   distance = np.linalg.norm(interests - world.user_interest[0], axis=1)
   assert distance[40:].mean() > 2 * distance[:5].mean()  # a walk strays further with time
+  # The walk after the sessions is where the last one started; other users have not moved.
+  np.testing.assert_allclose(world.user_interest[0] + walk[0], interests[-1])
+  assert not walk[1:].any()
 
 
-def test_default_world_is_the_default_datasets():
+def test_a_run_continues_the_walk_of_the_one_before(world):
+  policy = simulator.UniformPolicy(world.n_items)
+  first = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(0))
+  second = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(1),
+                                  walk=first.walk)
+  fresh = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(1))
+  assert np.linalg.norm(second.walk, axis=1).mean() > 1.2 * np.linalg.norm(
+      fresh.walk, axis=1).mean()
+
+
+def test_default_world_is_the_default_datasets(tmp_path):
   world = generator.default_world()
   assert world.n_users == generator.DEFAULT_USERS and world.n_items == generator.DEFAULT_ITEMS
   np.testing.assert_array_equal(world.item_embedding, generator.default_world().item_embedding)
+  # The world of a seed and sizes is the one its dataset was logged in.
+  small = generator.default_world(seed=4, n_users=30, n_items=25, n_categories=3)
+  items = pd.read_csv(generator.generate_dataset(tmp_path, seed=4, n_users=30, n_items=25,
+                                                 n_events=200, n_categories=3).items)
+  np.testing.assert_allclose(items["price"], small.item_price)
+
+
+class BrokenPolicy:
+  """A uniform policy with one flaw in the first slate of every batch."""
+
+  def __init__(self, world, flaw):
+    self._uniform = simulator.UniformPolicy(world.n_items)
+    self._flaw = flaw
+
+  def slate(self, context, rng):
+    slate = self._uniform.slate(context, rng)
+    items, propensities = slate.items.copy(), slate.propensities.copy()
+    if self._flaw == "repeated item":
+      items[0, 1] = items[0, 0]
+    elif self._flaw == "unknown item":
+      items[0, 0] = -1
+    elif self._flaw == "zero propensity":
+      propensities[0, 0] = 0.0
+    return simulator.Slate(items=items, propensities=propensities)
+
+
+@pytest.mark.parametrize("flaw, message", [("repeated item", "twice"),
+                                           ("unknown item", "outside"),
+                                           ("zero propensity", r"\(0, 1\]")])
+def test_policies_returning_unshowable_slates_are_refused(world, flaw, message):
+  with pytest.raises(ValueError, match=message):
+    simulator.simulate(BrokenPolicy(world, flaw), 5, seed=0, world=world)
 
 
 def test_slate_larger_than_the_catalog_is_refused(world):

@@ -11,16 +11,20 @@ The world (`World.sample`)
     the category's typical price and a quality prior (`item_quality`, standard normal; it also
     drives popularity).
   * A user has a long-term interest vector (a Dirichlet mix of 1 to `MAX_USER_CATEGORIES` category
-    centres plus noise) and a log-normal activity: the share of sessions that are theirs.
+    centres plus noise) and a log-normal activity: the share of sessions that are theirs. Each
+    session's user is drawn independently by activity.
 
-Interest drift
+Interest drift (`UserModel.session_drift`, `UserModel.interest_step`)
   * Across sessions, long-term interest does a Gaussian random walk: a user's k-th session starts
-    from interest + `session_drift` * (sum of k standard normal steps) / sqrt(LATENT_DIM).
+    from interest + `session_drift` * (sum of k standard normal steps) / sqrt(LATENT_DIM), so the
+    offset grows like session_drift * sqrt(k) in norm. The walk is per call of `run_sessions`,
+    which can continue an earlier call's (`SimulationResult.walk`); `simulate` starts it at zero.
   * Within a session, interest moves toward what was clicked: after a step with clicks,
     interest <- (1 - interest_step) * interest + interest_step * mean(clicked embeddings). This
     in-session drift is the current mission and does not carry over to the next session.
 
-A step: a slate of `slate_size` distinct items, chosen by the policy.
+A step: the policy shows a slate of `slate_size` distinct items, then, in this order, the user
+examines, clicks and buys, interest drifts toward the clicks, and the user stays or leaves.
   * relevance(item) = affinity_weight * <interest, embedding> + quality_weight * quality.
   * Position bias: position p (0-based) is examined with probability 1 / (1 + p) **
     examination_decay; an unexamined item is not clicked.
@@ -31,16 +35,39 @@ A step: a slate of `slate_size` distinct items, chosen by the policy.
 
 Leaving: after each step the user leaves with probability sigmoid(leave_bias + boredom_weight *
 boredom - satisfaction_weight * [the step had a click]), where boredom counts consecutive steps
-without a click. Bored users leave, satisfied ones stay; no session exceeds `max_steps` steps.
+without a click, this one included. With the defaults that is 0.12 after a step with a click,
+then 0.45, 0.65, 0.80, ... after 1, 2, 3, ... steps without one: bored users leave, satisfied ones
+stay. A session ends after `max_steps` steps at the latest.
 
-Policies (`Policy.slate`) see what a platform sees, `SlateContext`: the users and the items they
-clicked so far in the session, never the hidden interest. Each returns the items it shows and,
-per position, its propensity: the probability the policy had of putting that item at that
-position given the items it placed at earlier positions (the Plackett–Luce step probability;
-for a deterministic policy, 1). Off-policy estimators use these.
+Policies (`Policy.slate`) see what a platform sees, `SlateContext`, never the hidden interest:
+  * `users`: the sessions' users;
+  * `clicked`: the items clicked so far in the session;
+  * `history`: the user's clicks across sessions, in earlier sessions and so far in this one, as
+    the pipeline's `history` feature holds a user's engaged items across sessions (clicks are all
+    the engagements: a purchase is a click). Sessions of a batch (see Vectorised) run side by
+    side, so it is brought up to date at the end of each batch: a session sees its user's clicks
+    in sessions of earlier batches, not in the user's other sessions of its own batch. Like the
+    interest walk it is per call of `run_sessions`, which can continue an earlier call's
+    (`SimulationResult.history`); `simulate` starts every user's empty.
+`clicked` and `history` hold the `CONTEXT_HISTORY` most recent items, oldest first, padded in
+front with `NO_ITEM`.
 
-Determinism: the same seed gives the same results on any machine; sessions are simulated in
-batches of the constant `SESSIONS_PER_BATCH`, so batching never depends on the machine.
+Each policy returns the items it shows, position 0 first, and per position its propensity:
+
+  propensity[j] = P(item_j at position j | items_0 .. item_{j-1} at positions 0 .. j-1),
+
+the probability the policy had of putting that item there given the items it had already placed
+above it. For a Plackett–Luce policy with weights w = exp(logits) it is
+w[item_j] / sum(w[i] for the items i not among item_0 .. item_{j-1}); for `UniformPolicy`,
+1 / (n_items - j); for a deterministic policy, 1. The product over positions is the
+probability of the whole ordered slate. Off-policy estimators use these; the environment refuses
+a slate with repeated or unknown items or propensities outside (0, 1].
+
+Vectorised: sessions advance together, step by step, in batches of `SESSIONS_PER_BATCH`; the
+policy is asked for one batch of slates per step.
+
+Determinism: the same seed gives the same results on any machine; the batch size is a constant,
+so batching, and thus the order of random draws, never depends on the machine.
 """
 import dataclasses
 from typing import Optional, Protocol, Tuple
@@ -53,7 +80,8 @@ MAX_USER_CATEGORIES = 3
 CATEGORY_NAMES = ("books", "electronics", "home", "garden", "toys", "sports", "beauty", "fashion",
                   "grocery", "music")
 DEFAULT_SLATE_SIZE = 10
-# Clicked items the policy sees; the pipeline's history length.
+# Clicked items the policy sees, in the session and across sessions; the pipeline's history
+# length.
 CONTEXT_HISTORY = 10
 # Bounds the [sessions, items] arrays in memory; a constant so that random draws, and thus
 # results, do not depend on the machine.
@@ -143,13 +171,18 @@ class SlateContext:
   """What a policy may see of a batch of sessions."""
   users: np.ndarray  # [batch] user numbers
   clicked: np.ndarray  # [batch, CONTEXT_HISTORY] items clicked so far, oldest first, NO_ITEM pads
+  # [batch, CONTEXT_HISTORY] the user's clicks across sessions up to now (module docstring),
+  # oldest first, NO_ITEM pads
+  history: np.ndarray
   slate_size: int
 
 
 @dataclasses.dataclass(frozen=True)
 class Slate:
+  """The items a policy shows each session of a batch, with what off-policy estimators need."""
   items: np.ndarray  # [batch, slate_size] distinct item numbers, position 0 first
-  propensities: np.ndarray  # [batch, slate_size], in (0, 1]
+  # [batch, slate_size] in (0, 1]: P(item at this position | the items above it), module docstring
+  propensities: np.ndarray
 
 
 class Policy(Protocol):
@@ -164,16 +197,29 @@ def plackett_luce(logits: np.ndarray, slate_size: int, rng: np.random.Generator)
 
   Adding Gumbel noise and taking the top slate_size is an exact Plackett–Luce sample. The
   propensity at position j is w[item_j] / (sum of w over items not placed at positions < j),
-  with w = exp(logits).
+  with w = exp(logits); a logit of -inf is an item the policy never shows. The denominators are
+  summed in log space from the items never placed and those placed at j or later, never by
+  subtracting from the total, so they stay exact for peaked (low-temperature) policies too.
   """
   perturbed = logits + rng.gumbel(size=logits.shape)
   top = np.argpartition(-perturbed, slate_size - 1, axis=1)[:, :slate_size]
   order = np.argsort(-np.take_along_axis(perturbed, top, axis=1), axis=1, kind="stable")
   items = np.take_along_axis(top, order, axis=1)
-  weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-  chosen = np.take_along_axis(weights, items, axis=1)
-  remaining = weights.sum(axis=1, keepdims=True) - (np.cumsum(chosen, axis=1) - chosen)
-  return Slate(items=items, propensities=np.minimum(chosen / remaining, 1.0))
+  chosen = np.take_along_axis(logits, items, axis=1)
+  unplaced = logits.copy()
+  np.put_along_axis(unplaced, items, -np.inf, axis=1)
+  placed_from_here = np.logaddexp.accumulate(chosen[:, ::-1], axis=1)[:, ::-1]
+  remaining = np.logaddexp(_log_sum_exp(unplaced), placed_from_here)
+  # The minimum only absorbs rounding: chosen is one of the terms of remaining.
+  return Slate(items=items, propensities=np.minimum(np.exp(chosen - remaining), 1.0))
+
+
+def _log_sum_exp(logits: np.ndarray) -> np.ndarray:
+  """log(sum(exp(logits))) per row, as a column; -inf for a row of only -inf."""
+  peak = logits.max(axis=1, keepdims=True)
+  peak = np.where(np.isfinite(peak), peak, 0.0)
+  with np.errstate(divide="ignore"):
+    return peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
 
 
 class UniformPolicy:
@@ -220,16 +266,62 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def examination_probability(positions: np.ndarray, user_model: UserModel) -> np.ndarray:
+  """Chance that a user looks at 0-based `positions` at all: 1 / (1 + position) ** decay."""
   return 1.0 / (1.0 + positions) ** user_model.examination_decay
 
 
+def _append_items(context: np.ndarray, items: np.ndarray) -> np.ndarray:
+  """Each row's context items followed by its `items` other than NO_ITEM, the last kept.
+
+  Pads (NO_ITEM) are moved to the front by a stable sort on "is an item", which keeps the items'
+  order, so the context stays oldest first for every row at once.
+  """
+  combined = np.concatenate([context, items], axis=1)
+  order = np.argsort(combined != NO_ITEM, axis=1, kind="stable")
+  return np.take_along_axis(combined, order, axis=1)[:, -CONTEXT_HISTORY:]
+
+
+def _history_after(history: np.ndarray, users: np.ndarray,
+                   impressions: pd.DataFrame) -> np.ndarray:
+  """Every user's history after a batch: their clicks appended in session, step, position order.
+
+  Args:
+    history: [n_users, CONTEXT_HISTORY] each user's history before the batch.
+    users: The user of each of the batch's sessions.
+    impressions: The batch's impressions, with `batch_session` numbering its sessions.
+  """
+  clicks = impressions[impressions["click"]].sort_values(["batch_session", "step", "position"])
+  clicked_users = users[clicks["batch_session"].to_numpy()]
+  # 0 for a user's latest click of the batch: only the CONTEXT_HISTORY latest can be kept.
+  from_latest = clicks.groupby(clicked_users).cumcount(ascending=False).to_numpy()
+  kept = from_latest < CONTEXT_HISTORY
+  updated_users, row = np.unique(clicked_users[kept], return_inverse=True)
+  latest = np.full((len(updated_users), CONTEXT_HISTORY), NO_ITEM, dtype=np.int64)
+  latest[row, CONTEXT_HISTORY - 1 - from_latest[kept]] = clicks["item"].to_numpy()[kept]
+  history_after = history.copy()
+  history_after[updated_users] = _append_items(history[updated_users], latest)
+  return history_after
+
+
 def _session_interests(world: World, user_model: UserModel, users: np.ndarray,
-                       rng: np.random.Generator) -> np.ndarray:
-  """Each session's starting interest: the user's, moved by the random walk so far."""
+                       walk: np.ndarray,
+                       rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+  """Each session's starting interest, and every user's walk after these sessions.
+
+  Args:
+    world: The users' long-term interests.
+    user_model: The walk's scale.
+    users: The user of each session, in session order.
+    walk: [n_users, LATENT_DIM] each user's offset from long-term interest before the sessions.
+    rng: Draws one walk step per session.
+  """
   steps = rng.normal(scale=user_model.session_drift / np.sqrt(LATENT_DIM),
                      size=(len(users), LATENT_DIM))
-  walk = pd.DataFrame(steps).groupby(users).cumsum().to_numpy()  # in session order per user
-  return world.user_interest[users] + walk
+  # In session order per user, so that a user's k-th session has taken k steps.
+  session_walk = walk[users] + pd.DataFrame(steps).groupby(users).cumsum().to_numpy()
+  walk_after = walk.copy()
+  np.add.at(walk_after, users, steps)
+  return world.user_interest[users] + session_walk, walk_after
 
 
 @dataclasses.dataclass
@@ -238,15 +330,24 @@ class SimulationResult:
   sessions: pd.DataFrame  # session, user, steps, clicks, purchases, revenue
   impressions: pd.DataFrame  # session, user, step, position, item, propensity, click,
   #                            purchase, price
+  # [n_users, LATENT_DIM] each user's interest walk after these sessions, and
+  # [n_users, CONTEXT_HISTORY] their click history (module docstring); pass both to the next
+  # `run_sessions` to go on with the same users.
+  walk: np.ndarray
+  history: np.ndarray
 
 
 def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_size: int,
-                    users: np.ndarray, interests: np.ndarray,
+                    users: np.ndarray, interests: np.ndarray, histories: np.ndarray,
                     rng: np.random.Generator) -> pd.DataFrame:
-  """Impressions of one batch of sessions, advanced together step by step."""
+  """Impressions of one batch of sessions, advanced together step by step.
+
+  `interests` and `histories` are each session's at its start.
+  """
   batch = len(users)
   interests = interests.copy()
   clicked_context = np.full((batch, CONTEXT_HISTORY), NO_ITEM, dtype=np.int64)
+  history_context = histories.copy()
   boredom = np.zeros(batch)
   active = np.ones(batch, dtype=bool)
   median_price = np.median(world.item_price)
@@ -257,7 +358,9 @@ def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_s
     if not len(index):
       break
     slate = policy.slate(SlateContext(users=users[index], clicked=clicked_context[index],
-                                      slate_size=slate_size), rng)
+                                      history=history_context[index], slate_size=slate_size),
+                         rng)
+    _check_slate(slate, len(index), slate_size, world.n_items)
     embeddings = world.item_embedding[slate.items]  # [n, K, D]
     affinity = np.einsum("nd,nkd->nk", interests[index], embeddings)
     relevance = (user_model.affinity_weight * affinity
@@ -280,10 +383,9 @@ def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_s
         clicks.sum(axis=1, keepdims=True), 1)
     interests[index[any_click]] = ((1 - user_model.interest_step) * interests[index[any_click]]
                                    + user_model.interest_step * clicked_mean[any_click])
-    for n, (row, slate_clicks) in enumerate(zip(index, clicks)):
-      new = slate.items[n][slate_clicks]
-      if len(new):
-        clicked_context[row] = np.concatenate([clicked_context[row], new])[-CONTEXT_HISTORY:]
+    clicked_items = np.where(clicks, slate.items, NO_ITEM)
+    clicked_context[index] = _append_items(clicked_context[index], clicked_items)
+    history_context[index] = _append_items(history_context[index], clicked_items)
     boredom[index] = np.where(any_click, 0, boredom[index] + 1)
     p_leave = _sigmoid(user_model.leave_bias + user_model.boredom_weight * boredom[index]
                        - user_model.satisfaction_weight * any_click)
@@ -291,19 +393,55 @@ def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_s
   return pd.concat(rows, ignore_index=True)
 
 
+def _check_slate(slate: Slate, batch: int, slate_size: int, n_items: int) -> None:
+  """Refuses a policy's slate that is not one the environment can show and log."""
+  if slate.items.shape != (batch, slate_size) or slate.propensities.shape != (batch, slate_size):
+    raise ValueError(f"a policy must return items and propensities of shape "
+                     f"{(batch, slate_size)}, got {slate.items.shape} and "
+                     f"{slate.propensities.shape}")
+  if slate.items.min() < 0 or slate.items.max() >= n_items:
+    raise ValueError(f"a policy returned items outside [0, {n_items})")
+  ordered = np.sort(slate.items, axis=1)
+  if (ordered[:, 1:] == ordered[:, :-1]).any():
+    raise ValueError("a policy showed an item twice in one slate")
+  if not ((slate.propensities > 0) & (slate.propensities <= 1)).all():
+    raise ValueError("a policy returned propensities outside (0, 1]")
+
+
 def run_sessions(world: World, policy: Policy, n_sessions: int, rng: np.random.Generator,
-                 user_model: UserModel = UserModel(),
-                 slate_size: int = DEFAULT_SLATE_SIZE) -> SimulationResult:
-  """Simulates n_sessions sessions of users drawn by activity; see `simulate`."""
+                 user_model: UserModel = UserModel(), slate_size: int = DEFAULT_SLATE_SIZE,
+                 walk: Optional[np.ndarray] = None,
+                 history: Optional[np.ndarray] = None) -> SimulationResult:
+  """Simulates n_sessions sessions of users drawn by activity; see `simulate`.
+
+  Args:
+    world: The catalog and the users.
+    policy: Chooses every slate.
+    n_sessions: How many sessions, numbered from 0.
+    rng: All of the users' draws and the policy's.
+    user_model: How users behave.
+    slate_size: Items per slate.
+    walk: Each user's interest walk so far (`SimulationResult.walk` of the sessions before);
+      None for users' first sessions.
+    history: Each user's click history so far (`SimulationResult.history` of the sessions
+      before); None for users' first sessions.
+  """
+  if n_sessions < 1:
+    raise ValueError(f"n_sessions must be at least 1, got {n_sessions}")
   if not 0 < slate_size <= world.n_items:
     raise ValueError(f"slate_size must be in [1, {world.n_items}], got {slate_size}")
+  if walk is None:
+    walk = np.zeros_like(world.user_interest)
+  if history is None:
+    history = np.full((world.n_users, CONTEXT_HISTORY), NO_ITEM, dtype=np.int64)
   users = rng.choice(world.n_users, size=n_sessions, p=world.user_activity)
-  interests = _session_interests(world, user_model, users, rng)
+  interests, walk = _session_interests(world, user_model, users, walk, rng)
   batches = []
   for start in range(0, n_sessions, SESSIONS_PER_BATCH):
     stop = min(start + SESSIONS_PER_BATCH, n_sessions)
     batch = _simulate_batch(world, policy, user_model, slate_size, users[start:stop],
-                            interests[start:stop], rng)
+                            interests[start:stop], history[users[start:stop]], rng)
+    history = _history_after(history, users[start:stop], batch)
     batch["session"] = batch.pop("batch_session") + start
     batches.append(batch)
   impressions = pd.concat(batches, ignore_index=True)
@@ -321,7 +459,8 @@ def run_sessions(world: World, policy: Policy, n_sessions: int, rng: np.random.G
       "clicks": grouped["click"].sum().to_numpy(),
       "purchases": grouped["purchase"].sum().to_numpy(),
       "revenue": grouped["revenue"].sum().to_numpy()})
-  return SimulationResult(sessions=sessions, impressions=impressions)
+  return SimulationResult(sessions=sessions, impressions=impressions, walk=walk,
+                          history=history)
 
 
 def simulate(policy: Policy, n_sessions: int, seed: int, world: Optional[World] = None,
@@ -329,8 +468,11 @@ def simulate(policy: Policy, n_sessions: int, seed: int, world: Optional[World] 
              slate_size: int = DEFAULT_SLATE_SIZE) -> SimulationResult:
   """Runs `policy` on-policy for n_sessions sessions: clicks, purchases, revenue per session.
 
-  Without a world, the default dataset's world (components/data/generator.py) is used, so a
-  policy trained on the default logs is evaluated on the users who wrote them.
+  Any object with the `Policy.slate` method will do. Users start from their long-term interest
+  (no walk yet) and an empty history, so policies compared with the same seed and world meet the
+  same users in the same order. Without a world, the default dataset's world
+  (components/data/generator.py) is used, so a policy trained on the default logs is evaluated on
+  the users who wrote them.
   """
   if world is None:
     from components.data import generator  # pylint: disable=g-import-not-at-top

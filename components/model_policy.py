@@ -1,0 +1,85 @@
+"""An exported SavedModel as a simulator policy, to judge its ranking on-policy.
+
+`SavedModelPolicy` runs one signature of the serving contract (serving/signature.py) on every
+batch of slates the simulator (components/data/simulator.py) asks for. The simulator numbers users
+and items; the model speaks the default dataset's ids ("u00042", "i00017", written by
+components/data/generator.py), so the policy translates both ways: the context's user and
+cross-session history go in as ids, and the first `slate_size` returned items come back as
+numbers, with the signature's propensities, or 1.0 for a signature without them (a deterministic
+ranking such as `retrieve`).
+"""
+import os
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from components.data import generator
+from components.data import simulator
+from serving import signature
+
+# How many of the unknown ids an error lists: enough to recognise the problem.
+_SHOWN_UNKNOWN_IDS = 5
+
+
+class SavedModelPolicy:
+  """Shows the top `slate_size` items of a SavedModel signature, best first.
+
+  The model's own randomness, if it samples, is not drawn from the simulator's `rng`: runs with
+  the same seed are reproducible only for a model that ranks deterministically.
+  """
+
+  def __init__(self, model_dir: os.PathLike,
+               signature_name: str = signature.SERVING_SIGNATURE,
+               n_items: int = generator.DEFAULT_ITEMS):
+    """Loads the signature.
+
+    Args:
+      model_dir: A SavedModel directory, e.g. a pushed version such as serving/recommender/1.
+      signature_name: The signature that ranks, e.g. `signature.SERVING_SIGNATURE` or
+        `signature.RETRIEVE_SIGNATURE`.
+      n_items: The simulated world's catalog size; items are "i00000" onward. An id the model
+        returns outside this catalog is an error rather than an item the simulator cannot show.
+    """
+    # The loaded object owns the variables the signature reads: keep it alive with it.
+    self._model = tf.saved_model.load(os.fspath(model_dir))
+    if signature_name not in self._model.signatures:
+      raise ValueError(f"the SavedModel at {model_dir} has no signature {signature_name!r}; it "
+                       f"has {sorted(self._model.signatures.keys())}")
+    self._signature = self._model.signatures[signature_name]
+    self._signature_name = signature_name
+    self._has_propensities = signature.PROPENSITIES in self._signature.structured_outputs
+    self._item_ids = generator.ids(generator.ITEM_PREFIX, np.arange(n_items))
+    self._item_numbers = pd.Index(self._item_ids)
+
+  def slate(self, context: simulator.SlateContext, rng: np.random.Generator) -> simulator.Slate:
+    del rng  # The ranking is the model's; see the class docstring.
+    outputs = self._signature(
+        **{signature.USER_ID: tf.constant(
+               generator.ids(generator.USER_PREFIX, context.users).astype(str), tf.string),
+           signature.HISTORY: tf.constant(self._history_ids(context.history), tf.string)})
+    returned = outputs[signature.ITEM_IDS].numpy()
+    if returned.shape[1] < context.slate_size:
+      raise ValueError(f"signature {self._signature_name!r} returned {returned.shape[1]} items "
+                       f"per user, fewer than the slate size {context.slate_size}")
+    shown = returned[:, :context.slate_size].astype(str)
+    items = self._item_numbers.get_indexer(shown.ravel()).reshape(shown.shape)
+    if (items < 0).any():
+      unknown = pd.unique(shown[items < 0])[:_SHOWN_UNKNOWN_IDS].tolist()
+      raise ValueError(f"signature {self._signature_name!r} returned ids outside the simulated "
+                       f"catalog of {len(self._item_ids)} items, e.g. {unknown}")
+    if self._has_propensities:
+      propensities = outputs[signature.PROPENSITIES].numpy()[:, :context.slate_size]
+    else:
+      propensities = np.ones(items.shape)
+    return simulator.Slate(items=items, propensities=propensities.astype(np.float64))
+
+  def _history_ids(self, history: np.ndarray) -> np.ndarray:
+    """The history as item ids, oldest first and padded with '' at the end.
+
+    The simulator pads in front; serving clients (serving/client.py, serving/batch.py) and the
+    training data put the items first, so the model is queried the way it is used.
+    """
+    items_first = np.take_along_axis(
+        history, np.argsort(history == simulator.NO_ITEM, axis=1, kind="stable"), axis=1)
+    return np.where(items_first == simulator.NO_ITEM, "", self._item_ids[items_first]).astype(str)

@@ -1,0 +1,70 @@
+"""A tiny SavedModel that follows the serving contract (serving/signature.py), ranking by rules.
+
+Tests of code that runs exported models use it instead of training one: it saves in a second.
+"""
+import pathlib
+
+import tensorflow as tf
+
+from serving import signature
+
+N_ITEMS = 20
+TOP_K = 12  # more than the default slate size, fewer than the catalog
+BROKEN_SIGNATURE = "broken"
+_INPUTS = [tf.TensorSpec([None], tf.string, name=signature.USER_ID),
+           tf.TensorSpec([None, None], tf.string, name=signature.HISTORY)]
+
+
+class FakeRecommender(tf.Module):
+  """Ranks by rules a test can recompute by hand, instead of by learned scores.
+
+  `retrieve` ranks items user, user + 1, ... (mod N_ITEMS) first. `serving_default` starts
+  instead at user + sum over history columns c of (c + 1) * item number, so the result depends on
+  every history item and its column; its propensity at position j is 1 / (j + 1). `broken`
+  returns ids outside the catalog.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._catalog = tf.constant([f"i{n:05d}" for n in range(N_ITEMS)])
+
+  def _top(self, start):
+    items = (start[:, None] + tf.range(TOP_K)[None, :]) % N_ITEMS
+    scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
+    return tf.gather(self._catalog, items), scores
+
+  @tf.function(input_signature=_INPUTS)
+  def retrieve(self, user_id, history):
+    del history
+    item_ids, scores = self._top(_numbers(user_id))
+    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores}
+
+  @tf.function(input_signature=_INPUTS)
+  def serve(self, user_id, history):
+    columns = tf.range(1, tf.shape(history)[1] + 1)
+    start = _numbers(user_id) + tf.reduce_sum(_numbers(history) * columns[None, :], axis=1)
+    item_ids, scores = self._top(start)
+    propensities = tf.broadcast_to(1.0 / tf.range(1.0, TOP_K + 1.0), tf.shape(scores))
+    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores,
+            signature.PROPENSITIES: propensities}
+
+  @tf.function(input_signature=_INPUTS)
+  def broken(self, user_id, history):
+    del history
+    item_ids = tf.fill([tf.shape(user_id)[0], TOP_K], "i99999")
+    return {signature.ITEM_IDS: item_ids, signature.SCORES: tf.zeros(tf.shape(item_ids))}
+
+
+def _numbers(ids):
+  """42 for "u00042" or "i00042", 0 for the '' padding."""
+  return tf.strings.to_number(tf.strings.regex_replace(ids, "^[ui]?", "0"), tf.int32)
+
+
+def save(path: pathlib.Path) -> pathlib.Path:
+  """Saves a FakeRecommender with its three signatures to path, a SavedModel version dir."""
+  module = FakeRecommender()
+  tf.saved_model.save(module, str(path), signatures={
+      signature.SERVING_SIGNATURE: module.serve.get_concrete_function(),
+      signature.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function(),
+      BROKEN_SIGNATURE: module.broken.get_concrete_function()})
+  return path

@@ -1,0 +1,166 @@
+"""The DQN ranking head: rewards, Bellman targets, Double DQN, CQL, training and the serving policy."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import features
+from components import model as model_lib
+from components import ranker
+from components.data import simulator
+
+PAD = -1
+
+
+def test_reward_is_the_configured_weighted_sum():
+  batch = {features.CLICK: tf.constant([1, 1, 0]), features.PURCHASE: tf.constant([0, 1, 0]),
+           features.REVENUE: tf.constant([0.0, 40.0, 0.0])}
+  config = ranker.RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5)
+  novelty = tf.constant([0.2, 1.0, 1.0])
+  # 1 + 0.5 * 0.2; 1 + 2 + 0.4 + 0.5 * 1.0; nothing for an unclicked item, however novel.
+  np.testing.assert_allclose(ranker.rewards(batch, novelty, config).numpy(), [1.1, 3.9, 0.0],
+                             rtol=1e-6)
+
+
+def test_item_novelty_is_scaled_self_information():
+  novelty = ranker.item_novelty(np.array([0.5, 0.25, 0.25, 0.0]))
+  # -log2: 1, 2, 2 bits; the never-engaged item counts as the rarest; divided by the largest, 2.
+  np.testing.assert_allclose(novelty, [0.5, 1.0, 1.0, 1.0])
+
+
+def test_bellman_target_by_hand():
+  rewards = tf.constant([1.0, 0.0, 2.0])
+  next_values = tf.constant([3.0, 5.0, 7.0])
+  done = tf.constant([0, 0, 1])
+  # 1 + 0.9 * 3 = 3.7; 0 + 0.9 * 5 = 4.5; a last step has no future: 2.
+  np.testing.assert_allclose(ranker.bellman_targets(rewards, next_values, done, 0.9).numpy(),
+                             [3.7, 4.5, 2.0], rtol=1e-6)
+
+
+def test_double_dqn_values_the_online_choice_with_the_target_network():
+  online = tf.constant([[1.0, 5.0, 2.0], [9.0, 0.0, 1.0]])
+  target = tf.constant([[10.0, 3.0, 20.0], [4.0, 30.0, 6.0]])
+  # Online picks items 1 and 0; the target values them 3 and 4, not its own maxima 20 and 30.
+  np.testing.assert_allclose(ranker.double_dqn_next_values(online, target).numpy(), [3.0, 4.0])
+
+
+def test_cql_penalty_by_hand():
+  candidate_q = tf.constant([[0.0, -np.inf], [np.log(3.0), np.log(3.0)]])
+  logged_q = tf.constant([0.0, 0.0])
+  # Row 1: log(e^0 + e^0) - 0 = log 2 (the -inf slot is the logged action, not counted twice).
+  # Row 2: log(3 + 3 + 1) - 0 = log 7.
+  assert float(ranker.cql_penalty(candidate_q, logged_q)) == pytest.approx(
+      (np.log(2.0) + np.log(7.0)) / 2, rel=1e-6)
+
+
+def test_cql_penalty_is_smallest_when_the_logged_action_dominates():
+  logged_q = tf.constant([0.0])
+  assert (float(ranker.cql_penalty(tf.constant([[-5.0, -5.0]]), logged_q))
+          < float(ranker.cql_penalty(tf.constant([[5.0, 5.0]]), logged_q)))
+
+
+def test_greedy_rerank_orders_by_q_with_propensity_one():
+  order, propensities = ranker.rerank(tf.constant([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]]), 2, 0.0)
+  np.testing.assert_array_equal(order.numpy(), [[1, 2], [0, 2]])
+  np.testing.assert_array_equal(propensities.numpy(), np.ones((2, 2)))
+
+
+def test_plackett_luce_propensities_match_the_simulator():
+  logits = np.array([[0.3, -1.2, 2.0, 0.0, 0.7]])
+  order = np.array([[2, 0, 4]])
+  # By hand: w = exp(logits); each position's item over the items not placed above it.
+  w = np.exp(logits[0])
+  by_hand = [w[2] / w.sum(), w[0] / (w.sum() - w[2]), w[4] / (w.sum() - w[2] - w[0])]
+  np.testing.assert_allclose(
+      ranker.plackett_luce_propensities(tf.constant(logits), tf.constant(order)).numpy()[0],
+      by_hand, rtol=1e-6)
+  # The simulator's logging policy uses the same definition.
+  slate = simulator.plackett_luce(logits, 3, np.random.default_rng(0))
+  np.testing.assert_allclose(
+      ranker.plackett_luce_propensities(tf.constant(logits), tf.constant(slate.items)).numpy(),
+      slate.propensities, rtol=1e-6)
+
+
+def test_sampled_rerank_follows_the_softmax():
+  tf.random.set_seed(0)
+  q_values = tf.constant([[1.0, 0.0, -1.0]] * 20_000)
+  order, propensities = ranker.rerank(q_values, 1, temperature=1.0)
+  first = np.bincount(order.numpy()[:, 0], minlength=3) / 20_000
+  expected = np.exp([1.0, 0.0, -1.0]) / np.exp([1.0, 0.0, -1.0]).sum()
+  np.testing.assert_allclose(first, expected, atol=0.015)
+  # Each logged propensity is that item's probability of being drawn first.
+  np.testing.assert_allclose(propensities.numpy()[:, 0], expected[order.numpy()[:, 0]],
+                             rtol=1e-5)
+
+
+def _world(num_items=6, embedding_dim=4):
+  """Two-tower model and catalog for users 0..3 and items 0..5 (categories alternate)."""
+  config = model_lib.ModelConfig(embedding_dim=embedding_dim)
+  retrieval = model_lib.TwoTowerModel(4, num_items, 2, 3, config)
+  items = np.arange(num_items)
+  categories, price_buckets = items % 2, items % 3
+  embeddings = retrieval.candidate_tower({
+      model_lib.ITEM_XF: tf.constant(items), model_lib.CATEGORY_XF: tf.constant(categories),
+      model_lib.PRICE_BUCKET_XF: tf.constant(price_buckets)}).numpy()
+  return retrieval, ranker.Catalog(embeddings, categories, price_buckets)
+
+
+def _transitions(users, items, clicks, done):
+  n = len(users)
+  return {
+      model_lib.USER_XF: tf.constant(users, tf.int64),
+      model_lib.ITEM_XF: tf.constant(items, tf.int64),
+      model_lib.HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
+      model_lib.NEXT_HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
+      features.CLICK: tf.constant(clicks, tf.int64),
+      features.PURCHASE: tf.zeros([n], tf.int64),
+      features.REVENUE: tf.zeros([n], tf.float32),
+      features.DONE: tf.constant(done, tf.int64),
+  }
+
+
+def test_dqn_learns_which_shown_item_is_clicked():
+  # Every user is shown all six items; only even items are ever clicked. One-step sessions, so
+  # Q is the click probability: after training the even items must rank above the odd ones.
+  tf.keras.utils.set_random_seed(0)
+  retrieval, catalog = _world()
+  users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
+  data = tf.data.Dataset.from_tensor_slices(
+      _transitions(users, items, (items % 2 == 0).astype(int), np.ones(24, int)))
+  config = ranker.RankerConfig(hidden_units=(16,), train_candidates=6, cql_weight=0.1)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+  dqn.build_networks(4)
+  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
+  assert history["td_loss"][-1] < history["td_loss"][0]
+  states = retrieval.query_tower({model_lib.USER_XF: tf.range(4, dtype=tf.int64),
+                                  model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64))})
+  q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
+  assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
+
+
+def test_target_network_starts_equal_and_follows_softly():
+  retrieval, catalog = _world()
+  config = ranker.RankerConfig(hidden_units=(8,), target_update_rate=0.25)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+  dqn.build_networks(4)
+  for online, target in zip(dqn.q_network.get_weights(), dqn.target_network.get_weights()):
+    np.testing.assert_array_equal(online, target)
+  before = dqn.target_network.get_weights()
+  online = [w + 1.0 for w in dqn.q_network.get_weights()]
+  dqn.q_network.set_weights(online)
+  dqn.update_target_network()
+  for old, new, moved in zip(before, online, dqn.target_network.get_weights()):
+    np.testing.assert_allclose(moved, 0.75 * old + 0.25 * new, rtol=1e-6)
+
+
+def test_config_round_trips_through_a_dict():
+  config = model_lib.ModelConfig(ranker=ranker.RankerConfig(
+      hidden_units=(8, 4), gamma=0.5, reward=ranker.RewardConfig(novelty=0.2)))
+  assert model_lib.ModelConfig.from_dict(dataclasses.asdict(config)) == config
+
+
+def test_config_rejects_a_discount_of_one():
+  with pytest.raises(ValueError, match="gamma"):
+    ranker.RankerConfig(gamma=1.0)

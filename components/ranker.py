@@ -42,9 +42,6 @@ import tensorflow as tf
 
 from components import features
 
-CLICK_KEY, PURCHASE_KEY, REVENUE_KEY, DONE_KEY = (
-    features.CLICK, features.PURCHASE, features.REVENUE, features.DONE)
-
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
@@ -98,10 +95,10 @@ class RankerConfig:
 
 def rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor, config: RewardConfig) -> tf.Tensor:
   """[batch] rewards of transitions; `novelty` is each shown item's, in [0, 1]."""
-  click = tf.cast(batch[CLICK_KEY], tf.float32)
+  click = tf.cast(batch[features.CLICK], tf.float32)
   return (config.click * click
-          + config.purchase * tf.cast(batch[PURCHASE_KEY], tf.float32)
-          + config.revenue * tf.cast(batch[REVENUE_KEY], tf.float32)
+          + config.purchase * tf.cast(batch[features.PURCHASE], tf.float32)
+          + config.revenue * tf.cast(batch[features.REVENUE], tf.float32)
           + config.novelty * click * novelty)
 
 
@@ -233,7 +230,7 @@ class DQNRanker(tf.keras.Model):
         self.target_network((next_states, next_actions)))
     targets = tf.stop_gradient(bellman_targets(
         rewards(batch, tf.gather(self.novelty, logged), self.config.reward), next_values,
-        batch[DONE_KEY], self.config.gamma))
+        batch[features.DONE], self.config.gamma))
 
     logged_q = self.q_network((states, self.catalog.actions(logged[:, None])))[:, 0]
     _, candidates = self.catalog.top_candidates(states, self.train_candidates)

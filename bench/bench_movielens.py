@@ -32,6 +32,7 @@ import pandas as pd  # pylint: disable=g-import-not-at-top
 from click.testing import CliRunner
 
 from components import features
+from components import release_gate
 from components import ranking_metrics
 from components.data import ingest
 from pipeline import cli
@@ -58,7 +59,8 @@ def _train(ratings: pd.DataFrame, movies: pathlib.Path, work: pathlib.Path) -> p
   ratings.to_csv(work / "ratings.csv", index=False)
   result = CliRunner().invoke(cli.main, [
       "run", "--interactions", str(work / "ratings.csv"), "--items", str(movies),
-      "--format", "movielens", "--home", str(work / "home"), "--recall-floor", "0"],
+      "--format", "movielens", "--home", str(work / "home"),
+      "--gate-config", str(release_gate.REPORT_ONLY_GATE_CONFIG)],
       catch_exceptions=False)
   if result.exit_code:
     raise SystemExit(result.output)

@@ -1,5 +1,4 @@
 """Thin TFX wrappers around the data and model gates; the logic lives in plain modules."""
-import json
 import logging
 import os
 from typing import List, Optional
@@ -11,18 +10,23 @@ from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
+from tfx.utils import path_utils
 
+from components import candidate_evaluation
 from components import data_validation
+from components import model_evaluation
+from components import release_gate
 from components import schema as schema_lib
-from components import retrieval_evaluation
-from components import sessions
 
-METRICS_FILE = "metrics.json"
 # Custom properties of DriftGate's output: what it found and whether a person overrode it.
 DRIFT_DETECTED = "drift_detected"
 DRIFT_OVERRIDDEN = "drift_overridden"
 STATISTICS_URI = "statistics_uri"  # the statistics this run was judged on
 BASELINE_STATISTICS_URI = "baseline_statistics_uri"
+# Custom property of ModelEvaluator's evaluation: whether the gate blessed the model it judged.
+BLESSED = "blessed"
+# ModelEvaluator's verdict on a model it already blessed (a cached Trainer output).
+UNCHANGED = "unchanged: the candidate is the latest blessed model itself, already pushed"
 
 
 @component
@@ -38,15 +42,19 @@ class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
   """Up to `limit` newest artifacts of each channel, however few exist.
 
   TFX's LatestArtifactStrategy resolves nothing unless all it asks for exist, and a first run
-  has no earlier artifacts at all.
+  has no earlier artifacts at all. With `flag`, only artifacts whose int custom property of
+  that name is 1 count.
   """
 
-  def __init__(self, limit: int):
+  def __init__(self, limit: int, flag: str = ""):
     self._limit = limit
+    self._flag = flag
 
   def resolve_artifacts(self, store, input_dict):
     del store  # the channels' artifacts are all it needs
-    return {key: sorted(artifacts, key=lambda artifact: artifact.id, reverse=True)[:self._limit]
+    return {key: sorted((artifact for artifact in artifacts
+                         if not self._flag or artifact.get_int_custom_property(self._flag) == 1),
+                        key=lambda artifact: artifact.id, reverse=True)[:self._limit]
             for key, artifacts in input_dict.items()}
 
 
@@ -112,34 +120,60 @@ def DriftGate(
 
 
 @component
-def RetrievalEvaluator(
+def ModelEvaluator(
     model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
     examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    transitions: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     evaluation: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
     blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    k: tfx.dsl.components.Parameter[int] = 10,
-    recall_floor: tfx.dsl.components.Parameter[float] = 0.0,
+    baseline_model: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.Model] = None,
+    past_evaluations: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.ModelEvaluation]] = None,
+    gate_config: tfx.dsl.components.Parameter[str] = "",
+    simulator_sessions: tfx.dsl.components.Parameter[int] = 0,
 ) -> None:
-  """Evaluates the serving model on the eval split and blesses it as TFX's Evaluator does.
+  """Evaluates the candidate and the baseline model and blesses the candidate or not.
 
-  The blessing carries the same custom properties as the stock Evaluator's (`blessed`,
-  `current_model`, `current_model_id`), so the stock Pusher and LatestBlessedModelStrategy work.
+  `baseline_model` is the latest blessed model (a resolver with LatestBlessedModelStrategy);
+  `past_evaluations` are earlier blessed evaluations, plotted in the report. The logic is
+  components/candidate_evaluation.py; `gate_config` is the YAML of schemas/gate/gate.yaml. The
+  blessing carries the stock Evaluator's custom properties (`blessed`, `current_model`,
+  `current_model_id`), so the stock Pusher and LatestBlessedModelStrategy read it.
   """
-  metrics = retrieval_evaluation.recall_at_k(
-      os.path.join(model.uri, "Format-Serving"),
-      retrieval_evaluation.read_events(artifact_utils.get_split_uri([examples], sessions.EVAL_SPLIT)), k)
-  verdict = retrieval_evaluation.judge_recall(metrics, k, recall_floor)
-  logging.info("Model %s: %s", "blessed" if verdict.blessed else "not blessed", verdict.reason)
-  io_utils.write_string_file(
-      os.path.join(evaluation.uri, METRICS_FILE), json.dumps(metrics, indent=2, sort_keys=True))
+  gate = release_gate.GateConfig.from_yaml(gate_config, source="the gate_config parameter")
+  if baseline_model is not None and baseline_model.id == model.id:
+    # The Trainer's output was reused from the cache: this model is the latest blessed one and
+    # is already pushed. Pushing it again would only make TF Serving load a copy.
+    _bless(blessing, model, False, UNCHANGED)
+    evaluation.set_int_custom_property(BLESSED, 0)
+    return
+  data = model_evaluation.load_eval_data(examples.uri, transitions.uri)
+  past_models = [{"name": f"evaluation {past.id}",
+                  "metrics": candidate_evaluation.read(past.uri)["candidate"]["metrics"]}
+                 for past in sorted(past_evaluations or [], key=lambda artifact: artifact.id)]
+  result = candidate_evaluation.evaluate_candidate(
+      _serving_dir(model), _serving_dir(baseline_model) if baseline_model else None, data, gate,
+      model_evaluation.EvaluationConfig(simulator_sessions=simulator_sessions), past_models)
+  candidate_evaluation.write(result, evaluation.uri)
+  (logging.info if result.verdict.blessed else logging.warning)("Model %s", result.verdict.reason)
+  evaluation.set_int_custom_property(BLESSED, int(result.verdict.blessed))
+  _bless(blessing, model, result.verdict.blessed, result.verdict.reason)
 
+
+def _serving_dir(model: tfx.types.standard_artifacts.Model) -> str:
+  return path_utils.serving_model_path(model.uri)
+
+
+def _bless(blessing, model, blessed: bool, reason: str) -> None:
+  """Writes the blessing as TFX's Evaluator does: a marker file and custom properties."""
   blessing.set_string_custom_property(
       evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
   blessing.set_int_custom_property(
       evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
   blessing.set_string_custom_property(
-      evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, verdict.reason)
-  if verdict.blessed:
+      evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+  if blessed:
     marker, value = evaluator_constants.BLESSED_FILE_NAME, evaluator_constants.BLESSED_VALUE
   else:
     marker, value = evaluator_constants.NOT_BLESSED_FILE_NAME, evaluator_constants.NOT_BLESSED_VALUE

@@ -77,8 +77,8 @@ class SlateLog:
 
   A policy's context is the session's user and the items they clicked at earlier steps of it.
   The simulator also shows policies a cross-session click `history`; it cannot be rebuilt from
-  impressions (it depends on the simulator's batching), so targets that read it are not
-  supported.
+  impressions (it depends on the simulator's batching). Logs that carry the history a model
+  reads, as the pipeline's transitions do, pass it as `histories` for targets that need it.
   """
   sessions: np.ndarray  # [n_slates] the session of each slate: the independent units
   users: np.ndarray  # [n_slates]
@@ -89,10 +89,13 @@ class SlateLog:
   propensities: np.ndarray  # [n_slates, slate_size] the logging policy's step propensities
   rewards: np.ndarray  # [n_slates, slate_size]
   n_items: int  # catalog size: items are numbered 0..n_items - 1
+  # [n_slates] the history a model was queried with for each slate (any per-slate value), if
+  # the log has one
+  histories: Optional[np.ndarray] = None
 
   @classmethod
-  def from_impressions(cls, impressions: pd.DataFrame, n_items: int,
-                       reward: str = "click") -> "SlateLog":
+  def from_impressions(cls, impressions: pd.DataFrame, n_items: int, reward: str = "click",
+                       history: Optional[str] = None) -> "SlateLog":
     """Slates from impressions in the simulator's layout (simulator.SimulationResult).
 
     Args:
@@ -100,6 +103,7 @@ class SlateLog:
         every (session, step) a whole slate of positions 0..slate_size - 1.
       n_items: Catalog size.
       reward: The column to estimate the mean of, e.g. click, purchase or a revenue column.
+      history: A column with each slate's model history (read at position 0), if any.
     """
     frame = impressions.sort_values(["session", "step", "position"], kind="stable")
     slate_size = int(frame["position"].max()) + 1
@@ -118,7 +122,8 @@ class SlateLog:
                clicked=_clicked_before(sessions[:, 0], steps[:, 0], items,
                                        per_slate("click").astype(bool)),
                items=items, propensities=per_slate("propensity").astype(float),
-               rewards=per_slate(reward).astype(float), n_items=n_items)
+               rewards=per_slate(reward).astype(float), n_items=n_items,
+               histories=None if history is None else per_slate(history)[:, 0])
 
   @property
   def n_slates(self) -> int:
@@ -129,7 +134,8 @@ class SlateLog:
     return dataclasses.replace(
         self, sessions=self.sessions[slates], users=self.users[slates],
         clicked=self.clicked[slates], items=self.items[slates],
-        propensities=self.propensities[slates], rewards=self.rewards[slates])
+        propensities=self.propensities[slates], rewards=self.rewards[slates],
+        histories=None if self.histories is None else self.histories[slates])
 
 
 def _clicked_before(sessions: np.ndarray, steps: np.ndarray, items: np.ndarray,

@@ -51,7 +51,8 @@ def main() -> None:
 @click.option("--home", type=click.Path(file_okay=False),
               help="Where runs, metadata and served models live (default $RECSYS_HOME or ./.recsys).")
 @click.option("--epochs", type=int, help="Training epochs (default in components/model.py).")
-@click.option("--recall-floor", type=float, help="Least recall@10 a model needs to be pushed.")
+@click.option("--gate-config", type=click.Path(exists=True, dir_okay=False),
+              help="Release gate rules (YAML; default schemas/gate/gate.yaml).")
 @click.option("--no-cache", is_flag=True, help="Re-run every component even if inputs are unchanged.")
 @click.option("--allow-drift", is_flag=True,
               help="Go on although the data drifted from the previous span (recorded in ML "
@@ -59,25 +60,33 @@ def main() -> None:
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline option, repeatable; replaces the in-process defaults, e.g. "
               "--beam-arg=--direct_running_mode=multi_processing --beam-arg=--direct_num_workers=2")
-def run(interactions, items, fmt, home, epochs, recall_floor, no_cache, allow_drift,
+def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_drift,
         beam_args) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   import dataclasses
 
   from components import data_validation
+  from components import release_gate
   from components.data import ingest
+  from components.data import spans
   from pipeline import local_runner
   from pipeline import run_report
 
-  from components.data import spans
-
-  config = _config(home, recall_floor=recall_floor, enable_cache=False if no_cache else None,
-                   allow_drift=allow_drift or None, beam_pipeline_args=tuple(beam_args) or None)
+  config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
+                   enable_cache=False if no_cache else None, allow_drift=allow_drift or None,
+                   beam_pipeline_args=tuple(beam_args) or None)
+  try:
+    release_gate.GateConfig.load(config.gate_config)
+  except release_gate.GateConfigError as error:
+    raise UsageError(str(error)) from error
   if epochs is not None:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
   if interactions is None:
     dataset = _default_dataset(config)
     interactions, items, fmt = dataset.interactions, dataset.items, "generic"
+  else:
+    # The simulator's world holds the built-in dataset's users, not these.
+    config = dataclasses.replace(config, simulator_sessions=0)
   input_base = config.input_base
   try:
     staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging")
@@ -92,6 +101,35 @@ def run(interactions, items, fmt, home, epochs, recall_floor, no_cache, allow_dr
   except data_validation.DataValidationError as error:
     raise UsageError(str(error)) from error
   click.echo(run_report.describe(config, versions_before))
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--list", "list_runs", is_flag=True, help="List the evaluated runs and verdicts.")
+@click.option("--open", "open_report", is_flag=True, help="Open the report in a browser.")
+def report(run_id, home, list_runs, open_report) -> None:
+  """Print the path of a run's evaluation report (default: the newest run's)."""
+  from pipeline import run_report
+
+  config = _config(home)
+  evaluations = run_report.evaluations(config)
+  if not evaluations:
+    raise UsageError(f"No run under {config.home} has evaluated a model yet")
+  if list_runs:
+    for evaluation in evaluations:
+      click.echo(f"{evaluation.run_id}  {evaluation.reason}")
+    return
+  chosen = [evaluation for evaluation in evaluations if run_id in (None, evaluation.run_id)]
+  if not chosen:
+    raise UsageError(f"No evaluation for run {run_id!r}; `recsys report --list` lists the runs")
+  evaluation = chosen[-1]
+  if evaluation.report is None:
+    raise UsageError(f"Run {evaluation.run_id} wrote no report: {evaluation.reason}")
+  click.echo(f"{evaluation.run_id}: {evaluation.reason}")
+  click.echo(str(evaluation.report))
+  if open_report:
+    click.launch(str(evaluation.report))
 
 
 @main.command()

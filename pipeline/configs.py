@@ -7,6 +7,7 @@ import os
 import pathlib
 from typing import Tuple
 
+from components import release_gate
 from components.model import ModelConfig
 from components.sessions import SessionConfig
 from serving import signature
@@ -25,10 +26,14 @@ class PipelineConfig:
   sessions: SessionConfig = SessionConfig()
   # Let a run whose data drifted past the schema's thresholds go on; recorded in ML Metadata.
   allow_drift: bool = False
-  # The model gate: the model is pushed only if its recall@eval_k on held-out events reaches
-  # recall_floor. Random ranking of the default catalog of 500 items scores 0.02.
-  eval_k: int = 10
-  recall_floor: float = 0.05
+  # The release gate's rules (components/release_gate.py): floors, allowed regressions against
+  # the latest blessed model, the Pareto set.
+  gate_config: pathlib.Path = release_gate.DEFAULT_GATE_CONFIG
+  # On-policy rollouts of candidate and baseline in the simulator's world, for the built-in
+  # dataset only (`recsys run` sets 0 for other data, whose users the simulator does not know).
+  simulator_sessions: int = 1000
+  # Earlier blessed models the evaluation report plots next to the candidate.
+  report_past_models: int = 10
   enable_cache: bool = True
   # Beam runs in-process by default; `recsys run --beam-arg` passes others, e.g. multi-process
   # or Flink/Spark/Dataflow (README).

@@ -1,4 +1,5 @@
-"""The pipeline: events → validated span → sessions → Transform → two-tower + DQN → gate → push.
+"""The pipeline: events → validated span → sessions → Transform → two-tower + DQN → evaluation
+and release gate → push.
 
 One definition serves every orchestrator; the runner files only choose where it runs.
 """
@@ -8,6 +9,7 @@ from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from components import gates
+from components import release_gate
 from components import schema as schema_lib
 from components import trainer
 from components.data import spans
@@ -75,11 +77,28 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       transform_graph=transform.outputs["transform_graph"],
       schema=transitions_schema.outputs["schema"],
       custom_config=code_config)
-  evaluator = gates.RetrievalEvaluator(
+  # The baseline: the model of the newest blessing that blessed its model.
+  latest_blessed_model = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing)).with_id("LatestBlessedModel")
+  past_evaluations = tfx.dsl.Resolver(
+      strategy_class=gates.RecentArtifactsStrategy,
+      config={"limit": config.report_past_models, "flag": gates.BLESSED},
+      evaluations=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelEvaluation,
+          producer_component_id="ModelEvaluator",
+          output_key="evaluation")).with_id("PastBlessedEvaluations")
+  evaluator = gates.ModelEvaluator(
       model=model_trainer.outputs["model"],
       examples=session_builder.outputs["examples"],
-      k=config.eval_k,
-      recall_floor=config.recall_floor)
+      transitions=session_builder.outputs["transitions"],
+      baseline_model=latest_blessed_model.outputs["model"],
+      past_evaluations=past_evaluations.outputs["evaluations"],
+      # The YAML itself, not its path: the cache then knows when the gate changed.
+      gate_config=release_gate.GateConfig.load(config.gate_config).to_yaml(),
+      simulator_sessions=config.simulator_sessions)
   pusher = tfx.components.Pusher(
       model=model_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
@@ -92,7 +111,7 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       pipeline_root=str(config.pipeline_root),
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
                   accepted_runs, drift_gate, session_builder, transitions_schema, transform,
-                  model_trainer, evaluator, pusher],
+                  model_trainer, latest_blessed_model, past_evaluations, evaluator, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

@@ -1,12 +1,18 @@
-"""What a pipeline run did, in one line for the person who started it."""
+"""What pipeline runs did: one line for the person who started one, and their evaluations."""
+import dataclasses
 import pathlib
-from typing import Set, Tuple
+from typing import List, Optional, Set, Tuple
 
 from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
 
+from components import candidate_evaluation
+from components import gates
 from pipeline.configs import PipelineConfig
+
+_EVALUATOR_ID = "ModelEvaluator"
 
 
 def pushed_versions(config: PipelineConfig) -> Set[str]:
@@ -18,10 +24,14 @@ def pushed_versions(config: PipelineConfig) -> Set[str]:
           if path.parent.name.isdigit()}
 
 
+def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
+  return metadata_store.MetadataStore(
+      tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
+
+
 def latest_blessing(config: PipelineConfig) -> Tuple[bool, str]:
   """Whether the newest ModelBlessing in ML Metadata blessed its model, and why."""
-  store = metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
+  store = _store(config)
   blessings = store.get_artifacts_by_type(tfx.types.standard_artifacts.ModelBlessing.TYPE_NAME)
   if not blessings:
     return False, "no model was evaluated"
@@ -40,11 +50,52 @@ def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
   if new_versions:
     return (f"Model blessed ({reason}); pushed version {new_versions[-1]} "
             f"to {config.model_base_path / new_versions[-1]}")
-  # A blessed model with no new version means the Pusher's inputs were unchanged and TFX
-  # reused its earlier execution from the cache.
-  outcome = (f"Inputs unchanged since the last run, nothing new to push ({reason})" if blessed
-             else f"Model not blessed ({reason})")
+  # No new version of a blessed model means the Pusher's inputs were unchanged and TFX reused
+  # its earlier execution from the cache; the evaluator itself says when the model is unchanged.
+  if blessed or reason == gates.UNCHANGED:
+    outcome = f"Inputs unchanged since the last run, nothing new to push ({reason})"
+  else:
+    outcome = f"Model not blessed ({reason})"
   if versions:
     newest = max(versions, key=int)
     return f"{outcome}; version {newest} keeps serving from {config.model_base_path / newest}"
   return f"{outcome}; no model is pushed yet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  run_id: str  # the pipeline run, as ML Metadata names it
+  reason: str  # the gate's one-line verdict
+  report: Optional[pathlib.Path]  # the HTML report; None when the run reused the last model
+
+
+def evaluations(config: PipelineConfig) -> List[Evaluation]:
+  """Every run's ModelEvaluator outcome, oldest first, read from ML Metadata."""
+  if not config.metadata_path.exists():
+    return []
+  store = _store(config)
+  node = store.get_context_by_type_and_name("node", f"{config.pipeline_name}.{_EVALUATOR_ID}")
+  if node is None:
+    return []
+  found = []
+  for execution in sorted(store.get_executions_by_context(node.id),
+                          key=lambda execution: execution.id):
+    if execution.last_known_state not in (metadata_store_pb2.Execution.COMPLETE,
+                                          metadata_store_pb2.Execution.CACHED):
+      continue
+    outputs = {step.key: event.artifact_id
+               for event in store.get_events_by_execution_ids([execution.id])
+               if event.type == metadata_store_pb2.Event.OUTPUT
+               for step in event.path.steps if step.HasField("key")}
+    artifacts = {artifact.id: artifact for artifact in store.get_artifacts_by_id(
+        [outputs["blessing"], outputs["evaluation"]])}
+    blessing, evaluation = artifacts[outputs["blessing"]], artifacts[outputs["evaluation"]]
+    report = pathlib.Path(evaluation.uri) / candidate_evaluation.REPORT_FILE
+    message = blessing.custom_properties.get(
+        evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY)
+    runs = [context.name for context in store.get_contexts_by_execution(execution.id)
+            if store.get_context_types_by_id([context.type_id])[0].name == "pipeline_run"]
+    found.append(Evaluation(run_id=runs[0] if runs else "?",
+                            reason=message.string_value if message else "no reason recorded",
+                            report=report if report.exists() else None))
+  return found

@@ -1,13 +1,12 @@
-"""The data gate (TFDV anomalies stop the run) and the model gate (recall@K floor)."""
+"""The data gate (TFDV anomalies stop the run) and the resolver strategy the gates use."""
 
 import pytest
-import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components import data_validation
-from components import retrieval_evaluation
+from components import gates
 
 
 def _anomalies(**feature_problems) -> anomalies_pb2.Anomalies:
@@ -49,49 +48,20 @@ def test_any_anomaly_stops_with_split_and_feature(tmp_path):
     data_validation.check_split_anomalies(artifact, ["train", "eval"])
 
 
-def test_judge_recall_blesses_at_the_floor_and_refuses_below():
-  assert retrieval_evaluation.judge_recall({"recall@10": 0.2}, 10, 0.2).blessed
-  verdict = retrieval_evaluation.judge_recall({"recall@10": 0.15}, 10, 0.2)
-  assert not verdict.blessed
-  assert verdict.reason == "recall@10 = 0.1500 is below the floor 0.2000 by 0.0500"
+def _evaluation(artifact_id, blessed=None):
+  artifact = standard_artifacts.ModelEvaluation()
+  artifact.id = artifact_id
+  if blessed is not None:
+    artifact.set_int_custom_property(gates.BLESSED, blessed)
+  return artifact
 
 
-class _FixedRanker(tf.Module):
-  """Recommends b, a, c to everyone."""
-
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string),
-                                tf.TensorSpec([None, None], tf.string)])
-  def serve(self, user_id, history):
-    batch = tf.shape(user_id)[0]
-    return {"item_ids": tf.tile(tf.constant([["b", "a", "c"]]), [batch, 1]),
-            "scores": tf.tile(tf.constant([[3.0, 2.0, 1.0]]), [batch, 1])}
-
-
-def _write_events(split_dir, items):
-  split_dir.mkdir(parents=True)
-  with tf.io.TFRecordWriter(str(split_dir / "data.gz"), options="GZIP") as writer:
-    for index, item in enumerate(items):
-      feature = lambda *values: tf.train.Feature(bytes_list=tf.train.BytesList(value=values))
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          "user_id": feature(f"u{index}".encode()), "item_id": feature(item.encode()),
-          "history": feature(*([b"a"] * index)),
-      })).SerializeToString())
-
-
-def test_recall_at_k_counts_items_in_the_served_top_k(tmp_path):
-  model_dir = str(tmp_path / "model")
-  module = _FixedRanker()
-  tf.saved_model.save(module, model_dir,
-                      signatures={"serving_default": module.serve.get_concrete_function()})
-  _write_events(tmp_path / "Split-eval", ["a", "c", "z", "b"])
-  events = lambda: retrieval_evaluation.read_events(str(tmp_path / "Split-eval"), batch_size=3)
-  assert retrieval_evaluation.recall_at_k(model_dir, events(), k=2) == {
-      "recall@2": 0.5, "num_events": 4}
-  assert retrieval_evaluation.recall_at_k(model_dir, events(), k=3)["recall@3"] == 0.75
-  with pytest.raises(ValueError, match="recall@5 needs at least 5"):
-    retrieval_evaluation.recall_at_k(model_dir, events(), k=5)
-
-
-def test_read_events_without_files_names_the_directory(tmp_path):
-  with pytest.raises(FileNotFoundError, match=str(tmp_path)):
-    next(retrieval_evaluation.read_events(str(tmp_path)))
+def test_recent_artifacts_strategy_keeps_the_newest_and_filters_by_flag():
+  artifacts = [_evaluation(3, 1), _evaluation(7, 0), _evaluation(5, 1), _evaluation(9),
+               _evaluation(8, 1)]
+  newest = gates.RecentArtifactsStrategy(limit=2).resolve_artifacts(None, {"a": artifacts})
+  assert [artifact.id for artifact in newest["a"]] == [9, 8]
+  blessed = gates.RecentArtifactsStrategy(limit=2, flag=gates.BLESSED).resolve_artifacts(
+      None, {"a": artifacts})
+  assert [artifact.id for artifact in blessed["a"]] == [8, 5]
+  assert gates.RecentArtifactsStrategy(limit=2).resolve_artifacts(None, {"a": []}) == {"a": []}

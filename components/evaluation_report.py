@@ -38,7 +38,10 @@ def render(record: Dict) -> str:
   sections = [
       f"<h1>Model evaluation</h1><p class=\"{'blessed' if verdict['blessed'] else 'refused'}\">"
       f"<b>{html.escape(verdict['reason'])}</b></p>",
-      "<h2>Metrics</h2>" + _metric_table(gate, candidate, baseline, verdict),
+      f"<h2>Metrics</h2><p>Over {candidate['queries']} held-out engagements; "
+      f"{candidate['repeat_queries']} re-engagements with an item of the history are left out, "
+      "as seen items are removed from the lists.</p>"
+      + _metric_table(gate, candidate, baseline, verdict),
       "<h2>Gated metrics</h2>" + _image(_gated_bars(gate, candidate, baseline)),
   ]
   pareto = [name for name in gate.pareto_metrics if name in candidate["metrics"]]

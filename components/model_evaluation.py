@@ -6,7 +6,9 @@ evaluated by the same function on the same data, so their figures compare.
 
 The queries are the eval split's engagements (SessionBuilder's `examples`): for each, the model
 is asked with the user and their history before it, and the engaged item is the one relevant
-item. The items in the query's history (what the user has seen) are removed from the list.
+item. The items in the query's history (what the user has seen) are removed from the list, and
+so, as in protocols that remove seen items, a re-engagement with an item of the history is no
+query: it could never be hit. Their number is reported (`EvalData.repeat_queries`).
 
 Metrics (names as the gate config, schemas/gate/gate.yaml, uses them):
   * accuracy at each k of `EvaluationConfig.ks`: precision@k, recall@k, ndcg@k, map@k,
@@ -112,6 +114,7 @@ class EvalData:
   # Eval impressions with propensities (session, user, step, position, item number, propensity,
   # click, purchase, revenue, history), or None where the log has no propensities.
   impressions: Optional[pd.DataFrame]
+  repeat_queries: int = 0  # eval engagements with an item of their history, left out
 
   @property
   def catalog(self) -> np.ndarray:
@@ -198,8 +201,14 @@ def eval_data(train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
       eval_examples[[features.ITEM_ID, features.CATEGORY]]]).drop_duplicates(
           features.ITEM_ID).set_index(features.ITEM_ID)[features.CATEGORY].sort_index()
   queries = eval_examples.sort_values([features.TIMESTAMP, features.USER_ID], kind="stable")
-  queries = queries.reset_index(drop=True)
+  # Session length counts every engagement of the session, repeats included.
   session_length = queries.groupby(features.SESSION)[features.ITEM_ID].transform("size")
+  repeat = np.array([item in history for item, history in
+                     zip(queries[features.ITEM_ID], queries[features.HISTORY])], dtype=bool)
+  if repeat.all():
+    raise ValueError("Every eval engagement is with an item of its history; with seen items "
+                     "removed there is nothing to evaluate")
+  queries, session_length = queries[~repeat].reset_index(drop=True), session_length[~repeat]
   queries = pd.DataFrame({
       QUERY: np.arange(len(queries)),
       features.USER_ID: queries[features.USER_ID],
@@ -208,12 +217,13 @@ def eval_data(train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
       features.CATEGORY: queries[features.CATEGORY],
       "returning_user": queries[features.USER_ID].isin(set(train_examples[features.USER_ID])),
       "session_length_bucket": pd.cut(session_length, SESSION_LENGTH_BINS,
-                                      labels=SESSION_LENGTH_BUCKETS).astype(str),
+                                      labels=SESSION_LENGTH_BUCKETS).astype(str).to_numpy(),
   })
   return EvalData(queries=queries,
                   train_engagements=train_examples[[features.USER_ID, features.ITEM_ID]],
                   item_category=item_category,
-                  impressions=_logged_slates(eval_impressions, item_category.index))
+                  impressions=_logged_slates(eval_impressions, item_category.index),
+                  repeat_queries=int(repeat.sum()))
 
 
 def _logged_slates(transitions: pd.DataFrame, catalog: pd.Index) -> Optional[pd.DataFrame]:
@@ -395,6 +405,8 @@ def simulator_metrics(model_dir: str, n_sessions: int, seed: int) -> Dict[str, f
 
 @dataclasses.dataclass(frozen=True)
 class ModelReport:
+  queries: int  # the eval engagements the accuracy metrics average over
+  repeat_queries: int  # those left out as re-engagements with an item of the history
   metrics: Dict[str, float]
   slices: Dict[str, Dict[str, Dict]]
   off_policy: Dict[str, Dict[str, float]]  # estimate name -> Estimate fields
@@ -418,5 +430,6 @@ def evaluate(model_dir: str, data: EvalData, vectors: Dict[str, np.ndarray],
     metrics.update({name: estimate["value"] for name, estimate in estimates.items()})
   if config.simulator_sessions:
     metrics.update(simulator_metrics(model_dir, config.simulator_sessions, config.simulator_seed))
-  return ModelReport(metrics={name: float(value) for name, value in metrics.items()},
+  return ModelReport(queries=len(data.queries), repeat_queries=data.repeat_queries,
+                     metrics={name: float(value) for name, value in metrics.items()},
                      slices=slices(data.queries, lists, config.slice_k), off_policy=estimates)

@@ -117,6 +117,7 @@ def test_metrics_of_a_known_ranking(models, data):
   assert report.metrics["category_diversity@10"] <= 1 - 20 / 45 + 1e-9
   assert 0 < report.metrics["coverage@10"] <= 1
   assert report.off_policy == {}  # no propensities logged
+  assert (report.queries, report.repeat_queries) == (N_USERS, 0)
   assert set(report.slices) == {"user", "item_category", "session_length"}
   assert report.slices["user"]["returning"]["queries"] == 200
   assert report.slices["user"]["new"]["queries"] == 100
@@ -219,3 +220,22 @@ def test_the_record_and_report_are_written(models, data, tmp_path):
   for heading in ("Metrics", "Gated metrics", "Pareto front", "Slices"):
     assert f"<h2>{heading}</h2>" in page
   assert not list(tmp_path.glob("*.partial"))
+
+
+def test_re_engagements_with_a_history_item_are_left_out_and_counted(data):
+  raw = data.queries.assign(**{features.SESSION: "s", features.TIMESTAMP: 0})
+  repeated = raw.head(5).assign(**{features.ITEM_ID: raw.head(5)[features.HISTORY].str[0]})
+  shown = pd.DataFrame({features.ITEM_ID: data.catalog, features.CATEGORY: "c0"})
+  impressions = raw.assign(**{features.POSITION: -1, features.PROPENSITY: -1.0})
+  mixed = model_evaluation.eval_data(
+      data.train_engagements.assign(**{features.CATEGORY: "c0"}),
+      pd.concat([repeated, raw], ignore_index=True), shown, impressions)
+  assert mixed.repeat_queries == 5
+  assert len(mixed.queries) == N_USERS
+  assert not any(item in history for item, history in
+                 zip(mixed.queries[features.ITEM_ID], mixed.queries[features.HISTORY]))
+  # Session length still counts the repeats: 305 engagements in session "s".
+  assert set(mixed.queries["session_length_bucket"]) == {"8+"}
+  with pytest.raises(ValueError, match="Every eval engagement is with an item of its history"):
+    model_evaluation.eval_data(data.train_engagements.assign(**{features.CATEGORY: "c0"}),
+                               repeated, shown, impressions)

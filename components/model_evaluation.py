@@ -38,7 +38,7 @@ import dataclasses
 import glob
 import os
 import re
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -51,7 +51,7 @@ from components import features
 from components import off_policy
 from components import ranking_metrics
 from components import sessions
-from serving import signature
+from serving import queries as serving_queries
 
 QUERY = "query"
 # Session length slices: upper bounds of the buckets and their names.
@@ -275,38 +275,15 @@ def item_factors(train_engagements: pd.DataFrame, catalog: np.ndarray,
   return {item: vector for item, vector in zip(items, vectors) if np.linalg.norm(vector) > 0}
 
 
-class ServingModel:
-  """A SavedModel's `serving_default`, called in batches with raw ids."""
-
-  def __init__(self, model_dir: str):
-    self._model = tf.saved_model.load(model_dir)  # keeps the signature's variables alive
-    self._serve = self._model.signatures[signature.SERVING_SIGNATURE]
-    self.model_dir = model_dir
-
-  def rank(self, users: Sequence[str], histories: Sequence[Sequence[str]]):
-    """(item ids [n, top_k] str, scores [n, top_k]) for each (user, history) pair."""
-    item_ids, scores = [], []
-    for start in range(0, len(users), _BATCH_SIZE):
-      batch_histories = [list(history) for history in histories[start:start + _BATCH_SIZE]]
-      width = max(map(len, batch_histories), default=0)
-      padded = tf.constant([history + [""] * (width - len(history))
-                            for history in batch_histories], tf.string, shape=[
-                                len(batch_histories), width])
-      outputs = self._serve(**{
-          signature.USER_ID: tf.constant(list(users[start:start + _BATCH_SIZE]), tf.string),
-          signature.HISTORY: padded})
-      item_ids.append(outputs[signature.ITEM_IDS].numpy().astype(str))
-      scores.append(outputs[signature.SCORES].numpy())
-    return np.concatenate(item_ids), np.concatenate(scores)
-
-
-def recommendation_lists(model: ServingModel, queries: pd.DataFrame, k: int) -> pd.DataFrame:
+def recommendation_lists(model: serving_queries.RankingSignature, queries: pd.DataFrame,
+                         k: int) -> pd.DataFrame:
   """Each query's top k without its history's items: query, rank (from 1), item_id."""
   item_ids, _ = model.rank(queries[features.USER_ID].tolist(),
                            queries[features.HISTORY].tolist())
   rows = []
   for query, history, items in zip(queries[QUERY], queries[features.HISTORY], item_ids):
-    unseen = [item for item in items if item not in set(history)][:k]
+    seen = set(history)
+    unseen = [item for item in items if item not in seen][:k]
     if len(unseen) < k:
       raise ValueError(f"{model.model_dir} returns {items.shape[0]} items; with the "
                        f"{len(history)} seen items removed fewer than k = {k} remain")
@@ -357,18 +334,29 @@ def slices(queries: pd.DataFrame, lists: pd.DataFrame, k: int) -> Dict[str, Dict
   return result
 
 
-def off_policy_estimates(model: ServingModel, data: EvalData,
+def off_policy_estimates(model: serving_queries.RankingSignature, data: EvalData,
                          rank_temperature: float) -> Dict[str, Dict[str, float]]:
   """IPS, SNIPS and DR of the model's softened ranking from the logged slates, with intervals.
 
   The target's logits are -rank / rank_temperature over the model's returned items and -inf
-  over the rest of the catalog, which it never shows.
+  over the rest of the catalog, which it never shows. The model ranks deterministically, so
+  each distinct (user, history) is asked once for all five estimators (each of which asks for
+  the target's probabilities of every slate, in chunks).
   """
   catalog = pd.Index(data.catalog)
+  ranked_items: Dict[Tuple[str, Tuple[str, ...]], np.ndarray] = {}  # catalog positions, or -1
+
+  def ranking(log: off_policy.SlateLog) -> np.ndarray:
+    keys = [(user, tuple(history)) for user, history in zip(log.users, log.histories)]
+    new = list(dict.fromkeys(key for key in keys if key not in ranked_items))
+    if new:
+      item_ids, _ = model.rank([user for user, _ in new], [history for _, history in new])
+      positions = catalog.get_indexer(item_ids.ravel()).reshape(item_ids.shape)
+      ranked_items.update(zip(new, positions))
+    return np.stack([ranked_items[key] for key in keys])
 
   def logits(log: off_policy.SlateLog) -> np.ndarray:
-    item_ids, _ = model.rank(list(log.users), list(log.histories))
-    items = catalog.get_indexer(item_ids.ravel()).reshape(item_ids.shape)
+    items = ranking(log)
     values = np.full((len(items), log.n_items), -np.inf)
     ranks = np.broadcast_to(np.arange(items.shape[1]), items.shape)
     known = items >= 0  # an id outside the logged catalog was never logged: it carries no weight
@@ -418,7 +406,7 @@ class ModelReport:
 def evaluate(model_dir: str, data: EvalData, vectors: Dict[str, np.ndarray],
              config: EvaluationConfig) -> ModelReport:
   """Every metric of the module docstring for one model."""
-  model = ServingModel(model_dir)
+  model = serving_queries.RankingSignature(model_dir, batch_size=_BATCH_SIZE)
   lists = recommendation_lists(model, data.queries,
                                max(list(config.ks) + list(config.list_ks) + [config.slice_k]))
   metrics = accuracy(data.queries, lists, config.ks)

@@ -9,13 +9,14 @@ numbers, with the signature's propensities, or 1.0 for a signature without them 
 ranking such as `retrieve`).
 """
 import os
+from typing import List
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from components.data import generator
 from components.data import simulator
+from serving import queries
 from serving import signature
 
 # How many of the unknown ids an error lists: enough to recognise the problem.
@@ -41,45 +42,32 @@ class SavedModelPolicy:
       n_items: The simulated world's catalog size; items are "i00000" onward. An id the model
         returns outside this catalog is an error rather than an item the simulator cannot show.
     """
-    # The loaded object owns the variables the signature reads: keep it alive with it.
-    self._model = tf.saved_model.load(os.fspath(model_dir))
-    if signature_name not in self._model.signatures:
-      raise ValueError(f"the SavedModel at {model_dir} has no signature {signature_name!r}; it "
-                       f"has {sorted(self._model.signatures.keys())}")
-    self._signature = self._model.signatures[signature_name]
-    self._signature_name = signature_name
-    self._has_propensities = signature.PROPENSITIES in self._signature.structured_outputs
+    self._signature = queries.RankingSignature(model_dir, signature_name)
     self._item_ids = generator.ids(generator.ITEM_PREFIX, np.arange(n_items))
     self._item_numbers = pd.Index(self._item_ids)
 
   def slate(self, context: simulator.SlateContext, rng: np.random.Generator) -> simulator.Slate:
     del rng  # The ranking is the model's; see the class docstring.
     outputs = self._signature(
-        **{signature.USER_ID: tf.constant(
-               generator.ids(generator.USER_PREFIX, context.users).astype(str), tf.string),
-           signature.HISTORY: tf.constant(self._history_ids(context.history), tf.string)})
-    returned = outputs[signature.ITEM_IDS].numpy()
+        generator.ids(generator.USER_PREFIX, context.users).astype(str).tolist(),
+        self._history_ids(context.history))
+    returned = outputs[signature.ITEM_IDS]
     if returned.shape[1] < context.slate_size:
-      raise ValueError(f"signature {self._signature_name!r} returned {returned.shape[1]} items "
-                       f"per user, fewer than the slate size {context.slate_size}")
+      raise ValueError(f"signature {self._signature.signature_name!r} returned "
+                       f"{returned.shape[1]} items per user, fewer than the slate size "
+                       f"{context.slate_size}")
     shown = returned[:, :context.slate_size].astype(str)
     items = self._item_numbers.get_indexer(shown.ravel()).reshape(shown.shape)
     if (items < 0).any():
       unknown = pd.unique(shown[items < 0])[:_SHOWN_UNKNOWN_IDS].tolist()
-      raise ValueError(f"signature {self._signature_name!r} returned ids outside the simulated "
-                       f"catalog of {len(self._item_ids)} items, e.g. {unknown}")
-    if self._has_propensities:
-      propensities = outputs[signature.PROPENSITIES].numpy()[:, :context.slate_size]
+      raise ValueError(f"signature {self._signature.signature_name!r} returned ids outside the "
+                       f"simulated catalog of {len(self._item_ids)} items, e.g. {unknown}")
+    if signature.PROPENSITIES in outputs:
+      propensities = outputs[signature.PROPENSITIES][:, :context.slate_size]
     else:
       propensities = np.ones(items.shape)
     return simulator.Slate(items=items, propensities=propensities.astype(np.float64))
 
-  def _history_ids(self, history: np.ndarray) -> np.ndarray:
-    """The history as item ids, oldest first and padded with '' at the end.
-
-    The simulator pads in front; serving clients (serving/client.py, serving/batch.py) and the
-    training data put the items first, so the model is queried the way it is used.
-    """
-    items_first = np.take_along_axis(
-        history, np.argsort(history == simulator.NO_ITEM, axis=1, kind="stable"), axis=1)
-    return np.where(items_first == simulator.NO_ITEM, "", self._item_ids[items_first]).astype(str)
+  def _history_ids(self, history: np.ndarray) -> List[List[str]]:
+    """The history as item ids, oldest first (the simulator pads in front with NO_ITEM)."""
+    return [self._item_ids[row[row != simulator.NO_ITEM]].astype(str).tolist() for row in history]

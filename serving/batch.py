@@ -10,13 +10,12 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from components import features
+from serving import queries
 from serving import signature
 
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score")
-_BATCH_SIZE = 256
 
 
 def engaged_items(events: pd.DataFrame) -> Dict[str, List[str]]:
@@ -37,20 +36,14 @@ def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List
   """
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
-  rank = tf.saved_model.load(os.fspath(model_dir)).signatures[signature.RANK_CATALOG_SIGNATURE]
+  model = queries.RankingSignature(model_dir, signature.RANK_CATALOG_SIGNATURE)
+  histories = [seen.get(user, [])[-history_length:] for user in users]
   frames = []
-  for start in range(0, len(users), _BATCH_SIZE):
-    batch = list(users[start:start + _BATCH_SIZE])
-    histories = [seen.get(user, [])[-history_length:] for user in batch]
-    width = max(map(len, histories), default=0)
-    padded = [history + [""] * (width - len(history)) for history in histories]
-    ranked = rank(user_id=tf.constant(batch, tf.string),
-                  history=tf.reshape(tf.constant(padded, tf.string), [len(batch), width]))
-    item_ids = ranked[signature.ITEM_IDS].numpy().astype(str)
-    scores = ranked[signature.SCORES].numpy()
-    for user, items, item_scores in zip(batch, item_ids, scores):
-      removed = set(seen.get(user, ())) if remove_seen else set()
-      frames.append(_top_unseen(user, items, item_scores, removed, k))
+  ranked = ((items, item_scores) for batch in model.rank_batches(list(users), histories)
+            for items, item_scores in zip(*batch))
+  for user, (items, item_scores) in zip(users, ranked):
+    removed = set(seen.get(user, ())) if remove_seen else set()
+    frames.append(_top_unseen(user, items, item_scores, removed, k))
   return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
       columns=list(OUTPUT_COLUMNS))
 

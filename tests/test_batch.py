@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from pipeline import cli
 from serving import batch
+from serving import queries
 from serving import signature
 from test_model import export_tiny_model
 
@@ -79,3 +80,10 @@ def test_command_line_writes_every_users_top_k(model_dir, tmp_path):
 def test_command_line_refuses_ambiguous_requests(args, message):
   result = CliRunner().invoke(cli.main, ["recommend", *args])
   assert result.exit_code != 0 and message in result.output
+
+
+def test_histories_are_padded_at_the_end_to_the_longest():
+  padded = queries.padded_histories([["i1"], [], ["i2", "i3"]])
+  assert padded.shape == (3, 2)
+  assert padded.numpy().astype(str).tolist() == [["i1", ""], ["", ""], ["i2", "i3"]]
+  assert queries.padded_histories([]).shape == (0, 0)

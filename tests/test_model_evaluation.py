@@ -12,6 +12,7 @@ from components import candidate_evaluation
 from components import features
 from components import model_evaluation
 from components import release_gate
+from serving import queries as serving_queries
 from serving import signature
 
 N_ITEMS = 1000  # random top-10s hit 1 % of the time: far below the default gate's floor
@@ -129,7 +130,7 @@ def test_seen_items_are_removed_from_the_lists(models, data):
   queries = data.queries.head(3).assign(**{features.HISTORY: [
       (_item(5), _item(6)), (_item(7),), (_item(998), _item(999))]})
   lists = model_evaluation.recommendation_lists(
-      model_evaluation.ServingModel(models["next"]), queries, 3)
+      serving_queries.RankingSignature(models["next"]), queries, 3)
   # The rule ranks from the last history item; its neighbours in the history are skipped.
   assert lists.groupby(model_evaluation.QUERY)[features.ITEM_ID].agg(list).tolist() == [
       [_item(7), _item(8), _item(9)], [_item(8), _item(9), _item(10)],
@@ -195,8 +196,14 @@ def test_logged_slates_become_an_off_policy_log(models, data):
       pd.DataFrame({features.ITEM_ID: data.catalog, features.CATEGORY: "c0"}), impressions)
   assert len(logged.impressions) == 39 * 3
   assert logged.impressions.groupby(["session", "step"]).size().eq(3).all()
-  estimates = model_evaluation.off_policy_estimates(
-      model_evaluation.ServingModel(models["next"]), logged, rank_temperature=5.0)
+  model = serving_queries.RankingSignature(models["next"])
+  asked = []
+  rank = model.rank
+  model.rank = lambda users, histories: asked.extend(users) or rank(users, histories)
+  estimates = model_evaluation.off_policy_estimates(model, logged, rank_temperature=5.0)
+  # Five estimators over three logs, but each distinct (user, history) is ranked once.
+  assert len(asked) == logged.impressions.groupby(
+      ["user", logged.impressions["history"].map(tuple)]).ngroups
   assert set(estimates) == set(model_evaluation.OFF_POLICY_METRICS)
   assert estimates["ope_ctr_snips"]["value"] == pytest.approx(1.0)
   assert estimates["ope_ctr_ips"]["n_sessions"] == 20

@@ -24,6 +24,7 @@ _MAX_PARETO_PLOTS = 3
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
+img { max-width: 100%; height: auto; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 .blessed { color: #1b5e20; } .refused { color: #b71c1c; } .fail { background: #ffebee; }

@@ -1,8 +1,10 @@
 """Thin TFX wrappers around the data and model gates; the logic lives in plain modules."""
+import json
 import logging
 import os
 from typing import List, Optional
 
+import tensorflow_transform as tft
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
 from tfx.components.schema_gen import executor as schema_gen_executor
@@ -14,9 +16,12 @@ from tfx.utils import path_utils
 
 from components import candidate_evaluation
 from components import data_validation
+from components import features
 from components import model_evaluation
 from components import release_gate
 from components import schema as schema_lib
+from serving import infra_validation
+from serving import signature
 
 # Custom properties of DriftGate's output: what it found and whether a person overrode it.
 DRIFT_DETECTED = "drift_detected"
@@ -25,6 +30,12 @@ STATISTICS_URI = "statistics_uri"  # the statistics this run was judged on
 BASELINE_STATISTICS_URI = "baseline_statistics_uri"
 # Custom property of ModelEvaluator's evaluation: whether the gate blessed the model it judged.
 BLESSED = "blessed"
+# What TFX's InfraValidator writes into an InfraBlessing (private names in its executor), with
+# the `blessed` custom property; the stock Pusher reads the property.
+INFRA_BLESSED_FILE = "INFRA_BLESSED"
+INFRA_NOT_BLESSED_FILE = "INFRA_NOT_BLESSED"
+INFRA_REPORT_FILE = "infra_validation.json"
+INFRA_REASON = "infra_validation"  # custom property: the one-line outcome
 # ModelEvaluator's verdict on a model it already blessed (a cached Trainer output).
 UNCHANGED = "unchanged: the candidate is the latest blessed model itself, already pushed"
 
@@ -179,3 +190,32 @@ def _bless(blessing, model, blessed: bool, reason: str) -> None:
     marker, value = evaluator_constants.NOT_BLESSED_FILE_NAME, evaluator_constants.NOT_BLESSED_VALUE
   io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
   blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY, value)
+
+
+@component
+def ServingInfraValidator(
+    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
+    transform_graph: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.TransformGraph],
+    blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.InfraBlessing],
+    model_name: tfx.dsl.components.Parameter[str] = signature.DEFAULT_MODEL_NAME,
+    latency_budget_ms: tfx.dsl.components.Parameter[float] = (
+        infra_validation.InfraValidationConfig.latency_budget_ms),
+) -> None:
+  """Blesses the model as servable, or not: serving/infra_validation.py loads it in an isolated
+  serving process and sends its warmup requests.
+
+  The InfraBlessing carries what TFX's InfraValidator writes (the `blessed` custom property and
+  an INFRA_BLESSED / INFRA_NOT_BLESSED marker file), so the stock Pusher reads it.
+  """
+  catalog = set(tft.TFTransformOutput(transform_graph.uri).vocabulary_by_name(features.ITEM_ID))
+  report = infra_validation.validate(
+      _serving_dir(model), {item.decode() for item in catalog}, model_name,
+      infra_validation.InfraValidationConfig(latency_budget_ms=latency_budget_ms))
+  (logging.info if report.passed else logging.warning)("Infra validation: %s", report.reason)
+  io_utils.write_string_file(os.path.join(blessing.uri, INFRA_REPORT_FILE),
+                             json.dumps(report.to_dict(), indent=2))
+  marker = INFRA_BLESSED_FILE if report.passed else INFRA_NOT_BLESSED_FILE
+  io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+  blessing.set_int_custom_property(BLESSED, int(report.passed))
+  blessing.set_string_custom_property(INFRA_REASON, report.reason)

@@ -19,6 +19,7 @@ from components import features
 from components import model as model_lib
 from components import preprocessing
 from components import ranker
+from serving import warmup
 
 MODEL_CONFIG_KEY = "model_config"
 CODE_VERSION_KEY = "code_version"
@@ -26,6 +27,10 @@ _REWARD_FIELDS = (features.CLICK, features.PURCHASE, features.REVENUE, features.
 _READ_BATCH = 1024
 # Transitions are read in file order, a user's together; this mixes users within a batch.
 _SHUFFLE_BUFFER = 50_000
+# Ids the warmup requests use: the most frequent users and items (vocabularies are by frequency).
+_WARMUP_USERS = 8
+_WARMUP_ITEMS = 10
+_MODEL_CODE_PACKAGES = ("components", "serving")
 
 
 class CatalogFeatures(NamedTuple):
@@ -36,15 +41,17 @@ class CatalogFeatures(NamedTuple):
 
 
 def code_version() -> str:
-  """Hash of this package's source, passed in custom_config so that editing it defeats the cache.
+  """Hash of the model code, passed in custom_config so that editing it defeats the cache.
 
-  Transform and Trainer name their code by module path, which TFX does not fingerprint.
+  Transform and Trainer name their code by module path, which TFX does not fingerprint. The
+  export also writes the serving contract and warmup requests (serving/), so that counts too.
   """
   digest = hashlib.sha256()
-  package_dir = pathlib.Path(__file__).resolve().parent
-  for path in sorted(package_dir.rglob("*.py")):
-    digest.update(path.relative_to(package_dir).as_posix().encode())
-    digest.update(path.read_bytes())
+  repo_root = pathlib.Path(__file__).resolve().parent.parent
+  for package in _MODEL_CODE_PACKAGES:
+    for path in sorted((repo_root / package).rglob("*.py")):
+      digest.update(path.relative_to(repo_root).as_posix().encode())
+      digest.update(path.read_bytes())
   return digest.hexdigest()[:16]
 
 
@@ -146,4 +153,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       tf_transform_output.transform_features_layer(), retrieval.query_tower, dqn.q_network,
       catalog_actions, item_ids.astype(bytes), config.top_k, config.ranker)
   export.save(module, fn_args.serving_model_dir)
+  # Replayed by TF Serving (and the local server) on load, and sent by infra validation.
+  users = tf_transform_output.vocabulary_by_name(features.USER_ID)[:_WARMUP_USERS]
+  warmup.write(fn_args.serving_model_dir, warmup.representative_requests(
+      [user.decode() for user in users], [item.decode() for item in item_ids[:_WARMUP_ITEMS]]))
   logging.info("Exported the serving model to %s", fn_args.serving_model_dir)

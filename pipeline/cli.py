@@ -134,17 +134,43 @@ def report(run_id, home, list_runs, open_report) -> None:
 
 @main.command()
 @click.option("--home", type=click.Path(file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8500, show_default=True, type=int)
-def serve(home, host, port) -> None:
-  """Serve the newest pushed model over TF Serving's gRPC API until interrupted."""
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; the default keeps the server off the network.")
+@click.option("--port", default=8500, show_default=True, type=int, help="gRPC port.")
+@click.option("--rest-port", default=8501, show_default=True, type=int,
+              help="REST API and Prometheus metrics port.")
+def serve(home, host, port, rest_port) -> None:
+  """Serve the pushed model over TF Serving's gRPC and REST APIs until interrupted."""
   config = _config(home)
-  subprocess.run(_server_command(config, host, port), check=True)
+  subprocess.run(_server_command(config, host, port) + ["--rest-port", str(rest_port)],
+                 check=True)
 
 
 def _server_command(config: configs.PipelineConfig, host: str, port: int) -> list:
   return [sys.executable, "-m", "serving.server", "--serving-root", str(config.serving_root),
           "--model-name", config.model_name, "--host", host, "--port", str(port)]
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--to", "to_version", type=int,
+              help="The version to serve (default: the one stable before the newest push).")
+@click.option("--label-delay", type=float,
+              help="Seconds between serving a version and labelling it stable; set it above TF "
+              "Serving's config poll when TF Serving reads the serving root (README).")
+def rollback(home, to_version, label_delay) -> None:
+  """Label an earlier pushed version stable; servers switch to it at their next poll."""
+  from serving import model_config
+  from serving import push
+
+  config = _config(home, serving_label_delay_seconds=label_delay)
+  try:
+    version = push.rollback(config.serving_root, config.model_name, to_version,
+                            config.serving_label_delay_seconds)
+  except push.PushError as error:
+    raise UsageError(str(error)) from error
+  click.echo(f"Version {version} of {config.model_name!r} is now stable in "
+             f"{config.serving_root / model_config.MODEL_CONFIG_FILE}")
 
 
 def _print_recommendations(user: str, history: Sequence[str], recommendations) -> None:

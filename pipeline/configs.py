@@ -11,6 +11,8 @@ from components import release_gate
 from components.model import ModelConfig
 from components.sessions import SessionConfig
 from serving import signature
+from serving.infra_validation import InfraValidationConfig
+from serving.push import DEFAULT_VERSIONS_KEPT
 
 # Where runs keep their state unless told otherwise: $RECSYS_HOME, else ./.recsys.
 DEFAULT_HOME = pathlib.Path(os.environ.get("RECSYS_HOME", ".recsys")).resolve()
@@ -34,6 +36,17 @@ class PipelineConfig:
   simulator_sessions: int = 1000
   # Earlier blessed models the evaluation report plots next to the candidate.
   report_past_models: int = 10
+  # Infra validation (serving/infra_validation.py): the p99 latency a single-user request may
+  # take in the isolated serving process before the model is refused as unservable.
+  serving_latency_budget_ms: float = InfraValidationConfig.latency_budget_ms
+  # Versions kept in the serving root after a push (serving/push.py): the new one and those
+  # `recsys rollback` can return to.
+  serving_versions_kept: int = DEFAULT_VERSIONS_KEPT
+  # Seconds between serving a new version beside the stable one and labelling it stable. The
+  # local server needs none; stock TF Serving only moves a label to a version it has loaded, so
+  # when it reads the serving root set this above its config poll (30 s in serving/Dockerfile)
+  # (serving/push.py, `_move_label`).
+  serving_label_delay_seconds: float = 0.0
   enable_cache: bool = True
   # Beam runs in-process by default; `recsys run --beam-arg` passes others, e.g. multi-process
   # or Flink/Spark/Dataflow (README).

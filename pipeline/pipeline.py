@@ -9,6 +9,7 @@ from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
 from components import gates
+from components import pusher as pusher_lib
 from components import release_gate
 from components import schema as schema_lib
 from components import trainer
@@ -99,19 +100,31 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       # The YAML itself, not its path: the cache then knows when the gate changed.
       gate_config=release_gate.GateConfig.load(config.gate_config).to_yaml(),
       simulator_sessions=config.simulator_sessions)
+  infra_validator = gates.ServingInfraValidator(
+      model=model_trainer.outputs["model"],
+      transform_graph=transform.outputs["transform_graph"],
+      model_name=config.model_name,
+      latency_budget_ms=config.serving_latency_budget_ms)
+  # The stock Pusher pushes only with both blessings; its executor is swapped for an atomic,
+  # versioned, labelled push (components/pusher.py).
   pusher = tfx.components.Pusher(
       model=model_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
+      infra_blessing=infra_validator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=str(config.model_base_path))))
+              base_directory=str(config.model_base_path))),
+      custom_config={pusher_lib.VERSIONS_KEPT_KEY: config.serving_versions_kept,
+                     pusher_lib.LABEL_DELAY_KEY: config.serving_label_delay_seconds},
+      custom_executor_spec=pusher_lib.EXECUTOR_SPEC)
 
   return tfx_pipeline.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=str(config.pipeline_root),
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
                   accepted_runs, drift_gate, session_builder, transitions_schema, transform,
-                  model_trainer, latest_blessed_model, past_evaluations, evaluator, pusher],
+                  model_trainer, latest_blessed_model, past_evaluations, evaluator, infra_validator,
+                  pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

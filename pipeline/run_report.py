@@ -11,17 +11,22 @@ from tfx.components.evaluator import constants as evaluator_constants
 from components import candidate_evaluation
 from components import gates
 from pipeline.configs import PipelineConfig
+from serving import model_config
+from serving import push
 
 _EVALUATOR_ID = "ModelEvaluator"
 
 
 def pushed_versions(config: PipelineConfig) -> Set[str]:
-  """Complete versions under the model's serving path (the Pusher writes saved_model.pb last)."""
-  base = pathlib.Path(config.model_base_path)
-  if not base.is_dir():
-    return set()
-  return {path.parent.name for path in base.glob("*/saved_model.pb")
-          if path.parent.name.isdigit()}
+  """The versions under the model's serving path (serving/push.py)."""
+  return {str(version) for version in push.versions(config.model_base_path)}
+
+
+def stable_version(config: PipelineConfig) -> Optional[str]:
+  """The version labelled stable in the serving root's models.config, if any."""
+  version = model_config.read_labels(config.serving_root, config.model_name).get(
+      model_config.STABLE)
+  return None if version is None else str(version)
 
 
 def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
@@ -29,18 +34,34 @@ def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
       tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
 
 
-def latest_blessing(config: PipelineConfig) -> Tuple[bool, str]:
-  """Whether the newest ModelBlessing in ML Metadata blessed its model, and why."""
-  store = _store(config)
-  blessings = store.get_artifacts_by_type(tfx.types.standard_artifacts.ModelBlessing.TYPE_NAME)
-  if not blessings:
-    return False, "no model was evaluated"
-  newest = max(blessings, key=lambda artifact: artifact.id)
+def _newest_verdict(config: PipelineConfig, artifact_type, reason_key: str,
+                    none_found: str) -> Tuple[bool, str]:
+  """(blessed, reason) of the newest artifact of a blessing type in ML Metadata.
+
+  ModelBlessing and InfraBlessing both record the verdict as the int custom property
+  `blessed` (1 when blessed), each with its own reason property.
+  """
+  artifacts = _store(config).get_artifacts_by_type(artifact_type.TYPE_NAME)
+  if not artifacts:
+    return False, none_found
+  newest = max(artifacts, key=lambda artifact: artifact.id)
   blessed = newest.custom_properties.get(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY)
-  message = newest.custom_properties.get(
-      evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY)
+  reason = newest.custom_properties.get(reason_key)
   return (bool(blessed and blessed.int_value == evaluator_constants.BLESSED_VALUE),
-          message.string_value if message else "no reason recorded")
+          reason.string_value if reason else "no reason recorded")
+
+
+def latest_blessing(config: PipelineConfig) -> Tuple[bool, str]:
+  """Whether the newest ModelBlessing blessed its model, and the release gate's reason."""
+  return _newest_verdict(config, tfx.types.standard_artifacts.ModelBlessing,
+                         evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY,
+                         "no model was evaluated")
+
+
+def latest_infra_validation(config: PipelineConfig) -> Tuple[bool, str]:
+  """Whether the newest InfraBlessing found its model servable, and the one-line outcome."""
+  return _newest_verdict(config, tfx.types.standard_artifacts.InfraBlessing, gates.INFRA_REASON,
+                         "no model was infra-validated")
 
 
 def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
@@ -50,15 +71,18 @@ def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
   if new_versions:
     return (f"Model blessed ({reason}); pushed version {new_versions[-1]} "
             f"to {config.model_base_path / new_versions[-1]}")
-  # No new version of a blessed model means the Pusher's inputs were unchanged and TFX reused
-  # its earlier execution from the cache; the evaluator itself says when the model is unchanged.
-  if blessed or reason == gates.UNCHANGED:
+  servable, infra_reason = latest_infra_validation(config)
+  # No new version of a blessed, servable model means the Pusher's inputs were unchanged and TFX
+  # reused its earlier execution from the cache; the evaluator says when the model is unchanged.
+  if reason == gates.UNCHANGED or (blessed and servable):
     outcome = f"Inputs unchanged since the last run, nothing new to push ({reason})"
+  elif blessed:
+    outcome = f"Model blessed ({reason}) but not servable: {infra_reason}"
   else:
     outcome = f"Model not blessed ({reason})"
-  if versions:
-    newest = max(versions, key=int)
-    return f"{outcome}; version {newest} keeps serving from {config.model_base_path / newest}"
+  serving = stable_version(config) or (max(versions, key=int) if versions else None)
+  if serving:
+    return f"{outcome}; version {serving} keeps serving from {config.model_base_path / serving}"
   return f"{outcome}; no model is pushed yet"
 
 

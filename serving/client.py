@@ -8,16 +8,17 @@ It speaks only TF Serving's own API through the official stubs, so pointing it a
     for recommendation in client.recommend("u00042", history=["i00007", "i00013"], k=10):
       print(recommendation.item_id, recommendation.score)
 """
+import json
 import time
-from typing import List, NamedTuple, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import grpc
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
-from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from serving import queries
 from serving import signature
 
 # Status codes that mean "not yet" while a server starts: UNAVAILABLE until it listens,
@@ -27,6 +28,16 @@ _STARTING_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
 _AVAILABLE = get_model_status_pb2.ModelVersionStatus.State.Name(
     get_model_status_pb2.ModelVersionStatus.AVAILABLE)
 _POLL_INTERVAL_SECONDS = 0.25
+# gRPC's own retries (https://github.com/grpc/proposal/blob/master/A6-client-retries.md): only
+# UNAVAILABLE is retried, since the request never reached a model (server restarting, connection
+# reset); any other code is an answer. Backoff is exponential with jitter, and every attempt
+# counts against the call's one deadline, so retries never make a call outlast its timeout.
+RETRY_POLICY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "tensorflow.serving.PredictionService"},
+             {"service": "tensorflow.serving.ModelService"}],
+    "retryPolicy": RETRY_POLICY}]})
 
 
 class Recommendation(NamedTuple):
@@ -42,16 +53,22 @@ class ModelStatus(NamedTuple):
 class RecommenderClient:
   """Top-k recommendations over TF Serving's gRPC API; use as a context manager or `close()` it.
 
-  Every RPC has `timeout` seconds. gRPC failures propagate as `grpc.RpcError` with TF Serving's
-  status code (e.g. NOT_FOUND for an unknown model), so callers can tell them apart.
+  Every RPC has `timeout` seconds, retries included (`RETRY_POLICY`: UNAVAILABLE only). gRPC
+  failures propagate as `grpc.RpcError` with TF Serving's status code (e.g. NOT_FOUND for an
+  unknown model), so callers can tell them apart. `version_label` (e.g. 'stable', 'canary')
+  asks for the version the server's model config labels so; without it the server answers
+  with the newest version it serves.
   """
 
   def __init__(self, target: str = "127.0.0.1:8500",
-               model_name: str = signature.DEFAULT_MODEL_NAME, timeout: float = 10.0):
+               model_name: str = signature.DEFAULT_MODEL_NAME, timeout: float = 10.0,
+               version_label: Optional[str] = None):
     self.target = target
     self.model_name = model_name
     self.timeout = timeout
-    self._channel = grpc.insecure_channel(target)
+    self.version_label = version_label
+    self._channel = grpc.insecure_channel(target, options=[
+        ("grpc.enable_retries", 1), ("grpc.service_config", _SERVICE_CONFIG)])
     self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
     self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -62,22 +79,18 @@ class RecommenderClient:
 
   def recommend_batch(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]],
                       k: int = 10) -> List[List[Recommendation]]:
-    """The best `k` items for each user, in one request; histories may differ in length."""
+    """The best `k` items for each user, in one request; histories may differ in length.
+
+    Only the most recent `signature.HISTORY_WIDTH` items of each history are sent.
+    """
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
-    if len(user_ids) != len(histories):
-      raise ValueError(f"got {len(user_ids)} user ids but {len(histories)} histories")
-    # The signature takes a dense [batch, history_len] matrix, padded with ''.
-    history_len = max((len(history) for history in histories), default=0)
-    padded = [list(history) + [""] * (history_len - len(history)) for history in histories]
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = self.model_name
-    request.model_spec.signature_name = signature.SERVING_SIGNATURE
-    request.inputs[signature.USER_ID].CopyFrom(
-        tf.make_tensor_proto(list(user_ids), dtype=tf.string, shape=[len(user_ids)]))
-    request.inputs[signature.HISTORY].CopyFrom(
-        tf.make_tensor_proto(padded, dtype=tf.string, shape=[len(histories), history_len]))
+    # The most recent items at a fixed width: what the model reads, in a shape TF Serving batches.
+    request = queries.predict_request(
+        user_ids, [list(history)[-signature.HISTORY_WIDTH:] for history in histories],
+        self.model_name, history_width=signature.HISTORY_WIDTH)
+    if self.version_label:
+      request.model_spec.version_label = self.version_label
     request.output_filter.extend([signature.ITEM_IDS, signature.SCORES])
     response = self._predictions.Predict(request, timeout=self.timeout)
 

@@ -1,4 +1,4 @@
-"""Calling an exported ranking signature for many (user, history) queries at once.
+"""Queries to the ranking signatures: many (user, history) pairs at once, in process or over gRPC.
 
 Offline users of a SavedModel (batch recommendations, evaluation) ask the same questions as the
 online service, many at a time. This module is the one place that turns Python ids into the
@@ -6,10 +6,11 @@ signature's [batch] user and [batch, width] history tensors: histories are oldes
 padded with '' at the end, as serving clients send them and the model was trained on.
 """
 import os
-from typing import Dict, Iterator, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 
 from serving import signature
 
@@ -18,12 +19,41 @@ from serving import signature
 DEFAULT_BATCH_SIZE = 256
 
 
-def padded_histories(histories: Sequence[Sequence[str]]) -> tf.Tensor:
-  """[len(histories), longest] string tensor, each history padded with '' at the end."""
+def padded_histories(histories: Sequence[Sequence[str]],
+                     width: Optional[int] = None) -> tf.Tensor:
+  """[len(histories), width] string tensor, each history padded with '' at the end.
+
+  `width` defaults to the longest history's length; a history longer than `width` is an error.
+  """
   lists = [list(history) for history in histories]
-  width = max(map(len, lists), default=0)
+  longest = max(map(len, lists), default=0)
+  if width is None:
+    width = longest
+  elif longest > width:
+    raise ValueError(f"a history of {longest} items does not fit the width {width}")
   return tf.constant([history + [""] * (width - len(history)) for history in lists], tf.string,
                      shape=[len(lists), width])
+
+
+def predict_request(user_ids: Sequence[str], histories: Sequence[Sequence[str]],
+                    model_name: str = signature.DEFAULT_MODEL_NAME,
+                    signature_name: str = signature.SERVING_SIGNATURE,
+                    history_width: Optional[int] = None) -> predict_pb2.PredictRequest:
+  """The same queries as one TF Serving Predict request, as clients send them over gRPC.
+
+  Online clients pass `history_width` (signature.HISTORY_WIDTH): TF Serving's batching merges
+  concurrent requests only if their inputs have the same shape beyond the batch dimension.
+  """
+  if len(user_ids) != len(histories):
+    raise ValueError(f"got {len(user_ids)} user ids but {len(histories)} histories")
+  request = predict_pb2.PredictRequest()
+  request.model_spec.name = model_name
+  request.model_spec.signature_name = signature_name
+  request.inputs[signature.USER_ID].CopyFrom(
+      tf.make_tensor_proto(list(user_ids), dtype=tf.string, shape=[len(user_ids)]))
+  request.inputs[signature.HISTORY].CopyFrom(
+      tf.make_tensor_proto(padded_histories(histories, history_width)))
+  return request
 
 
 class RankingSignature:

@@ -5,6 +5,9 @@ local server and a stock `tensorflow/serving` container.
 """
 
 DEFAULT_MODEL_NAME = "recommender"
+# Written last into a version directory by TF Serving's convention; its presence marks a version
+# whose copy is complete (our pushes rename whole directories, so it always is).
+SAVED_MODEL_PB = "saved_model.pb"
 # Retrieve the top candidates with the two-tower model, rerank them by the DQN head's Q-values.
 SERVING_SIGNATURE = "serving_default"
 # The two-tower model's own top-k, without reranking: the baseline the reranker is compared with.
@@ -16,6 +19,10 @@ RANK_CATALOG_SIGNATURE = "rank_catalog"
 # Inputs.
 USER_ID = "user_id"  # string [batch]
 HISTORY = "history"  # string [batch, history_len]; '' pads, history_len may be 0
+# The history width online clients send: the most recent items, padded with '' to this width, so
+# that TF Serving can batch concurrent requests (serving/batching_parameters.txt). The model reads
+# the most recent components.features.HISTORY_LENGTH items; tests keep the two equal.
+HISTORY_WIDTH = 10
 
 # Outputs.
 ITEM_IDS = "item_ids"  # string [batch, top_k] (rank_catalog: [batch, catalog]), best first

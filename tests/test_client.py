@@ -1,9 +1,14 @@
 """RecommenderClient against the real local server, serving the tiny model of test_server.py."""
+import contextlib
 import pathlib
+from concurrent import futures
 from typing import Iterator
 
 import grpc
 import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client as client_lib
 from serving import signature
@@ -74,3 +79,60 @@ def test_wait_until_available_times_out_while_no_version_is_served(tmp_path: pat
       target, timeout=RPC_TIMEOUT) as client:
     with pytest.raises(TimeoutError, match="NOT_FOUND"):
       client.wait_until_available(timeout=0.5)
+
+
+class _FlakyPredictions(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """Fails the first `failures` Predict calls with `code`, then answers one item."""
+
+  def __init__(self, failures: int, code: grpc.StatusCode):
+    self.calls = 0
+    self._failures = failures
+    self._code = code
+
+  def Predict(self, request, context):
+    self.calls += 1
+    if self.calls <= self._failures:
+      context.abort(self._code, f"failure {self.calls}")
+    response = predict_pb2.PredictResponse()
+    response.outputs[signature.ITEM_IDS].CopyFrom(tf.make_tensor_proto([["i1"]]))
+    response.outputs[signature.SCORES].CopyFrom(tf.make_tensor_proto([[0.5]], dtype=tf.float32))
+    return response
+
+
+@contextlib.contextmanager
+def _fake_server(servicer) -> Iterator[str]:
+  server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, server)
+  port = server.add_insecure_port("127.0.0.1:0")
+  server.start()
+  try:
+    yield f"127.0.0.1:{port}"
+  finally:
+    server.stop(grace=None)
+
+
+def test_unavailable_is_retried_with_backoff():
+  servicer = _FlakyPredictions(failures=2, code=grpc.StatusCode.UNAVAILABLE)
+  with _fake_server(servicer) as target, client_lib.RecommenderClient(target) as client:
+    assert client.recommend("u", k=1) == [client_lib.Recommendation("i1", 0.5)]
+  assert servicer.calls == 3
+
+
+def test_retries_stop_after_the_policy_s_attempts():
+  servicer = _FlakyPredictions(failures=100, code=grpc.StatusCode.UNAVAILABLE)
+  with _fake_server(servicer) as target, client_lib.RecommenderClient(target) as client:
+    with pytest.raises(grpc.RpcError) as error:
+      client.recommend("u", k=1)
+  assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+  assert servicer.calls == client_lib.RETRY_POLICY["maxAttempts"]
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED])
+def test_other_failures_are_not_retried(code):
+  servicer = _FlakyPredictions(failures=1, code=code)
+  with _fake_server(servicer) as target, client_lib.RecommenderClient(target) as client:
+    with pytest.raises(grpc.RpcError) as error:
+      client.recommend("u", k=1)
+  assert error.value.code() == code
+  assert servicer.calls == 1

@@ -19,7 +19,9 @@ from components import release_gate
 from components.data import generator
 from pipeline import cli
 from serving import client as client_lib
+from serving import model_config
 from serving import server as server_lib
+from serving import warmup
 
 pytestmark = pytest.mark.e2e
 REPORT_ONLY = ("--gate-config", str(release_gate.REPORT_ONLY_GATE_CONFIG))
@@ -50,21 +52,27 @@ def test_run_pushes_a_versioned_saved_model(trained):
   versions = _versions(home)
   assert len(versions) == 1 and versions[0].isdigit()
   assert f"pushed version {versions[0]}" in output
+  # Labelled stable for TF Serving, with the warmup requests infra validation sent.
+  assert model_config.read(home / "serving", "recommender") == (
+      [int(versions[0])], {model_config.STABLE: int(versions[0])})
+  assert len(warmup.read(home / "serving" / "recommender" / versions[0])) == 3
 
 
 def test_pushed_model_answers_over_grpc(trained):
   home, dataset, _, _ = trained
   catalog = set(pd.read_csv(dataset.items, dtype=str)["item_id"])
   user = pd.read_csv(dataset.interactions, dtype=str)["user_id"].iloc[-1]
-  server, port = server_lib.build_server(home / "serving", port=0)
+  server = server_lib.build_server(home / "serving", port=0)
   server.start()
   try:
-    with client_lib.RecommenderClient(f"127.0.0.1:{port}", timeout=30) as client:
+    with client_lib.RecommenderClient(f"127.0.0.1:{server.port}", timeout=30) as client:
       recommendations = client.recommend(user, history=[], k=10)
+      # A user the model never saw, with no history: the cold-start path still answers.
+      cold_start = client.recommend("never-seen-user", history=[], k=10)
   finally:
     server.stop(grace=None)
-  assert len(recommendations) == 10
-  assert {r.item_id for r in recommendations} <= catalog
+  assert len(recommendations) == 10 and len(cold_start) == 10
+  assert {r.item_id for r in recommendations + cold_start} <= catalog
   scores = [r.score for r in recommendations]
   assert scores == sorted(scores, reverse=True)
 

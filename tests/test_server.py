@@ -22,6 +22,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.apis import regression_pb2
 
+from serving import handlers
 from serving import server as server_lib
 from serving import signature
 
@@ -40,8 +41,13 @@ class TinyRecommender(tf.Module):
   """The serving contract over a fixed catalog, with answers a test can work out by hand.
 
   Each user's ranking is the catalog rotated by len(user_id) plus the number of items in their
-  history ('' is padding), scored 0, -1, -2, ...; see `expected_recommendations`.
+  history ('' is padding) plus `offset`, scored 0, -1, -2, ...; see `expected_recommendations`.
+  Models with different offsets answer differently, so a test can tell versions apart.
   """
+
+  def __init__(self, offset: int = 0):
+    super().__init__()
+    self.offset = offset
 
   @tf.function(input_signature=[
       tf.TensorSpec([None], tf.string, name=signature.USER_ID),
@@ -52,7 +58,7 @@ class TinyRecommender(tf.Module):
     tf.debugging.assert_equal(tf.shape(user_id)[0], tf.shape(history)[0],
                               message="user_id and history differ in batch size")
     history_len = tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int32), axis=1)
-    shift = tf.strings.length(user_id) + history_len
+    shift = tf.strings.length(user_id) + history_len + self.offset
     ranks = tf.math.floormod(tf.range(len(CATALOG))[tf.newaxis, :] - shift[:, tf.newaxis],
                              len(CATALOG))
     scores, indices = tf.math.top_k(tf.cast(-ranks, tf.float32), k=TOP_K)
@@ -60,13 +66,14 @@ class TinyRecommender(tf.Module):
             signature.SCORES: scores}
 
 
-def expected_recommendations(user_id: str, history: Sequence[str]) -> List[Tuple[str, float]]:
-  shift = len(user_id) + sum(1 for item in history if item)
+def expected_recommendations(user_id: str, history: Sequence[str],
+                             offset: int = 0) -> List[Tuple[str, float]]:
+  shift = len(user_id) + sum(1 for item in history if item) + offset
   return [(CATALOG[(shift + rank) % len(CATALOG)], -float(rank)) for rank in range(TOP_K)]
 
 
-def save_model(version_dir: pathlib.Path) -> None:
-  module = TinyRecommender()
+def save_model(version_dir: pathlib.Path, offset: int = 0) -> None:
+  module = TinyRecommender(offset)
   tf.saved_model.save(module, str(version_dir), signatures={
       signature.SERVING_SIGNATURE: module.serve.get_concrete_function()})
 
@@ -74,10 +81,10 @@ def save_model(version_dir: pathlib.Path) -> None:
 @contextlib.contextmanager
 def running_server(serving_root: pathlib.Path) -> Iterator[str]:
   """The real server, in-process on a free loopback port; yields its target."""
-  server, port = server_lib.build_server(serving_root, port=0, max_workers=4)
+  server = server_lib.build_server(serving_root, port=0, max_workers=4)
   server.start()
   try:
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{server.port}"
   finally:
     server.stop(grace=None)
 
@@ -100,7 +107,7 @@ def status_request(name: str = MODEL, version: Optional[int] = None):
   return request
 
 
-def metadata_request(metadata_field: Sequence[str] = (server_lib.SIGNATURE_DEF_FIELD,)):
+def metadata_request(metadata_field: Sequence[str] = (handlers.SIGNATURE_DEF_FIELD,)):
   return get_model_metadata_pb2.GetModelMetadataRequest(
       model_spec=model_pb2.ModelSpec(name=MODEL), metadata_field=metadata_field)
 
@@ -216,7 +223,7 @@ def test_get_model_metadata_returns_the_signature_defs(predictions):
   assert response.model_spec.name == MODEL
   assert response.model_spec.version.value == 1
   signature_defs = get_model_metadata_pb2.SignatureDefMap()
-  assert response.metadata[server_lib.SIGNATURE_DEF_FIELD].Unpack(signature_defs)
+  assert response.metadata[handlers.SIGNATURE_DEF_FIELD].Unpack(signature_defs)
   serving_default = signature_defs.signature_def[signature.SERVING_SIGNATURE]
   assert set(serving_default.inputs) == {signature.USER_ID, signature.HISTORY}
   assert set(serving_default.outputs) == {signature.ITEM_IDS, signature.SCORES}
@@ -251,7 +258,7 @@ def test_serves_the_newest_complete_version(serving_root, tmp_path):
   for name in ["1", "2", "3", ".4-incoming"]:
     shutil.copytree(serving_root / MODEL / "1", model_dir / name)
   # The Pusher is still copying version 3, and '.4-incoming' is not a version at all.
-  (model_dir / "3" / server_lib.SAVED_MODEL_PB).unlink()
+  (model_dir / "3" / signature.SAVED_MODEL_PB).unlink()
 
   with running_server(tmp_path) as target, grpc.insecure_channel(target) as channel:
     predictions = prediction_service_pb2_grpc.PredictionServiceStub(channel)

@@ -1,0 +1,247 @@
+"""TF Serving's request semantics, independent of the protocol that carried the request.
+
+The gRPC servicers (serving/server.py) and the REST endpoint (serving/rest.py) both turn their
+requests into tensorflow-serving-api protos and call these functions, so they validate, route and
+answer identically, with the status codes and messages TF Serving uses.
+"""
+import dataclasses
+from typing import Dict, List, Optional
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_pb2
+from tensorflow_serving.apis import predict_pb2
+
+from serving import registry as registry_lib
+from serving import signature
+
+# The only GetModelMetadata field TF Serving knows for SavedModels.
+SIGNATURE_DEF_FIELD = "signature_def"
+# TensorFlow's status codes are gRPC's, number for number; TF Serving passes a model's error
+# code through to the client, and so do we.
+GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class ServingError(Exception):
+  """A request the server refuses, with the gRPC status code TF Serving answers it with."""
+
+  def __init__(self, code: grpc.StatusCode, message: str):
+    super().__init__(message)
+    self.code = code
+    self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+  """Bounds on one Predict request, so that no request can take the server down.
+
+  The model would answer larger requests, slowly and with memory proportional to batch × catalog
+  for rank_catalog; beyond these a request is a client bug or abuse and gets INVALID_ARGUMENT.
+  """
+  # TF Serving's limit with serving/batching_parameters.txt (max_batch_size): the same client
+  # requests then work against both servers.
+  max_batch_size: int = 64
+  max_history_length: int = 200
+  max_id_bytes: int = 256  # the longest user or item id accepted
+
+
+def _model_spec(request) -> model_pb2.ModelSpec:
+  if not request.HasField("model_spec"):
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+  return request.model_spec
+
+
+def find_servable(registry: registry_lib.ModelRegistry, request) -> registry_lib.Servable:
+  """The servable a request's model_spec names (version, label or newest), else NOT_FOUND."""
+  spec = _model_spec(request)
+  snapshot = registry.snapshot()
+  choice = spec.WhichOneof("version_choice")
+  if spec.name != registry.model_name:
+    servable = None
+  elif choice == "version_label":
+    if spec.version_label not in snapshot.labels:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Unrecognized servable version label: {spec.version_label}")
+    servable = snapshot.servables[snapshot.labels[spec.version_label]]
+  elif choice == "version":
+    servable = snapshot.servables.get(spec.version.value)
+  else:
+    servable = snapshot.latest()
+  if servable is None:
+    servable_request = (f"Specific({spec.name}, {spec.version.value})" if choice == "version"
+                        else f"Latest({spec.name})")
+    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                       f"Servable not found for request: {servable_request}")
+  return servable
+
+
+def _dtype_name(dtype: int) -> str:
+  return (types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values()
+          else f"unknown dtype {dtype}")
+
+
+def _check_input(key: str, tensor: tensor_pb2.TensorProto, expected: meta_graph_pb2.TensorInfo,
+                 signature_name: str) -> None:
+  """Rejects an input whose dtype or shape the signature cannot take, naming both."""
+  if tensor.dtype != expected.dtype:
+    raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"input '{key}' has dtype {_dtype_name(tensor.dtype)}, but signature "
+        f"'{signature_name}' expects {_dtype_name(expected.dtype)}")
+  shape, expected_shape = tf.TensorShape(tensor.tensor_shape), tf.TensorShape(expected.tensor_shape)
+  if not shape.is_compatible_with(expected_shape):
+    raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"input '{key}' has shape {shape} (rank {shape.rank}), but signature '{signature_name}' "
+        f"expects shape {expected_shape} (rank {expected_shape.rank})")
+
+
+def _check_limits(key: str, shape: tf.TensorShape, array, limits: RequestLimits) -> None:
+  if shape.rank and shape[0] > limits.max_batch_size:
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{key}' has a batch of {shape[0]}, more than the "
+                       f"{limits.max_batch_size} this server accepts in one request")
+  if key == signature.HISTORY and shape.rank == 2 and shape[1] > limits.max_history_length:
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"input '{key}' has {shape[1]} items per user, more than the "
+                       f"{limits.max_history_length} this server accepts")
+  if array.dtype == object and array.size:
+    longest = max(map(len, array.ravel()))
+    if longest > limits.max_id_bytes:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"input '{key}' holds a string of {longest} bytes; ids are at most "
+                         f"{limits.max_id_bytes} bytes")
+
+
+def _to_tensors(request: predict_pb2.PredictRequest, signature_def: meta_graph_pb2.SignatureDef,
+                signature_name: str, limits: RequestLimits) -> Dict[str, tf.Tensor]:
+  """The request's inputs as tensors, after checking them against the signature and limits."""
+  missing = sorted(set(signature_def.inputs) - set(request.inputs))
+  extra = sorted(set(request.inputs) - set(signature_def.inputs))
+  if missing or extra:
+    raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"inputs do not match signature '{signature_name}', which takes "
+        f"{sorted(signature_def.inputs)}: missing {missing}, unexpected {extra}")
+  tensors = {}
+  for key, tensor in request.inputs.items():
+    _check_input(key, tensor, signature_def.inputs[key], signature_name)
+    try:
+      array = tf.make_ndarray(tensor)
+    except (ValueError, TypeError) as error:  # e.g. fewer values than its shape needs
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"input '{key}' is not a valid TensorProto: {error}") from error
+    _check_limits(key, tf.TensorShape(tensor.tensor_shape), array, limits)
+    tensors[key] = tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(tensor.dtype))
+  return tensors
+
+
+def _output_keys(request: predict_pb2.PredictRequest, signature_def: meta_graph_pb2.SignatureDef,
+                 signature_name: str) -> List[str]:
+  """The outputs to return: those in output_filter, or all of them when it is empty."""
+  for key in request.output_filter:
+    if key not in signature_def.outputs:
+      raise ServingError(
+          grpc.StatusCode.INVALID_ARGUMENT,
+          f"output_filter names '{key}', which signature '{signature_name}' does not output; "
+          f"its outputs are {sorted(signature_def.outputs)}")
+  if len(set(request.output_filter)) != len(request.output_filter):
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"output_filter names an output twice: {list(request.output_filter)}")
+  return list(request.output_filter) or list(signature_def.outputs)
+
+
+def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRequest,
+                 limits: RequestLimits = RequestLimits()) -> predict_pb2.PredictResponse:
+  """Runs a Predict request on one servable (also how warmup requests are replayed)."""
+  signature_name = request.model_spec.signature_name or signature.SERVING_SIGNATURE
+  # `model.signatures` holds the callable signatures; the SignatureDef map also lists
+  # internal ones such as '__saved_model_init_op', which cannot be called.
+  if signature_name not in servable.model.signatures:
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f'Serving signature key "{signature_name}" not found.')
+  signature_def = servable.signature_defs[signature_name]
+  inputs = _to_tensors(request, signature_def, signature_name, limits)
+  output_keys = _output_keys(request, signature_def, signature_name)
+  try:
+    outputs = servable.model.signatures[signature_name](**inputs)
+  except tf.errors.OpError as error:
+    # Raised by the model itself, e.g. an InvalidArgumentError from an assertion on the inputs.
+    raise ServingError(GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL),
+                       error.message) from error
+  response = predict_pb2.PredictResponse()
+  response.model_spec.name = servable.name
+  response.model_spec.version.value = servable.version
+  response.model_spec.signature_name = signature_name
+  for key in output_keys:
+    response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+  return response
+
+
+def predict(registry: registry_lib.ModelRegistry, request: predict_pb2.PredictRequest,
+            limits: RequestLimits) -> predict_pb2.PredictResponse:
+  return predict_with(find_servable(registry, request), request, limits)
+
+
+def model_metadata(registry: registry_lib.ModelRegistry,
+                   request: get_model_metadata_pb2.GetModelMetadataRequest
+                   ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+  servable = find_servable(registry, request)
+  if not request.metadata_field:
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "GetModelMetadataRequest must specify at least one metadata_field")
+  for field in request.metadata_field:
+    if field != SIGNATURE_DEF_FIELD:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Metadata field {field} is not supported")
+  signature_def_map = get_model_metadata_pb2.SignatureDefMap()
+  for name, signature_def in servable.signature_defs.items():
+    signature_def_map.signature_def[name].CopyFrom(signature_def)
+  response = get_model_metadata_pb2.GetModelMetadataResponse()
+  response.model_spec.name = servable.name
+  response.model_spec.version.value = servable.version
+  response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_def_map)
+  return response
+
+
+def model_status(registry: registry_lib.ModelRegistry,
+                 request: get_model_status_pb2.GetModelStatusRequest
+                 ) -> get_model_status_pb2.GetModelStatusResponse:
+  """Every version the server knows: AVAILABLE when served, END with the error when it failed."""
+  spec = _model_spec(request)
+  snapshot = registry.snapshot()
+  statuses = {version: None for version in snapshot.servables}
+  statuses.update(snapshot.failures)
+  choice = spec.WhichOneof("version_choice")
+  wanted: Optional[int] = None
+  if choice == "version":
+    wanted = spec.version.value
+  elif choice == "version_label":
+    if spec.version_label not in snapshot.labels:
+      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"Unrecognized servable version label: {spec.version_label}")
+    wanted = snapshot.labels[spec.version_label]
+  if spec.name != registry.model_name or not statuses:
+    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                       f"Could not find any versions of model {spec.name}")
+  if wanted is not None and wanted not in statuses:
+    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                       f"Could not find version {wanted} of model {spec.name}")
+  response = get_model_status_pb2.GetModelStatusResponse()
+  for version in sorted(statuses, reverse=True):
+    if wanted is not None and version != wanted:
+      continue
+    status = response.model_version_status.add(version=version)
+    if statuses[version] is None:
+      status.state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+      status.status.SetInParent()  # error_code OK, as TF Serving reports a loaded version
+    else:
+      status.state = get_model_status_pb2.ModelVersionStatus.END
+      status.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+      status.status.error_message = statuses[version]
+  return response

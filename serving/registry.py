@@ -1,0 +1,172 @@
+"""The versions a server serves, loaded in the background and swapped in whole.
+
+What to serve comes from the serving root (serving/push.py writes it): the versions listed in
+models.config with their labels, or without that file the newest complete version, as TF Serving's `latest`
+policy. `ModelRegistry.refresh` loads what is wanted and not yet loaded, replays the model's
+warmup requests, and only then publishes a new immutable `Snapshot`; requests read one snapshot
+each, so a swap never fails a request in flight. A version that fails to load or to answer its
+warmup requests is recorded (GetModelStatus reports it, state END with the error) and not
+retried, and the label keeps pointing at the version that served before: the old model keeps
+serving.
+"""
+import dataclasses
+import logging
+import pathlib
+import threading
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.saved_model import loader_impl
+
+from serving import model_config
+from serving import push
+from serving import warmup
+
+_LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Servable:
+  """One loaded version of a model."""
+
+  name: str
+  version: int
+  path: pathlib.Path
+  # What `tf.saved_model.load` returns; `model.signatures` holds the callable signatures.
+  model: Any
+  # The SignatureDefs as stored in saved_model.pb: what TF Serving validates requests against and
+  # returns from GetModelMetadata (dtypes and shapes, which the loaded functions do not expose).
+  signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+
+  @classmethod
+  def load(cls, name: str, version: int, path: pathlib.Path) -> "Servable":
+    saved_model = loader_impl.parse_saved_model(str(path))
+    meta_graph = next((graph for graph in saved_model.meta_graphs
+                       if tf.saved_model.SERVING in graph.meta_info_def.tags), None)
+    if meta_graph is None:
+      raise ValueError(f"{path} has no MetaGraph tagged '{tf.saved_model.SERVING}'")
+    model = tf.saved_model.load(str(path), tags=[tf.saved_model.SERVING])
+    return cls(name, version, path, model, dict(meta_graph.signature_def))
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+  """What is served at one moment; never changed, only replaced."""
+
+  servables: Mapping[int, Servable] = dataclasses.field(default_factory=dict)
+  # Label -> loaded version; '' is the newest version when the serving root has no models.config.
+  labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  failures: Mapping[int, str] = dataclasses.field(default_factory=dict)  # version -> error
+
+  def latest(self) -> Optional[Servable]:
+    """The servable a request without version or label gets: the newest, as in TF Serving."""
+    return self.servables[max(self.servables)] if self.servables else None
+
+
+# Runs one warmup request against a freshly loaded servable; raises if it cannot be answered.
+WarmupRunner = Callable[[Servable, Any], None]
+
+
+class ModelRegistry:
+  """The served versions of one model, refreshed from the serving root."""
+
+  def __init__(self, serving_root: pathlib.Path, model_name: str,
+               run_warmup_request: Optional[WarmupRunner] = None):
+    self.model_name = model_name
+    self.serving_root = pathlib.Path(serving_root)
+    self.base_path = self.serving_root / model_name
+    self._run_warmup_request = run_warmup_request
+    self._snapshot = Snapshot()
+    self._refresh_lock = threading.Lock()  # one refresh at a time; requests never wait on it
+
+  def snapshot(self) -> Snapshot:
+    return self._snapshot  # replaced whole by one assignment: atomic for readers
+
+  def wanted(self) -> Tuple[List[int], Dict[str, int]]:
+    """(versions, label -> version) the serving root asks to serve.
+
+    models.config decides when it lists the model; otherwise the newest complete version is
+    served, labelled '' (no client can ask for that label).
+    """
+    served, labels = model_config.read(self.serving_root, self.model_name)
+    if served:
+      return served, labels
+    available = push.versions(self.base_path)
+    return (available[-1:], {"": available[-1]}) if available else ([], {})
+
+  def refresh(self) -> Snapshot:
+    """Loads what the serving root wants and is not loaded; publishes and returns the snapshot."""
+    with self._refresh_lock:
+      old = self._snapshot
+      try:
+        wanted_versions, wanted = self.wanted()
+      except ValueError as error:  # a malformed models.config: keep serving what is served
+        _LOGGER.error("Keeping the served versions: %s", error)
+        return old
+      servables = {}
+      failures = dict(old.failures)
+      for version in wanted_versions:
+        if version in old.servables:
+          servables[version] = old.servables[version]
+        elif version not in failures:
+          # Loading takes seconds; requests keep reading the old snapshot meanwhile.
+          loaded = self._load(version)
+          if isinstance(loaded, Servable):
+            servables[version] = loaded
+          else:
+            failures[version] = loaded
+      labels = {}
+      for label, version in wanted.items():
+        if version in servables:
+          labels[label] = version
+        elif label in old.labels:  # the wanted version failed: the label's old version serves on
+          labels[label] = old.labels[label]
+          servables[old.labels[label]] = old.servables[old.labels[label]]
+      self._snapshot = Snapshot(servables, labels, failures)
+      for version in sorted(set(self._snapshot.servables) - set(old.servables)):
+        _LOGGER.info("Serving model %r version %d", self.model_name, version)
+      return self._snapshot
+
+  def _load(self, version: int):
+    """The loaded, warmed-up servable, or the error message if it cannot serve."""
+    path = self.base_path / str(version)
+    try:
+      servable = Servable.load(self.model_name, version, path)
+      requests = warmup.read(path)
+      if self._run_warmup_request is not None:
+        for request in requests:
+          self._run_warmup_request(servable, request)
+      _LOGGER.info("Loaded model %r version %d from %s (%d warmup requests replayed)",
+                   self.model_name, version, path, len(requests))
+      return servable
+    except Exception as error:  # pylint: disable=broad-except
+      message = f"version {version} at {path} failed to load: {type(error).__name__}: {error}"
+      _LOGGER.error("Keeping the served versions: %s", message)
+      return message
+
+
+class Poller:
+  """Refreshes a registry every `interval` seconds on a daemon thread, like TF Serving's
+  `--file_system_poll_wait_seconds`."""
+
+  def __init__(self, registry: ModelRegistry, interval: float):
+    self._registry = registry
+    self._interval = interval
+    self._stopped = threading.Event()
+    self._thread = threading.Thread(target=self._run, name="serving-root-poller", daemon=True)
+
+  def start(self) -> None:
+    self._thread.start()
+
+  def stop(self) -> None:
+    self._stopped.set()
+    self._thread.join()
+
+  def _run(self) -> None:
+    while not self._stopped.wait(self._interval):
+      try:
+        self._registry.refresh()
+      except Exception:  # pylint: disable=broad-except
+        _LOGGER.exception("Polling %s failed; trying again in %ss", self._registry.base_path,
+                          self._interval)

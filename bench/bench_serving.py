@@ -15,8 +15,10 @@ in this process.
 Measured per (catalog, batch in {1, 64}):
   * in process: the loaded signature called in a loop (one caller), the floor;
   * over gRPC at concurrency 1, 8 and 32: p50/p99 latency per request and requests per second.
+  * gRPC without a model: the same requests to a Python gRPC server in this process that answers
+    at once with an empty response, at concurrency 1: what the transport alone costs.
 Ratio: gRPC p50 at concurrency 1 over the in-process p50, the server's overhead (goal ≤ 1.3 at
-batch 1). Both are measured in the same run, one after the other, on the same machine.
+batch 1). All are measured in the same run, one after the other, on the same machine.
 """
 import argparse
 import json
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent import futures
 from typing import Dict, List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -37,6 +40,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import grpc  # pylint: disable=g-import-not-at-top
 import numpy as np
 import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import client as client_lib
@@ -155,6 +159,25 @@ def over_grpc(target: str, requests: list, concurrency: int, seconds: float) -> 
   return result
 
 
+class _EmptyPredictions(prediction_service_pb2_grpc.PredictionServiceServicer):
+  """Answers every Predict at once with an empty response: gRPC's own cost, without a model."""
+
+  def Predict(self, request, context):
+    return predict_pb2.PredictResponse()
+
+
+def grpc_transport(requests: list, seconds: float) -> Dict[str, float]:
+  """Round trips of the same requests to a Python gRPC server that does no work."""
+  server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+  prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_EmptyPredictions(), server)
+  port = server.add_insecure_port("127.0.0.1:0")
+  server.start()
+  try:
+    return over_grpc(f"127.0.0.1:{port}", requests, 1, seconds)
+  finally:
+    server.stop(grace=None)
+
+
 def _free_port() -> int:
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
@@ -179,10 +202,11 @@ def bench_catalog(catalog_size: int, seconds: float, work_dir: pathlib.Path) -> 
     for batch in BATCHES:
       requests = requests_for(batch, catalog_size, count=64, seed=batch)
       floor = in_process(model_dir, requests, seconds)
+      transport = grpc_transport(requests, seconds)
       grpc_results = {str(concurrency): over_grpc(target, requests, concurrency, seconds)
                       for concurrency in CONCURRENCIES}
       results[str(batch)] = {
-          "in_process": floor, "grpc": grpc_results,
+          "in_process": floor, "grpc_without_model": transport, "grpc": grpc_results,
           "p50_ratio_grpc_over_in_process": round(
               grpc_results["1"]["p50_ms"] / floor["p50_ms"], 3)}
       print(json.dumps({"catalog": catalog_size, "batch": batch, **results[str(batch)]}),

@@ -15,7 +15,9 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
+from pipeline import beam_args as beam_args_lib
 from pipeline import configs
+from pipeline import scheduler
 
 FORMATS = ("generic", "movielens", "movielens-100k")
 DEFAULT_DATASET = "default"
@@ -23,6 +25,11 @@ DEFAULT_DATASET = "default"
 
 class UsageError(click.ClickException):
   """A problem with the user's input, reported without a traceback."""
+
+
+class RunInProgressError(click.ClickException):
+  """Another run holds the lock; the exit code tells a scheduler to skip, not to alarm."""
+  exit_code = scheduler.RUN_IN_PROGRESS_EXIT_CODE
 
 
 def _config(home: Optional[str], **overrides) -> configs.PipelineConfig:
@@ -60,8 +67,11 @@ def main() -> None:
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline option, repeatable; replaces the in-process defaults, e.g. "
               "--beam-arg=--direct_running_mode=multi_processing --beam-arg=--direct_num_workers=2")
+@click.option("--beam-preset", type=click.Choice(sorted(beam_args_lib.PRESETS)),
+              help="A documented Beam runner argument set (pipeline/beam_args.py) to start "
+              "from; --beam-arg options override it.")
 def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_drift,
-        beam_args) -> None:
+        beam_args, beam_preset) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   import dataclasses
 
@@ -74,33 +84,39 @@ def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_dri
 
   config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
                    enable_cache=False if no_cache else None, allow_drift=allow_drift or None,
-                   beam_pipeline_args=tuple(beam_args) or None)
+                   beam_pipeline_args=_beam_args(beam_preset, beam_args))
   try:
     release_gate.GateConfig.load(config.gate_config)
   except release_gate.GateConfigError as error:
     raise UsageError(str(error)) from error
   if epochs is not None:
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
-  if interactions is None:
-    dataset = _default_dataset(config)
-    interactions, items, fmt = dataset.interactions, dataset.items, "generic"
-  else:
-    # The simulator's world holds the built-in dataset's users, not these.
-    config = dataclasses.replace(config, simulator_sessions=0)
-  input_base = config.input_base
+  # One run at a time per home: two would write data, spans and versions over each other.
   try:
-    staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging")
-  except ingest.InputDataError as error:
-    raise UsageError(str(error)) from error
-  span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
-  click.echo(f"Ingested {interactions} as span {span} of {input_base}")
+    with scheduler.run_lock(config.home):
+      if interactions is None:
+        dataset = _default_dataset(config)
+        interactions, items, fmt = dataset.interactions, dataset.items, "generic"
+      else:
+        # The simulator's world holds the built-in dataset's users, not these.
+        config = dataclasses.replace(config, simulator_sessions=0)
+      input_base = config.input_base
+      try:
+        staged = ingest.prepare_dataset(interactions, items, fmt=fmt,
+                                        out_dir=input_base / ".staging")
+      except ingest.InputDataError as error:
+        raise UsageError(str(error)) from error
+      span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
+      click.echo(f"Ingested {interactions} as span {span} of {input_base}")
 
-  versions_before = run_report.pushed_versions(config)
-  try:
-    local_runner.run(config, input_base)
-  except data_validation.DataValidationError as error:
-    raise UsageError(str(error)) from error
-  click.echo(run_report.describe(config, versions_before))
+      versions_before = run_report.pushed_versions(config)
+      try:
+        local_runner.run(config, input_base)
+      except data_validation.DataValidationError as error:
+        raise UsageError(str(error)) from error
+      click.echo(run_report.describe(config, versions_before))
+  except scheduler.RunInProgress as error:
+    raise RunInProgressError(str(error)) from error
 
 
 @main.command()
@@ -130,6 +146,102 @@ def report(run_id, home, list_runs, open_report) -> None:
   click.echo(str(evaluation.report))
   if open_report:
     click.launch(str(evaluation.report))
+
+
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--version", type=int, help="A pushed version (default: the stable one).")
+def lineage(home, version) -> None:
+  """Show what a pushed model version came from: data span, schema, statistics, transform
+  graph, trainer run, evaluation and blessings."""
+  from pipeline import lineage as lineage_lib
+
+  try:
+    click.echo(lineage_lib.lineage(_config(home), version).describe())
+  except lineage_lib.LineageError as error:
+    raise UsageError(str(error)) from error
+
+
+@main.command("compile")
+@click.option("--kubeflow", "output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the KFP v2 pipeline spec (JSON).")
+@click.option("--image", help="Pipeline image built from ./Dockerfile (default in configs.py).")
+@click.option("--pipeline-root", help="Object-store root for component outputs, e.g. gs://b/p.")
+@click.option("--input-base", help="Object-store root of the ingested spans.")
+@click.option("--serving-root", help="Object-store root TF Serving reads models.config from.")
+@click.option("--gpu-type", help="Accelerator for the Trainer and infra validation, e.g. "
+              "NVIDIA_TESLA_T4; --gpu-count 0 asks for none.")
+@click.option("--gpu-count", type=int)
+@click.option("--beam-arg", "beam_args", multiple=True,
+              help="A Beam option for the pods, repeatable; replaces the default multi-process "
+              "DirectRunner, e.g. a --beam-preset's set (README).")
+@click.option("--beam-preset", type=click.Choice(sorted(beam_args_lib.PRESETS)),
+              help="A documented Beam runner argument set to start from.")
+def compile_command(output, image, pipeline_root, input_base, serving_root, gpu_type, gpu_count,
+                    beam_args, beam_preset) -> None:
+  """Compile the pipeline for Kubeflow Pipelines (TFX's KubeflowV2DagRunner)."""
+  import dataclasses
+
+  from pipeline import kubeflow_runner
+
+  config = _config(None)
+  args = _beam_args(beam_preset, beam_args)
+  kubeflow = dataclasses.replace(config.kubeflow, **{key: value for key, value in dict(
+      image=image, pipeline_root=pipeline_root, input_base=input_base,
+      serving_root=serving_root, gpu_type=gpu_type, gpu_count=gpu_count,
+      beam_pipeline_args=args).items() if value is not None})
+  path = kubeflow_runner.compile_pipeline(dataclasses.replace(config, kubeflow=kubeflow),
+                                          pathlib.Path(output))
+  click.echo(f"Wrote the Kubeflow pipeline spec to {path} (image {kubeflow.image}, pipeline "
+             f"root {kubeflow.pipeline_root})")
+
+
+def _beam_args(preset: Optional[str], args: Sequence[str]) -> Optional[tuple]:
+  """The preset's arguments followed by the given ones, validated; None if neither is given."""
+  if preset is None and not args:
+    return None
+  combined = tuple(beam_args_lib.PRESETS[preset] if preset else ()) + tuple(args)
+  try:
+    return beam_args_lib.validate(combined)
+  except beam_args_lib.BeamArgsError as error:
+    raise UsageError(str(error)) from error
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--cron", required=True,
+              help='Five-field cron expression in local time, e.g. "0 3 * * *" (03:00 daily).')
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--max-runs", type=int, help="Stop after this many scheduled runs (default: never).")
+@click.option("--kubeflow", "spec", type=click.Path(exists=True, dir_okay=False),
+              help="Instead of running here, create a recurring run of this compiled spec on "
+              "the Kubeflow Pipelines at --host.")
+@click.option("--host", help="Kubeflow Pipelines API endpoint, with --kubeflow.")
+@click.option("--experiment", default="recsys", show_default=True)
+@click.argument("run_args", nargs=-1, type=click.UNPROCESSED)
+def schedule(cron, home, max_runs, spec, host, experiment, run_args) -> None:
+  """Run the pipeline on a cron schedule, one run at a time; RUN_ARGS go to `recsys run`."""
+  try:
+    scheduler.validate_cron(cron)
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+  if spec:
+    import kfp
+
+    from pipeline import kubeflow_runner
+
+    if not host:
+      raise UsageError("--kubeflow needs --host, the Kubeflow Pipelines API endpoint")
+    job = kubeflow_runner.create_recurring_run(
+        kfp.Client(host=host), pathlib.Path(spec), cron, experiment,
+        job_name=f"{configs.PipelineConfig().pipeline_name} {cron}")
+    click.echo(f"Created recurring run {job.recurring_run_id} ({cron}) in experiment "
+               f"{experiment!r} at {host}")
+    return
+  config = _config(home)
+  command = [sys.executable, "-m", "pipeline.cli", "run", "--home", str(config.home), *run_args]
+  log_path = config.home / scheduler.LOG_FILE
+  click.echo(f"Running `{' '.join(command[2:])}` at {cron!r}; outcomes in {log_path}")
+  scheduler.Scheduler(cron, scheduler.run_command(command), log_path).run(max_runs)
 
 
 @main.command()

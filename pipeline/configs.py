@@ -19,6 +19,31 @@ DEFAULT_HOME = pathlib.Path(os.environ.get("RECSYS_HOME", ".recsys")).resolve()
 
 
 @dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+  """Where and how the pipeline runs on Kubeflow Pipelines (pipeline/kubeflow_runner.py).
+
+  The defaults compile; running needs the project's own registry and bucket (README).
+  """
+  # The pipeline image built from ./Dockerfile, in a registry the cluster pulls from.
+  image: str = "recsys-pipeline:latest"
+  # Object-store locations every pod can read and write.
+  pipeline_root: str = "gs://recsys-pipelines/pipelines"
+  input_base: str = "gs://recsys-pipelines/data/spans"
+  serving_root: str = "gs://recsys-pipelines/serving"
+  # The repository inside the image (the Dockerfile's WORKDIR): the curated schemas live there.
+  repo_dir: str = "/opt/recsys"
+  # The steps that run the model get a GPU: training, and infra validation, which measures the
+  # latency budget on the hardware that serves.
+  gpu_components: Tuple[str, ...] = ("Trainer", "ServingInfraValidator")
+  gpu_type: str = "NVIDIA_TESLA_T4"
+  gpu_count: int = 1
+  # Beam inside the pods: a process per core of the pod; a Flink/Spark/Dataflow set replaces it
+  # (pipeline/beam_args.py).
+  beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=multi_processing",
+                                         "--direct_num_workers=0")
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
   pipeline_name: str = "recsys"
   home: pathlib.Path = DEFAULT_HOME
@@ -48,6 +73,7 @@ class PipelineConfig:
   # (serving/push.py, `_move_label`).
   serving_label_delay_seconds: float = 0.0
   enable_cache: bool = True
+  kubeflow: KubeflowConfig = KubeflowConfig()
   # Beam runs in-process by default; `recsys run --beam-arg` passes others, e.g. multi-process
   # or Flink/Spark/Dataflow (README).
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",

@@ -10,5 +10,5 @@ from pipeline.configs import PipelineConfig
 def run(config: PipelineConfig, input_base: pathlib.Path) -> None:
   config.metadata_path.parent.mkdir(parents=True, exist_ok=True)
   tfx.orchestration.LocalDagRunner().run(pipeline_lib.create_pipeline(
-      config, input_base,
+      config, pipeline_lib.PipelinePaths.local(config, input_base),
       tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path))))

@@ -3,6 +3,7 @@ and release gate → push.
 
 One definition serves every orchestrator; the runner files only choose where it runs.
 """
+import dataclasses
 import pathlib
 
 from tfx import v1 as tfx
@@ -19,11 +20,50 @@ from components.session_builder import SessionBuilder
 from pipeline.configs import PipelineConfig
 
 
-def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
-                    metadata_connection_config=None) -> tfx_pipeline.Pipeline:
-  """Builds the TFX pipeline over the latest span of TFRecord events under `input_base`."""
+@dataclasses.dataclass(frozen=True)
+class PipelinePaths:
+  """Where the pipeline reads and writes, as the orchestrator's machines see them.
+
+  Strings, not paths: on a cluster they are object-store URIs (gs://, s3://) or paths inside the
+  pipeline image, which pathlib would mangle.
+  """
+  input_base: str  # ingested spans (components/data/spans.py)
+  pipeline_root: str  # component outputs
+  serving_root: str  # pushed versions and models.config
+  schema_dir: str  # the curated schemas (schemas/)
+
+  @classmethod
+  def local(cls, config: PipelineConfig, input_base: pathlib.Path) -> "PipelinePaths":
+    return cls(str(input_base), str(config.pipeline_root), str(config.serving_root),
+               str(schema_lib.SCHEMA_DIR))
+
+  def schema(self, path: pathlib.Path) -> str:
+    """A schema file of this checkout, as the pipeline's machines see it."""
+    return f"{self.schema_dir}/{path.relative_to(schema_lib.SCHEMA_DIR).as_posix()}"
+
+
+def _recent_artifacts(limit: int, flag: str, latest_only: bool, **channels) -> tfx.dsl.Resolver:
+  """Up to `limit` newest artifacts of the channels (with int custom property `flag` = 1).
+
+  Kubeflow Pipelines v2 compiles only TFX's own latest-artifact resolver, for one artifact and
+  without a filter: `latest_only` builds that instead.
+  """
+  if latest_only:
+    return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+                            **channels)
+  return tfx.dsl.Resolver(strategy_class=gates.RecentArtifactsStrategy,
+                          config={"limit": limit, "flag": flag}, **channels)
+
+
+def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_connection_config=None,
+                    latest_only_resolvers: bool = False) -> tfx_pipeline.Pipeline:
+  """Builds the TFX pipeline over the latest span of TFRecord events under `paths.input_base`.
+
+  `latest_only_resolvers` is for orchestrators that only resolve the latest artifact (Kubeflow
+  Pipelines v2): the evaluation report then shows the latest earlier evaluation, of any verdict.
+  """
   example_gen = tfx.components.ImportExampleGen(
-      input_base=str(input_base),
+      input_base=paths.input_base,
       input_config=tfx.proto.Input(splits=[
           tfx.proto.Input.Split(name=EVENTS_SPLIT, pattern=spans.INPUT_PATTERN)]),
       # One output split: the train/eval split is by time, in SessionBuilder, not by hash.
@@ -31,15 +71,14 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
           tfx.proto.SplitConfig.Split(name=EVENTS_SPLIT, hash_buckets=1)])))
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
   events_schema = tfx.components.ImportSchemaGen(
-      schema_file=str(schema_lib.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
+      schema_file=paths.schema(schema_lib.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
   data_gate = gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
   # Earlier runs' DriftGate outputs, each naming the statistics that passed: a plain channel
   # (not the gate's own output), so the resolver sees only earlier runs.
-  accepted_runs = tfx.dsl.Resolver(
-      strategy_class=gates.RecentArtifactsStrategy,
-      config={"limit": 1},
+  accepted_runs = _recent_artifacts(
+      1, "", latest_only_resolvers,
       accepted=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ExampleAnomalies,
           producer_component_id="DriftGate",
@@ -61,7 +100,8 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
   session_builder.add_upstream_node(drift_gate)
 
   transitions_schema = tfx.components.ImportSchemaGen(
-      schema_file=str(schema_lib.TRANSITIONS_SCHEMA_PATH)).with_id("TransitionsSchemaGen")
+      schema_file=paths.schema(schema_lib.TRANSITIONS_SCHEMA_PATH)).with_id(
+          "TransitionsSchemaGen")
   code_config = trainer.custom_config(config.model)
   # Both models learn from the transitions: the two-tower model from their engagements, the DQN
   # head from all of them. The Trainer applies the Transform graph as it reads them (the same
@@ -84,9 +124,8 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
       model_blessing=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ModelBlessing)).with_id("LatestBlessedModel")
-  past_evaluations = tfx.dsl.Resolver(
-      strategy_class=gates.RecentArtifactsStrategy,
-      config={"limit": config.report_past_models, "flag": gates.BLESSED},
+  past_evaluations = _recent_artifacts(
+      config.report_past_models, gates.BLESSED, latest_only_resolvers,
       evaluations=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ModelEvaluation,
           producer_component_id="ModelEvaluator",
@@ -113,14 +152,14 @@ def create_pipeline(config: PipelineConfig, input_base: pathlib.Path,
       infra_blessing=infra_validator.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
-              base_directory=str(config.model_base_path))),
+              base_directory=f"{paths.serving_root}/{config.model_name}")),
       custom_config={pusher_lib.VERSIONS_KEPT_KEY: config.serving_versions_kept,
                      pusher_lib.LABEL_DELAY_KEY: config.serving_label_delay_seconds},
       custom_executor_spec=pusher_lib.EXECUTOR_SPEC)
 
   return tfx_pipeline.Pipeline(
       pipeline_name=config.pipeline_name,
-      pipeline_root=str(config.pipeline_root),
+      pipeline_root=paths.pipeline_root,
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
                   accepted_runs, drift_gate, session_builder, transitions_schema, transform,
                   model_trainer, latest_blessed_model, past_evaluations, evaluator, infra_validator,

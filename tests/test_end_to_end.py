@@ -4,8 +4,13 @@ One module-scoped home is shared so the pipeline runs once for the success path;
 it run in file order, each ingesting a new span into the same home: the failure paths check that
 bad or drifted input never reaches the Trainer and the served version keeps serving.
 """
+import os
 import pathlib
 import re
+import signal
+import subprocess
+import sys
+import time
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -94,6 +99,27 @@ def test_batch_recommendations_from_the_pushed_model(trained, tmp_path):
   assert not seen & set(zip(recs["user_id"], recs["item_id"]))
 
 
+def test_lineage_names_everything_the_pushed_version_came_from(trained):
+  home = trained[0]
+  (version,) = _versions(home)
+  result = CliRunner().invoke(cli.main, ["lineage", "--home", str(home)])  # the stable version
+  assert result.exit_code == 0, result.output
+  assert result.output.startswith(f"Version {version}\n")
+  for artifact, component in [("PushedModel", "Pusher"), ("Model", "Trainer"),
+                              ("TransformGraph", "Transform"), ("Schema", "TransitionsSchemaGen"),
+                              ("Examples", "SessionBuilder"), ("Examples", "ImportExampleGen"),
+                              ("ExampleStatistics", "StatisticsGen"),
+                              ("ModelEvaluation", "ModelEvaluator"),
+                              ("ModelBlessing", "ModelEvaluator"),
+                              ("InfraBlessing", "ServingInfraValidator")]:
+    assert re.search(rf"^  {artifact} +{component} +run ", result.output, re.M), artifact
+  assert "span: 1" in result.output
+  assert re.search(r"metrics: recall@10 0\.\d{4}", result.output)
+  assert "verdict: blessed" in result.output and "verdict: loaded, answered" in result.output
+  unknown = CliRunner().invoke(cli.main, ["lineage", "--home", str(home), "--version", "7"])
+  assert unknown.exit_code != 0 and "no run of this pipeline pushed version 7" in unknown.output
+
+
 def test_second_run_keeps_the_served_version(trained):
   home, _, args, _ = trained
   before = _versions(home)
@@ -102,6 +128,41 @@ def test_second_run_keeps_the_served_version(trained):
   assert "as span 1 " in result.output  # the same data is the same span
   assert "Inputs unchanged since the last run" in result.output
   assert _versions(home) == before
+
+
+def _execution_states(home, node):
+  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      str(home / "metadata" / "recsys.sqlite")))
+  context = store.get_context_by_type_and_name("node", f"recsys.{node}")
+  return [metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+          for execution in sorted(store.get_executions_by_context(context.id),
+                                  key=lambda execution: execution.id)]
+
+
+def test_a_killed_run_completes_when_run_again(trained, tmp_path):
+  _, dataset, args, _ = trained
+  home = tmp_path / "home"
+  run_args = [*args[:4], "--home", str(home), *args[6:]]
+  process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *run_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+  try:
+    # Killed mid-way: once Transform has started, after ingestion, validation and sessions.
+    deadline = time.monotonic() + 900
+    while not (home / "pipelines" / "recsys" / "Transform").exists():
+      assert process.poll() is None, "the run ended before it could be killed"
+      assert time.monotonic() < deadline, "Transform never started"
+      time.sleep(0.5)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  assert _versions(home) == []
+
+  result = _run(*run_args)  # no clean-up in between
+  assert result.exit_code == 0, result.output
+  assert "pushed version" in result.output
+  # What the killed run finished is reused, not redone.
+  assert _execution_states(home, "SessionBuilder") == ["COMPLETE", "CACHED"]
 
 
 def _trained_models(home):

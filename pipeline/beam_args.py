@@ -1,0 +1,76 @@
+"""Beam pipeline options for the pipeline's Beam steps, checked before a run starts.
+
+Every Beam step (StatisticsGen, SessionBuilder, Transform, ...) runs with the same
+`beam_pipeline_args`. A typo there makes Beam silently discard the option and run somewhere
+else, so `validate` parses them with Beam's own PipelineOptions and refuses unknown options and
+runner sets that lack what the runner needs. `PRESETS` are the documented starting points
+(README, "Beam on a cluster"); later arguments override a preset's (`--beam-arg`).
+
+Why each set needs what it needs: the portable runners (Flink, Spark) run the Python steps in
+SDK harness containers, which must be the pipeline image (./Dockerfile) because the steps
+import this project's code; Dataflow needs a project, a region and a GCS temp location, and the
+same image as its SDK container.
+"""
+from typing import Dict, Sequence, Tuple
+
+from apache_beam.options import pipeline_options
+
+PIPELINE_IMAGE = "recsys-pipeline:latest"
+
+PRESETS: Dict[str, Tuple[str, ...]] = {
+    # Local, one process per worker: what a bigger single machine uses.
+    "direct-multiprocess": ("--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                            "--direct_num_workers=2"),
+    "flink": ("--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4",
+              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
+    "spark": ("--runner=SparkRunner", "--spark_master_url=spark://localhost:7077",
+              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
+    "dataflow": ("--runner=DataflowRunner", "--project=my-gcp-project", "--region=us-central1",
+                 "--temp_location=gs://recsys-pipelines/tmp",
+                 f"--sdk_container_image={PIPELINE_IMAGE}", "--experiments=use_runner_v2"),
+}
+
+_PORTABLE_RUNNERS = ("FlinkRunner", "SparkRunner", "PortableRunner")
+_RUNNERS = ("DirectRunner", "DataflowRunner", *_PORTABLE_RUNNERS)
+
+
+class BeamArgsError(ValueError):
+  """Beam arguments that would not run as meant; the message names the option."""
+
+
+def validate(args: Sequence[str]) -> Tuple[str, ...]:
+  """Returns the arguments if Beam understands them and the runner has what it needs."""
+  args = tuple(args)
+  for arg in args:
+    if not arg.startswith("--"):
+      raise BeamArgsError(f"Beam argument {arg!r} is not an option (--name=value)")
+  options = pipeline_options.PipelineOptions(list(args))
+  known = options.get_all_options(retain_unknown_options=False)
+  unknown = sorted({arg[2:].split("=", 1)[0] for arg in args} - set(known))
+  if unknown:
+    raise BeamArgsError(f"Beam does not know the options {unknown}; see "
+                        "`python -m apache_beam.runners.runner --help` or the README's sets")
+  runner = options.view_as(pipeline_options.StandardOptions).runner or "DirectRunner"
+  if runner not in _RUNNERS:
+    raise BeamArgsError(f"--runner={runner} is not one of {list(_RUNNERS)}")
+  if runner == "DataflowRunner":
+    cloud = options.view_as(pipeline_options.GoogleCloudOptions)
+    for name in ("project", "region", "temp_location"):
+      if not getattr(cloud, name):
+        raise BeamArgsError(f"--runner=DataflowRunner needs --{name}")
+    if not cloud.temp_location.startswith("gs://"):
+      raise BeamArgsError(f"--temp_location={cloud.temp_location} must be a gs:// path for "
+                          "Dataflow")
+    _needs_pipeline_image(runner, options.view_as(
+        pipeline_options.WorkerOptions).sdk_container_image, "--sdk_container_image")
+  if runner in _PORTABLE_RUNNERS:
+    portable = options.view_as(pipeline_options.PortableOptions)
+    if (portable.environment_type or "DOCKER").upper() == "DOCKER":
+      _needs_pipeline_image(runner, portable.environment_config, "--environment_config")
+  return args
+
+
+def _needs_pipeline_image(runner: str, image: str, option: str) -> None:
+  if not image:
+    raise BeamArgsError(f"--runner={runner} runs the Python steps in containers: set {option} "
+                        f"to the pipeline image (e.g. {PIPELINE_IMAGE}), whose code they import")

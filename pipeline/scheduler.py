@@ -83,12 +83,22 @@ class RunRecord:
 
 
 def run_command(command: Sequence[str]) -> Callable[[], tuple]:
-  """A run as a child process: returns (exit code, its last non-empty output line)."""
+  """A run as a child process: returns (exit code, its one-line outcome).
+
+  The outcome is the last line the run printed to stdout when it succeeded (`recsys run` ends
+  with what it pushed), else the last on stderr, where click reports the error; TensorFlow's and
+  Beam's logs also go to stderr, so they never pass for the outcome of a successful run.
+  """
+
+  def last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
   def run() -> tuple:
     completed = subprocess.run(list(command), capture_output=True, text=True, check=False)
-    lines = [line for line in (completed.stdout + completed.stderr).splitlines() if line.strip()]
-    return completed.returncode, lines[-1] if lines else ""
+    streams = ((completed.stdout, completed.stderr) if completed.returncode == 0
+               else (completed.stderr, completed.stdout))
+    return completed.returncode, last_line(streams[0]) or last_line(streams[1])
 
   return run
 

@@ -109,3 +109,13 @@ def test_recsys_schedule_runs_recsys_run_and_logs_it(tmp_path, monkeypatch):
   (command,) = commands
   assert command[1:] == ["-m", "pipeline.cli", "run", "--home", str(tmp_path), "--epochs", "1"]
   assert len((tmp_path / scheduler.LOG_FILE).read_text().splitlines()) == 2
+
+
+def test_a_run_command_reports_its_exit_code_and_last_line():
+  run = scheduler.run_command([sys.executable, "-c",
+                               "import sys; print('Ingested'); print('pushed version 3'); "
+                               "print('WARNING: a TensorFlow log line', file=sys.stderr)"])
+  assert run() == (0, "pushed version 3")
+  failing = scheduler.run_command([sys.executable, "-c",
+                                   "print('Ingested'); raise SystemExit('Error: drifted')"])
+  assert failing() == (1, "Error: drifted")

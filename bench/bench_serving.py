@@ -25,7 +25,6 @@ import json
 import os
 import pathlib
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 from serving import client as client_lib
 from serving import push
 from serving import queries
+from serving import server as server_lib
 from serving import signature
 
 BATCHES = (1, 64)
@@ -178,25 +178,14 @@ def grpc_transport(requests: list, seconds: float) -> Dict[str, float]:
     server.stop(grace=None)
 
 
-def _free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    return probe.getsockname()[1]
-
-
 def bench_catalog(catalog_size: int, seconds: float, work_dir: pathlib.Path) -> Dict:
   model_dir = work_dir / f"model-{catalog_size}"
   export(catalog_size, model_dir)
   serving_root = work_dir / f"serving-{catalog_size}"
   push.push(model_dir, serving_root, signature.DEFAULT_MODEL_NAME, version=1)
-  port = _free_port()
-  server = subprocess.Popen(
-      [sys.executable, "-m", "serving.server", "--serving-root", str(serving_root),
-       "--port", str(port), "--poll-seconds", "0"],
-      cwd=pathlib.Path(__file__).resolve().parents[1], stderr=subprocess.DEVNULL)
-  target = f"127.0.0.1:{port}"
   results = {}
-  try:
+  with server_lib.running_process(serving_root, poll_seconds=0,
+                                  stderr=subprocess.DEVNULL) as (target, _):
     with client_lib.RecommenderClient(target) as client:
       client.wait_until_available(timeout=300)
     for batch in BATCHES:
@@ -211,9 +200,6 @@ def bench_catalog(catalog_size: int, seconds: float, work_dir: pathlib.Path) -> 
               grpc_results["1"]["p50_ms"] / floor["p50_ms"], 3)}
       print(json.dumps({"catalog": catalog_size, "batch": batch, **results[str(batch)]}),
             flush=True)
-  finally:
-    server.terminate()
-    server.wait(timeout=60)
   return results
 
 

@@ -1,12 +1,10 @@
 """`recsys`: run the pipeline, serve what it pushed, and ask the server for recommendations."""
-import contextlib
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import warnings
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import click
 
@@ -253,14 +251,11 @@ def schedule(cron, home, max_runs, spec, host, experiment, run_args) -> None:
               help="REST API and Prometheus metrics port.")
 def serve(home, host, port, rest_port) -> None:
   """Serve the pushed model over TF Serving's gRPC and REST APIs until interrupted."""
+  from serving import server as server_lib
+
   config = _config(home)
-  subprocess.run(_server_command(config, host, port) + ["--rest-port", str(rest_port)],
-                 check=True)
-
-
-def _server_command(config: configs.PipelineConfig, host: str, port: int) -> list:
-  return [sys.executable, "-m", "serving.server", "--serving-root", str(config.serving_root),
-          "--model-name", config.model_name, "--host", host, "--port", str(port)]
+  subprocess.run(server_lib.command(config.serving_root, config.model_name, host, port,
+                                    rest_port), check=True)
 
 
 @main.command()
@@ -355,24 +350,6 @@ def _recommend_batch(model_dir, users, seen_path, fmt, k, output) -> None:
   click.echo(f"Wrote {len(recommendations)} recommendations for {len(user_ids)} users to {output}")
 
 
-def _free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serving_process(config: configs.PipelineConfig) -> Iterator[str]:
-  """Starts the serving process on a free loopback port and stops it on exit."""
-  target_port = _free_port()
-  process = subprocess.Popen(_server_command(config, "127.0.0.1", target_port))
-  try:
-    yield f"127.0.0.1:{target_port}"
-  finally:
-    process.terminate()
-    process.wait(timeout=30)
-
-
 @main.command()
 @click.option("--home", type=click.Path(file_okay=False))
 @click.option("--user", help="User id (default: the most active user of the built-in dataset).")
@@ -382,6 +359,7 @@ def demo(home, user, k) -> None:
   from components import features
   from components.data import ingest
   from serving import client as client_lib
+  from serving import server as server_lib
 
   config = _config(home)
   events = ingest.load_interactions(_default_dataset(config).interactions)
@@ -390,7 +368,8 @@ def demo(home, user, k) -> None:
   user_events = events[events[features.USER_ID] == user].sort_values(
       features.TIMESTAMP, kind="stable")
   history = list(user_events[features.ITEM_ID].iloc[-features.HISTORY_LENGTH:])
-  with _serving_process(config) as target, client_lib.RecommenderClient(target) as client:
+  with server_lib.running_process(config.serving_root, config.model_name) as (target, _), \
+      client_lib.RecommenderClient(target) as client:
     client.wait_until_available(timeout=120)
     _print_recommendations(user, history, client.recommend(user, history, k=k))
 

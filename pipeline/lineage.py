@@ -19,8 +19,8 @@ from tfx import v1 as tfx
 
 from components import candidate_evaluation
 from components import gates
+from pipeline import run_report
 from pipeline.configs import PipelineConfig
-from serving import model_config
 
 _OUTPUT_EVENTS = (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.DECLARED_OUTPUT)
 _INPUT_EVENTS = (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.DECLARED_INPUT)
@@ -131,11 +131,11 @@ def lineage(config: PipelineConfig, version: Optional[int] = None) -> Lineage:
   if not config.metadata_path.exists():
     raise LineageError(f"no pipeline has run in {config.home} (no {config.metadata_path})")
   if version is None:
-    version = model_config.read_labels(config.serving_root, config.model_name).get(
-        model_config.STABLE)
-    if version is None:
+    stable = run_report.stable_version(config)
+    if stable is None:
       raise LineageError(f"no version of {config.model_name!r} is labelled stable in "
                          f"{config.serving_root}; pass --version")
+    version = int(stable)
   store = _Store(config)
   start = _pushed_model(store, version)
   steps, seen = [], {start.id}

@@ -56,6 +56,14 @@ def _model_spec(request) -> model_pb2.ModelSpec:
   return request.model_spec
 
 
+def _labelled_version(spec: model_pb2.ModelSpec, snapshot: registry_lib.Snapshot) -> int:
+  """The version the spec's label names, else INVALID_ARGUMENT as TF Serving answers."""
+  if spec.version_label not in snapshot.labels:
+    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"Unrecognized servable version label: {spec.version_label}")
+  return snapshot.labels[spec.version_label]
+
+
 def find_servable(registry: registry_lib.ModelRegistry, request) -> registry_lib.Servable:
   """The servable a request's model_spec names (version, label or newest), else NOT_FOUND."""
   spec = _model_spec(request)
@@ -64,10 +72,7 @@ def find_servable(registry: registry_lib.ModelRegistry, request) -> registry_lib
   if spec.name != registry.model_name:
     servable = None
   elif choice == "version_label":
-    if spec.version_label not in snapshot.labels:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"Unrecognized servable version label: {spec.version_label}")
-    servable = snapshot.servables[snapshot.labels[spec.version_label]]
+    servable = snapshot.servables[_labelled_version(spec, snapshot)]
   elif choice == "version":
     servable = snapshot.servables.get(spec.version.value)
   else:
@@ -222,10 +227,7 @@ def model_status(registry: registry_lib.ModelRegistry,
   if choice == "version":
     wanted = spec.version.value
   elif choice == "version_label":
-    if spec.version_label not in snapshot.labels:
-      raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"Unrecognized servable version label: {spec.version_label}")
-    wanted = snapshot.labels[spec.version_label]
+    wanted = _labelled_version(spec, snapshot)
   if spec.name != registry.model_name or not statuses:
     raise ServingError(grpc.StatusCode.NOT_FOUND,
                        f"Could not find any versions of model {spec.name}")

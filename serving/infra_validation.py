@@ -13,16 +13,13 @@ warmup cannot touch the server in production. It then sends the model's own warm
   * every returned id is in the catalog the model was trained on;
   * the p99 latency of `latency_requests` single-user requests is within the budget.
 """
-import contextlib
 import dataclasses
 import os
 import pathlib
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-from typing import AbstractSet, Dict, Iterator, List, Optional
+from typing import AbstractSet, Dict, List, Optional
 
 import grpc
 import numpy as np
@@ -32,6 +29,7 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from serving import server as server_lib
 from serving import signature
 from serving import warmup
 
@@ -77,8 +75,13 @@ def validate(model_dir: os.PathLike, catalog: AbstractSet[str],
     version_dir.parent.mkdir(parents=True)
     # A link, not a copy: the serving process only reads the model.
     os.symlink(os.path.abspath(model_dir), version_dir)
+    # The server's log goes to a file in the private root: a pipe nobody reads could fill up
+    # and block it.
+    log = pathlib.Path(serving_root) / "server.log"
     try:
-      with _serving_process(pathlib.Path(serving_root), model_name) as (target, process, log):
+      with open(log, "w") as log_file, server_lib.running_process(
+          pathlib.Path(serving_root), model_name, poll_seconds=0,
+          stderr=log_file) as (target, process):
         with grpc.insecure_channel(target) as channel:
           _wait_until_loaded(model_service_pb2_grpc.ModelServiceStub(channel), model_name,
                              process, log, config.load_timeout_seconds)
@@ -98,35 +101,6 @@ def validate(model_dir: os.PathLike, catalog: AbstractSet[str],
   return InfraReport(True, f"loaded, answered {sent} requests with catalog ids; p99 "
                            f"{p99:.1f} ms within {config.latency_budget_ms:g} ms",
                      sent, float(p50), float(p99))
-
-
-def _free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _serving_process(serving_root: pathlib.Path,
-                     model_name: str) -> Iterator[tuple]:
-  port = _free_port()
-  # Its log goes to a file in the private root: a pipe nobody reads could fill and block it.
-  log_path = serving_root / "server.log"
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--serving-root", str(serving_root),
-         "--model-name", model_name, "--port", str(port), "--poll-seconds", "0"],
-        cwd=pathlib.Path(__file__).resolve().parent.parent,
-        stdout=subprocess.DEVNULL, stderr=log)
-  try:
-    yield f"127.0.0.1:{port}", process, log_path
-  finally:
-    process.terminate()
-    try:
-      process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-      process.kill()
-      process.wait()
 
 
 def _wait_until_loaded(models: model_service_pb2_grpc.ModelServiceStub, model_name: str,

@@ -22,7 +22,7 @@ import pathlib
 import shutil
 import time
 import uuid
-from typing import List, Optional
+from typing import List, Optional, Set
 
 from serving import model_config
 from serving import signature
@@ -85,10 +85,9 @@ def push(model_dir: os.PathLike, serving_root: os.PathLike,
   finally:
     shutil.rmtree(staging, ignore_errors=True)
 
-  _move_label(serving_root, model_name, model_config.STABLE, version, label_delay_seconds,
-              keep_previous_loaded=True)
-  served, _ = model_config.read(serving_root, model_name)
-  _retain(base_path, keep, protected=set(served))
+  served = _move_label(serving_root, model_name, model_config.STABLE, version,
+                       label_delay_seconds, keep_previous_loaded=True)
+  _retain(base_path, keep, protected=served)
   return version
 
 
@@ -119,8 +118,10 @@ def rollback(serving_root: os.PathLike, model_name: str = signature.DEFAULT_MODE
 
 
 def _move_label(serving_root: pathlib.Path, model_name: str, label: str, version: int,
-                delay_seconds: float, keep_previous_loaded: bool) -> None:
-  """Points `label` at `version`; the label's previous version stays loaded if asked.
+                delay_seconds: float, keep_previous_loaded: bool) -> Set[int]:
+  """Points `label` at `version`; returns the versions the config now lists.
+
+  The label's previous version stays loaded if asked.
 
   A push keeps it loaded, so that a rollback is a label move to a loaded version (immediate on
   TF Serving); a rollback unloads the version it leaves, so that requests without a label,
@@ -143,6 +144,7 @@ def _move_label(serving_root: pathlib.Path, model_name: str, label: str, version
   if keep_previous_loaded and previous is not None:
     loaded.add(previous)
   model_config.write(serving_root, model_name, sorted(loaded), labels)
+  return loaded
 
 
 def _retain(base_path: pathlib.Path, keep: int, protected: set) -> None:

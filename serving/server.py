@@ -14,14 +14,18 @@ otherwise, and on SIGTERM/SIGINT lets requests in flight finish before stopping.
   python -m serving.server --serving-root .recsys/serving --port 8500 --rest-port 8501
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
 import logging
 import pathlib
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from concurrent import futures
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
 from tensorflow_serving.apis import get_model_metadata_pb2
@@ -42,6 +46,8 @@ _LOGGER = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 5.0
 # How often the serving root is polled for new versions and labels.
 DEFAULT_POLL_SECONDS = 2.0
+# `python -m serving.server` runs from here, whatever the caller's working directory.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _answers_with_grpc_status(method: Callable) -> Callable:
@@ -54,7 +60,8 @@ def _answers_with_grpc_status(method: Callable) -> Callable:
   def wrapper(self, request, context: grpc.ServicerContext):
     with self._metrics.observe(method.__name__, "grpc") as outcome:
       try:
-        if context.time_remaining() is not None and context.time_remaining() <= 0:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
           raise handlers.ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                       "the deadline passed before the request was handled")
         return method(self, request, context)
@@ -177,6 +184,46 @@ def build_server(serving_root: pathlib.Path, model_name: str = signature.DEFAULT
                  if rest_port is not None else None)
   poller = registry_lib.Poller(registry, poll_seconds) if poll_seconds else None
   return ModelServer(registry, grpc_server, bound_port, rest_server, poller)
+
+
+def command(serving_root: pathlib.Path, model_name: str = signature.DEFAULT_MODEL_NAME,
+            host: str = "127.0.0.1", port: int = 8500, rest_port: Optional[int] = None,
+            poll_seconds: float = DEFAULT_POLL_SECONDS) -> List[str]:
+  """The command line that runs this server in a process of its own (see `main`)."""
+  arguments = [sys.executable, "-m", "serving.server", "--serving-root", str(serving_root),
+               "--model-name", model_name, "--host", host, "--port", str(port),
+               "--poll-seconds", str(poll_seconds)]
+  return arguments + (["--rest-port", str(rest_port)] if rest_port is not None else [])
+
+
+def free_loopback_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_process(serving_root: pathlib.Path, model_name: str = signature.DEFAULT_MODEL_NAME,
+                    poll_seconds: float = DEFAULT_POLL_SECONDS,
+                    stderr=None) -> Iterator[Tuple[str, subprocess.Popen]]:
+  """This server in its own process on a free loopback port: yields (target, process).
+
+  On exit it is stopped as a deployment stops it (SIGTERM, requests in flight finish), and
+  killed if it has not stopped within 30 s.
+  """
+  port = free_loopback_port()
+  process = subprocess.Popen(command(serving_root, model_name, port=port,
+                                     poll_seconds=poll_seconds),
+                             cwd=_REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr)
+  try:
+    yield f"127.0.0.1:{port}", process
+  finally:
+    process.terminate()
+    try:
+      process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -24,6 +24,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import model_config
 from serving import push
+from serving import queries
 from serving import server as server_lib
 from serving import signature
 from test_server import MODEL, RPC_TIMEOUT, expected_recommendations, save_model
@@ -55,12 +56,7 @@ def serving(serving_root: pathlib.Path) -> Iterator[grpc.Channel]:
 
 
 def request_for(user: str, history=("item03",)) -> predict_pb2.PredictRequest:
-  request = predict_pb2.PredictRequest()
-  request.model_spec.name = MODEL
-  request.inputs[signature.USER_ID].CopyFrom(tf.make_tensor_proto([user], dtype=tf.string))
-  request.inputs[signature.HISTORY].CopyFrom(
-      tf.make_tensor_proto([list(history)], dtype=tf.string))
-  return request
+  return queries.predict_request([user], [list(history)], MODEL)
 
 
 def answer(response: predict_pb2.PredictResponse) -> List[Tuple[str, float]]:

@@ -4,7 +4,7 @@ The graph holds the Transform layer (so clients send raw ids, exactly as logged)
 tower, the catalog's frozen embeddings and features, and the DQN head. Its signatures
 (serving/signature.py):
   * `serving_default`: the retrieval top-`serve_candidates`, reranked by Q-value (greedily, or
-    sampled with a temperature), top_k out with each item's propensity;
+    exploring with a temperature or ε-greedy), top_k out with each item's propensity;
   * `retrieve`: the two-tower top_k by retrieval score, the baseline reranking is judged against;
   * `rank_catalog`: every catalog item by retrieval score, for batch jobs that filter.
 Retrieval is a dense matmul and top-k over the catalog, the same function training sought
@@ -42,6 +42,7 @@ class RecommenderModule(tf.Module):
     self.candidates = min(max(config.serve_candidates, self.top_k), catalog_size)
     self.catalog_size = catalog_size
     self.temperature = config.temperature
+    self.epsilon = config.epsilon
 
   def _states(self, user_id, history):
     # Clients pad histories of different lengths with ''; Transform wants them as a ragged list.
@@ -58,7 +59,7 @@ class RecommenderModule(tf.Module):
     states = self._states(user_id, history)
     _, candidates = self.catalog.top_candidates(states, self.candidates)
     q_values = self.q_network((states, self.catalog.actions(candidates)))
-    order, propensities = ranker.rerank(q_values, self.top_k, self.temperature)
+    order, propensities = ranker.rerank(q_values, self.top_k, self.temperature, self.epsilon)
     return {
         signature.ITEM_IDS: tf.gather(self.item_ids,
                                       tf.gather(candidates, order, batch_dims=1)),

@@ -27,9 +27,10 @@ PROPENSITY = "propensity"  # probability the logging policy had of showing the i
 # click in the RL reward. A logged impression row carries its strongest outcome: 'click' or
 # 'purchase' when there was one.
 IMPRESSION = "impression"
-ENGAGEMENT_EVENTS = ("view", "click", "purchase", "rating")
-EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
 PURCHASE_EVENT = "purchase"
+RATING_EVENT = "rating"  # an explicit rating: ratings datasets hold nothing else
+ENGAGEMENT_EVENTS = ("view", "click", PURCHASE_EVENT, RATING_EVENT)
+EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
 UNKNOWN_CATEGORY = "unknown"
 
 REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, EVENT, RATING, PRICE, CATEGORY)

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from components import features
+from components import histories
 from components import preprocessing
 from components import ranker as ranker_lib
 
@@ -37,10 +38,21 @@ class ModelConfig:
   epochs: int = 5
   batch_size: int = 512
   learning_rate: float = 0.05
+  # The history each retrieval example is trained with (components/histories.py): "recent" (the
+  # items just before it), "sampled" (a new random sample of the user's other engagements each
+  # epoch), or "auto": sampled when the engagements are explicit ratings, recent otherwise.
+  retrieval_history: str = histories.AUTO
+  # Seeds the sampled histories and the order of the retrieval examples.
+  seed: int = 0
   # How many items the serving signatures return per user.
   top_k: int = 100
   # The DQN ranking head that reranks the retrieved items.
   ranker: ranker_lib.RankerConfig = ranker_lib.RankerConfig()
+
+  def __post_init__(self):
+    if self.retrieval_history not in histories.MODES:
+      raise ValueError(f"retrieval_history must be one of {histories.MODES}, got "
+                       f"{self.retrieval_history!r}")
 
   @classmethod
   def from_dict(cls, values: Dict) -> "ModelConfig":

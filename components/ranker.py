@@ -72,9 +72,12 @@ class RankerConfig:
   train_candidates: int = 20
   # Candidates the serving graph reranks: the retrieval top-N.
   serve_candidates: int = 200
-  # Serving exploration: 0 ranks greedily by Q; above 0 the slate is sampled, item by item,
-  # from softmax(Q / temperature) over the items not yet placed (Plackett–Luce).
+  # Serving exploration (`rerank`), at most one of the two: temperature > 0 samples the slate,
+  # item by item, from softmax(Q / temperature) over the items not yet placed (Plackett–Luce);
+  # epsilon > 0 shows, in each slot with that probability, a uniformly drawn candidate from
+  # outside the greedy top-k instead of the greedy item. Both 0 rank greedily by Q.
   temperature: float = 0.0
+  epsilon: float = 0.0
   reward: RewardConfig = RewardConfig()
 
   def __post_init__(self):
@@ -84,6 +87,11 @@ class RankerConfig:
       raise ValueError(f"target_update_rate must be in (0, 1], got {self.target_update_rate}")
     if self.temperature < 0.0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not 0.0 <= self.epsilon <= 1.0:
+      raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+    if self.temperature > 0.0 and self.epsilon > 0.0:
+      raise ValueError("explore with temperature or with epsilon, not both: got temperature "
+                       f"{self.temperature} and epsilon {self.epsilon}")
 
   @classmethod
   def from_dict(cls, values: Dict) -> "RankerConfig":
@@ -267,15 +275,21 @@ class DQNRanker(tf.keras.Model):
     return super().fit(*args, callbacks=[*(callbacks or []), update], **kwargs)
 
 
-def rerank(q_values: tf.Tensor, k: int, temperature: float) -> Tuple[tf.Tensor, tf.Tensor]:
+def rerank(q_values: tf.Tensor, k: int, temperature: float = 0.0,
+           epsilon: float = 0.0) -> Tuple[tf.Tensor, tf.Tensor]:
   """The serving policy: which k of the [B, N] candidates to show, in order, and their propensities.
 
-  temperature 0 ranks greedily by Q (every propensity 1). Above 0 the slate is a Plackett–Luce
-  sample from softmax(Q / temperature), drawn exactly by the Gumbel top-k trick; the propensity at
-  position j is exp(logit_j) / (sum of exp(logit) over the candidates not placed above j), the
-  simulator's definition (components/data/simulator.py), so logs of served slates feed
-  off-policy evaluation. Returns (candidate positions [B, k], propensities [B, k]).
+  Greedy by Q when temperature and epsilon are 0 (every propensity 1). Either kind of exploration
+  makes the logs the served slates create usable for off-policy evaluation, because each item
+  comes with the probability the policy had of putting it where it is given the items above it
+  (the simulator's definition, components/data/simulator.py):
+    * temperature > 0: a Plackett–Luce sample from softmax(Q / temperature), drawn exactly by the
+      Gumbel top-k trick;
+    * epsilon > 0: ε-greedy per slot (`epsilon_greedy`).
+  Returns (candidate positions [B, k], propensities [B, k]).
   """
+  if epsilon > 0.0:
+    return epsilon_greedy(q_values, k, epsilon)
   if temperature == 0.0:
     _, order = tf.math.top_k(q_values, k=k)
     return order, tf.ones(tf.shape(order), tf.float32)
@@ -283,6 +297,34 @@ def rerank(q_values: tf.Tensor, k: int, temperature: float) -> Tuple[tf.Tensor, 
   gumbel = -tf.math.log(-tf.math.log(tf.random.uniform(tf.shape(logits), 1e-20, 1.0)))
   _, order = tf.math.top_k(logits + gumbel, k=k)
   return order, plackett_luce_propensities(logits, order)
+
+
+def epsilon_greedy(q_values: tf.Tensor, k: int, epsilon: float) -> Tuple[tf.Tensor, tf.Tensor]:
+  """Slot j shows the j-th best candidate by Q, or with probability ε an explored one.
+
+  Explored items are drawn uniformly, without replacement, from the N - k candidates outside the
+  greedy top-k, so exploring never moves or repeats a greedy item and a slate needs no loop: the
+  draws are a random order of those candidates, taken in turn by the exploring slots. Given the
+  slots above, a greedy item had probability 1 - ε of being shown, and an explored one
+  ε / (the outside candidates not yet shown). Once all N - k are shown the rest is greedy
+  (probability 1).
+  """
+  _, greedy = tf.math.top_k(q_values, k=k)
+  outside = tf.shape(q_values)[1] - k
+  in_top_k = tf.reduce_any(tf.cast(tf.one_hot(greedy, tf.shape(q_values)[1]), tf.bool), axis=1)
+  # A random order of the outside candidates: random keys, -inf for the greedy ones.
+  keys = tf.where(in_top_k, -np.inf, tf.random.uniform(tf.shape(q_values)))
+  _, drawn = tf.math.top_k(keys, k=tf.minimum(k, tf.maximum(outside, 1)))
+  coins = tf.random.uniform(tf.shape(greedy)) < epsilon
+  explored_above = tf.math.cumsum(tf.cast(coins, tf.int32), axis=1, exclusive=True)
+  left = outside - explored_above  # outside candidates not yet shown, per slot
+  explore = coins & (left > 0)
+  shown_drawn = tf.gather(drawn, tf.minimum(explored_above, tf.shape(drawn)[1] - 1),
+                          batch_dims=1)
+  order = tf.where(explore, shown_drawn, greedy)
+  propensities = tf.where(explore, epsilon / tf.cast(tf.maximum(left, 1), tf.float32),
+                          tf.where(left > 0, 1.0 - epsilon, 1.0))
+  return order, propensities
 
 
 def plackett_luce_propensities(logits: tf.Tensor, order: tf.Tensor) -> tf.Tensor:

@@ -3,7 +3,7 @@ towers, and exports both as one serving graph."""
 import dataclasses
 import hashlib
 import pathlib
-from typing import NamedTuple
+from typing import Dict, List, NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +16,7 @@ from tfx_bsl.public import tfxio
 
 from components import export
 from components import features
+from components import histories
 from components import model as model_lib
 from components import preprocessing
 from components import ranker
@@ -23,7 +24,8 @@ from serving import warmup
 
 MODEL_CONFIG_KEY = "model_config"
 CODE_VERSION_KEY = "code_version"
-_REWARD_FIELDS = (features.CLICK, features.PURCHASE, features.REVENUE, features.DONE)
+# Raw fields the models read beside the transformed ones.
+_RAW_FIELDS = (features.CLICK, features.PURCHASE, features.REVENUE, features.DONE, features.EVENT)
 _READ_BATCH = 1024
 # Transitions are read in file order, a user's together; this mixes users within a batch.
 _SHUFFLE_BUFFER = 50_000
@@ -31,6 +33,8 @@ _SHUFFLE_BUFFER = 50_000
 _WARMUP_USERS = 8
 _WARMUP_ITEMS = 10
 _MODEL_CODE_PACKAGES = ("components", "serving")
+_RETRIEVAL_INPUTS = (model_lib.USER_XF, model_lib.ITEM_XF, model_lib.CATEGORY_XF,
+                     model_lib.PRICE_BUCKET_XF, model_lib.HISTORY_XF, features.EVENT)
 
 
 class CatalogFeatures(NamedTuple):
@@ -68,7 +72,8 @@ def distribution_strategy() -> tf.distribute.Strategy:
 
 def transitions_dataset(fn_args: tfx.components.FnArgs, files,
                         tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
-  """The transitions in `files`, transformed, one at a time, with their reward fields.
+  """The transitions in `files`, transformed, one at a time, with their reward fields and event
+  type.
 
   The Trainer reads SessionBuilder's raw transitions and applies the Transform graph itself (the
   same layer the serving graph holds): both models learn from this one dataset, the two-tower
@@ -81,7 +86,7 @@ def transitions_dataset(fn_args: tfx.components.FnArgs, files,
 
   def transform(raw_batch):
     transformed = tft_layer(raw_batch)
-    transformed.update({key: raw_batch[key] for key in _REWARD_FIELDS})
+    transformed.update({key: raw_batch[key] for key in _RAW_FIELDS})
     return transformed
 
   return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch()
@@ -105,6 +110,39 @@ def catalog(transitions: tf.data.Dataset, num_items: int) -> CatalogFeatures:
   return CatalogFeatures(categories, price_buckets, engagements / max(engagements.sum(), 1.0))
 
 
+def engagements(transitions: tf.data.Dataset) -> Dict[str, np.ndarray]:
+  """The retrieval task's inputs, one row per engaged transition, as arrays (one pass).
+
+  In memory because each epoch draws new sampled histories for them (components/histories.py).
+  """
+  columns = {key: [] for key in _RETRIEVAL_INPUTS}
+  for batch in transitions.filter(lambda transition: transition[features.CLICK] > 0).batch(
+      _READ_BATCH):
+    for key in _RETRIEVAL_INPUTS:
+      columns[key].append(batch[key].numpy())
+  return {key: np.concatenate(values) for key, values in columns.items()}
+
+
+def train_retrieval(retrieval: model_lib.TwoTowerModel, inputs: Dict[str, np.ndarray],
+                    config: model_lib.ModelConfig) -> List[float]:
+  """Fits the two-tower model (with new sampled histories each epoch when sampled); the losses."""
+  inputs = dict(inputs)
+  mode = histories.resolve_mode(config.retrieval_history, inputs.pop(features.EVENT))
+  logging.info("Retrieval examples train with %s histories", mode)
+  rng = np.random.default_rng(config.seed)
+  losses = []
+  for epoch in range(config.epochs):
+    epoch_inputs = dict(inputs)
+    if mode == histories.SAMPLED:
+      epoch_inputs[model_lib.HISTORY_XF] = histories.sampled_user_histories(
+          inputs[model_lib.USER_XF], inputs[model_lib.ITEM_XF], features.HISTORY_LENGTH, rng)
+    dataset = tf.data.Dataset.from_tensor_slices(epoch_inputs).shuffle(
+        _SHUFFLE_BUFFER, seed=config.seed + epoch).batch(config.batch_size)
+    history = retrieval.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=2)
+    losses += history.history["loss"]
+  return losses
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
   config = model_lib.ModelConfig.from_dict(fn_args.custom_config[MODEL_CONFIG_KEY])
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
@@ -125,10 +163,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         num_price_buckets=preprocessing.NUM_PRICE_BUCKETS, config=config,
         item_probability=items.engagement_share)
     retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-  engagements = transitions.filter(lambda transition: transition[features.CLICK] > 0)
-  history = retrieval.fit(engagements.shuffle(_SHUFFLE_BUFFER).batch(config.batch_size),
-                          epochs=config.epochs, verbose=2)
-  logging.info("Retrieval loss per epoch: %s", history.history["loss"])
+  logging.info("Retrieval loss per epoch: %s",
+               train_retrieval(retrieval, engagements(transitions), config))
 
   in_vocabulary = np.arange(len(item_ids))
   catalog_actions = ranker.Catalog(

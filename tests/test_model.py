@@ -111,7 +111,8 @@ class _IdentityTransform(tf.keras.layers.Layer):
             model_lib.HISTORY_XF: tf.strings.to_number(history, tf.int64)}
 
 
-def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0.0):
+def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0.0,
+                      epsilon=0.0):
   """An untrained serving graph over len(item_ids) items, for users "0".."2"; returns the module.
 
   History ids are item indices as strings (what _IdentityTransform reads).
@@ -128,7 +129,8 @@ def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0
   module = export.RecommenderModule(
       _IdentityTransform(), model.query_tower, q_network, catalog,
       np.array([str(item).encode() for item in item_ids], dtype=object), top_k,
-      ranker.RankerConfig(serve_candidates=serve_candidates, temperature=temperature))
+      ranker.RankerConfig(serve_candidates=serve_candidates, temperature=temperature,
+                          epsilon=epsilon))
   export.save(module, str(path))
   return module
 
@@ -206,6 +208,24 @@ def test_exploring_serving_graph_samples_slates_and_reports_their_propensities(t
     logged = propensities[first == item, 0]
     np.testing.assert_allclose(logged, logged[0], rtol=1e-5)  # the same for every request
     assert share == pytest.approx(logged[0], abs=0.08)
+
+
+def test_epsilon_greedy_serving_graph_explores_outside_the_greedy_slate(tmp_path):
+  export_tiny_model(tmp_path, ITEM_IDS, top_k=2, serve_candidates=6, epsilon=0.2)
+  loaded = tf.saved_model.load(str(tmp_path)).signatures
+  inputs = dict(user_id=tf.constant(["1"] * 2000), history=tf.constant([["0"]] * 2000))
+  served = loaded[signature.SERVING_SIGNATURE](**inputs)
+  items = served[signature.ITEM_IDS].numpy().astype(str)
+  propensities = served[signature.PROPENSITIES].numpy()
+  # The greedy slate is the most common one; the other slots were explored.
+  slates, counts = np.unique(items, axis=0, return_counts=True)
+  greedy_slate = slates[np.argmax(counts)]
+  kept = items == greedy_slate
+  np.testing.assert_allclose(1.0 - kept.mean(axis=0), [0.2, 0.2], atol=0.04)
+  np.testing.assert_allclose(propensities[kept], 0.8, rtol=1e-5)
+  # Four candidates outside the greedy two: an explored first slot had 0.2 / 4.
+  np.testing.assert_allclose(propensities[~kept[:, 0], 0], 0.05, rtol=1e-5)
+  assert not set(items[~kept]) & set(greedy_slate)
 
 
 def test_rank_catalog_ranks_every_item_like_retrieve(exported):

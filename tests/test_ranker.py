@@ -94,6 +94,45 @@ def test_sampled_rerank_follows_the_softmax():
                              rtol=1e-5)
 
 
+def test_epsilon_greedy_replaces_slots_with_outside_candidates_at_their_logged_probability():
+  tf.random.set_seed(0)
+  epsilon, rows = 0.3, 20_000
+  # Candidates 5, 4 are the greedy top-2; 0..3 are outside it.
+  q_values = tf.constant([[0.0, 1.0, 2.0, 3.0, 5.0, 6.0]] * rows)
+  order, propensities = ranker.rerank(q_values, 2, epsilon=epsilon)
+  order, propensities = order.numpy(), propensities.numpy()
+  greedy = order == np.array([5, 4])
+  # Each slot explores with probability epsilon, and never repeats a candidate.
+  np.testing.assert_allclose(1.0 - greedy.mean(axis=0), [epsilon, epsilon], atol=0.015)
+  assert (order[:, 0] != order[:, 1]).all()
+  assert set(order[~greedy]) == {0, 1, 2, 3}
+  # The greedy item had probability 1 - epsilon; an explored one epsilon over the outside
+  # candidates still unshown: 4 in the first slot, 3 in the second after an explored first.
+  np.testing.assert_allclose(propensities[greedy], 1.0 - epsilon)
+  np.testing.assert_allclose(propensities[~greedy[:, 0], 0], epsilon / 4)
+  both = ~greedy.any(axis=1)
+  np.testing.assert_allclose(propensities[both, 1], epsilon / 3)
+  np.testing.assert_allclose(propensities[greedy[:, 0] & ~greedy[:, 1], 1], epsilon / 4)
+  # Explored items are uniform over the outside candidates.
+  np.testing.assert_allclose(np.bincount(order[~greedy[:, 0], 0], minlength=4)[:4]
+                             / (~greedy[:, 0]).sum(), [0.25] * 4, atol=0.03)
+
+
+def test_epsilon_greedy_stays_greedy_once_every_outside_candidate_is_shown():
+  order, propensities = ranker.rerank(tf.constant([[0.0, 2.0, 1.0]] * 50), 2, epsilon=1.0)
+  # One outside candidate (0): the first slot shows it in place of the best (1), the second has
+  # nothing left to explore and shows its own greedy item (2), with certainty.
+  np.testing.assert_array_equal(order.numpy(), [[0, 2]] * 50)
+  np.testing.assert_allclose(propensities.numpy(), [[1.0, 1.0]] * 50)
+
+
+def test_exploration_is_one_kind_at_a_time():
+  with pytest.raises(ValueError, match="temperature or with epsilon"):
+    ranker.RankerConfig(temperature=1.0, epsilon=0.1)
+  with pytest.raises(ValueError, match="epsilon must be in"):
+    ranker.RankerConfig(epsilon=1.5)
+
+
 def _world(num_items=6, embedding_dim=4):
   """Two-tower model and catalog for users 0..3 and items 0..5 (categories alternate)."""
   config = model_lib.ModelConfig(embedding_dim=embedding_dim)
@@ -132,8 +171,9 @@ def test_dqn_learns_which_shown_item_is_clicked():
   dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
   dqn.build_networks(4)
   dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["td_loss"])
   history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
-  assert history["td_loss"][-1] < history["td_loss"][0]
+  assert history["td_loss"][-1] < untrained_loss / 10
   states = retrieval.query_tower({model_lib.USER_XF: tf.range(4, dtype=tf.int64),
                                   model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64))})
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()

@@ -1,4 +1,5 @@
-"""The Trainer's helpers: the catalog read from the transitions and the distribution strategy."""
+"""The Trainer's helpers: the catalog and the retrieval inputs read from the transitions,
+retrieval training, and the distribution strategy."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -20,6 +21,54 @@ def test_catalog_reads_each_items_features_and_engagement_share():
   np.testing.assert_array_equal(catalog.price_buckets, [3, 4, 5, 0])
   # Three engagements: item 0 once, item 2 twice; item 1 was only shown.
   np.testing.assert_allclose(catalog.engagement_share, [1 / 3, 0.0, 2 / 3, 0.0])
+
+
+def _engagement_inputs(events):
+  n = len(events)
+  rng = np.random.default_rng(0)
+  return {
+      model_lib.USER_XF: np.repeat(np.arange(4), n // 4),
+      model_lib.ITEM_XF: np.concatenate([rng.permutation(10)[:n // 4] for _ in range(4)]),
+      model_lib.CATEGORY_XF: np.zeros(n, np.int64),
+      model_lib.PRICE_BUCKET_XF: np.zeros(n, np.int64),
+      model_lib.HISTORY_XF: np.full((n, features.HISTORY_LENGTH), -1, np.int64),
+      features.EVENT: np.array(events, dtype=object),
+  }
+
+
+def test_engagements_keep_the_clicked_transitions_retrieval_reads():
+  inputs = _engagement_inputs([b"click"] * 4)
+  transitions = tf.data.Dataset.from_tensor_slices(
+      dict(inputs, **{features.CLICK: np.array([1, 0, 1, 0])}))
+  kept = trainer.engagements(transitions)
+  assert set(kept) == set(inputs)
+  np.testing.assert_array_equal(kept[model_lib.ITEM_XF], inputs[model_lib.ITEM_XF][[0, 2]])
+  np.testing.assert_array_equal(kept[features.EVENT], [b"click", b"click"])
+
+
+@pytest.mark.parametrize("events, sampled", [([b"rating"] * 40, True), ([b"click"] * 40, False)])
+def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled, monkeypatch):
+  inputs = _engagement_inputs(events)
+  model = model_lib.TwoTowerModel(4, 10, 1, 1, model_lib.ModelConfig(embedding_dim=4, epochs=2))
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+  seen = []
+  fit = model.fit
+  def recording_fit(dataset, **kwargs):
+    seen.append(np.concatenate([batch[model_lib.HISTORY_XF].numpy() for batch in dataset]))
+    return fit(dataset, **kwargs)
+  monkeypatch.setattr(model, "fit", recording_fit)
+  losses = trainer.train_retrieval(model, inputs, model_lib.ModelConfig(epochs=2))
+  assert len(losses) == len(seen) == 2
+  assert all(np.isfinite(losses))
+  assert (features.EVENT in inputs)  # the caller's inputs are left as they were
+  if sampled:
+    # Every user engaged with 10 distinct items: each history holds the 9 others, in an order
+    # drawn anew each epoch.
+    for histories in seen:
+      assert (histories[:, :9] != -1).all() and (histories[:, 9] == -1).all()
+    assert sorted(map(tuple, seen[0])) != sorted(map(tuple, seen[1]))
+  else:
+    assert (seen[0] == -1).all() and (seen[1] == -1).all()
 
 
 @pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="a machine with GPUs")

@@ -347,7 +347,7 @@ def _read_generic(interactions_path: pathlib.Path,
   table = _read_table(interactions_path)
   _require(table, (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))
   _warn_duplicates(table)
-  default_event = "rating" if features.RATING in table.frame else "view"
+  default_event = features.RATING_EVENT if features.RATING in table.frame else "view"
   events = pd.DataFrame({
       features.USER_ID: _ids(table, features.USER_ID),
       features.ITEM_ID: _ids(table, features.ITEM_ID),
@@ -381,7 +381,7 @@ def _ratings(table: _Table, user: str, item: str, rating: str, timestamp: str) -
       features.USER_ID: _ids(table, user),
       features.ITEM_ID: _ids(table, item),
       features.TIMESTAMP: _timestamps(table, timestamp),
-      features.EVENT: "rating",
+      features.EVENT: features.RATING_EVENT,
       features.RATING: _numbers(table, rating, required=True),
       features.PRICE: np.nan,
       features.CATEGORY: np.nan,

@@ -50,12 +50,10 @@ TUTORIAL_K = 100
 
 
 def _popularity(train: pd.DataFrame, users, seen, k: int) -> pd.DataFrame:
-  ranked = train[features.ITEM_ID].value_counts().index.tolist()
-  rows = []
-  for user in users:
-    unseen = [item for item in ranked if item not in seen.get(user, ())][:k]
-    rows += [(user, rank, item) for rank, item in enumerate(unseen, start=1)]
-  return pd.DataFrame(rows, columns=["user_id", "rank", "item_id"])
+  counts = train[features.ITEM_ID].value_counts()
+  return pd.concat([batch.top_unseen(user, counts.index.to_numpy(), counts.to_numpy(),
+                                     seen.get(user, ()), k) for user in users],
+                   ignore_index=True)
 
 
 def _ease(train: pd.DataFrame, users, seen, k: int) -> pd.DataFrame:
@@ -72,12 +70,12 @@ def _ease(train: pd.DataFrame, users, seen, k: int) -> pd.DataFrame:
   weights = -precision / np.diag(precision)
   np.fill_diagonal(weights, 0.0)
   scores = interactions[everyone.get_indexer(users)] @ weights
-  rows = []
+  frames = []
   for user, user_scores in zip(users, scores):
-    unseen = [items[column] for column in np.argsort(-user_scores)
-              if items[column] not in seen.get(user, ())][:k]
-    rows += [(user, rank, item) for rank, item in enumerate(unseen, start=1)]
-  return pd.DataFrame(rows, columns=["user_id", "rank", "item_id"])
+    order = np.argsort(-user_scores)
+    frames.append(batch.top_unseen(user, items.to_numpy()[order], user_scores[order],
+                                   seen.get(user, ()), k))
+  return pd.concat(frames, ignore_index=True)
 
 
 def _train(ratings: pd.DataFrame, movies: pathlib.Path, work: pathlib.Path) -> pathlib.Path:

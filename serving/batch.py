@@ -43,13 +43,14 @@ def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List
             for items, item_scores in zip(*batch))
   for user, (items, item_scores) in zip(users, ranked):
     removed = set(seen.get(user, ())) if remove_seen else set()
-    frames.append(_top_unseen(user, items, item_scores, removed, k))
+    frames.append(top_unseen(user, items, item_scores, removed, k))
   return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
       columns=list(OUTPUT_COLUMNS))
 
 
-def _top_unseen(user: str, items: np.ndarray, scores: np.ndarray, seen: Iterable[str],
-                k: int) -> pd.DataFrame:
+def top_unseen(user: str, items: np.ndarray, scores: np.ndarray, seen: Iterable[str],
+               k: int) -> pd.DataFrame:
+  """OUTPUT_COLUMNS for one user: the first k of `items` (ranked best first) not in `seen`."""
   keep = ~np.isin(items, list(seen))
   items, scores = items[keep][:k], scores[keep][:k]
   return pd.DataFrame({"user_id": user, "rank": np.arange(1, len(items) + 1),

@@ -21,6 +21,8 @@ CATEGORY = "category"
 SESSION_ID = "session_id"  # the platform's own session id, kept for reference
 POSITION = "position"  # 0-based slot of the item in the slate shown
 PROPENSITY = "propensity"  # probability the logging policy had of showing the item there
+# Where the source has item titles (an items CSV, MovieLens' movies.csv); absent elsewhere.
+TITLE = "title"
 
 # An impression is an item shown and not engaged with; the other event types are engagements: the
 # user chose the item, so they are retrieval positives, enter the user's history and count as a
@@ -34,7 +36,7 @@ EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
 UNKNOWN_CATEGORY = "unknown"
 
 REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, EVENT, RATING, PRICE, CATEGORY)
-OPTIONAL_EVENT_COLUMNS = (SESSION_ID, POSITION, PROPENSITY)
+OPTIONAL_EVENT_COLUMNS = (SESSION_ID, POSITION, PROPENSITY, TITLE)
 # Columns ingestion writes, in order; optional ones only where the source has them.
 EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
 
@@ -50,6 +52,10 @@ DONE = "done"  # 1 on a session's last step
 
 # Derived by Transform (components/preprocessing.py).
 PRICE_BUCKET = "price_bucket"  # quantile bucket of price: the candidate tower's price feature
+# The title's first TITLE_LENGTH lower-cased words as vocabulary indices: the candidate tower's
+# text feature, which lets items that share words ("Star Wars", a year) share what is learnt.
+TITLE_TOKENS = "title_tokens"
+TITLE_LENGTH = 8
 
 
 def transformed_name(key: str) -> str:

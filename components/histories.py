@@ -38,7 +38,7 @@ def sampled_user_histories(users: np.ndarray, items: np.ndarray, length: int,
     rng: the source of the sample; call again with the same generator for a new sample.
 
   Returns:
-    int64 [n, length]: item indices, left-aligned, HISTORY_PADDING in slots a user with fewer
+    int64 [n, length]: item indices, left-aligned, PADDING in slots a user with fewer
     than `length` other engagements cannot fill. An engagement's own item never appears in its
     history, even when the user engaged with it more than once.
   """
@@ -55,7 +55,7 @@ def sampled_user_histories(users: np.ndarray, items: np.ndarray, length: int,
   grouped = grouped_items[neighbours]
   # A user with fewer than length + 1 engagements would wrap onto the engagement itself.
   empty = (offsets[None, :] >= sizes[:, None]) | (grouped == grouped_items[:, None])
-  grouped = np.where(empty, preprocessing.HISTORY_PADDING, grouped)
+  grouped = np.where(empty, preprocessing.PADDING, grouped)
   # Left-align: the present slots first, in their random order.
   grouped = np.take_along_axis(grouped, np.argsort(empty, axis=1, kind="stable"), axis=1)
   histories = np.empty_like(grouped, dtype=np.int64)

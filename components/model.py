@@ -1,7 +1,7 @@
 """The two-tower retrieval model (TensorFlow Recommenders on tf-keras).
 
 The query tower embeds who the user is and what they touched last, in order; the candidate tower
-embeds an item from its id, category and price bucket. Training pulls a user's next item towards the query embedding and
+embeds an item from its id, category, price bucket and title words. Training pulls a user's next item towards the query embedding and
 pushes the other items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
 
 In-batch negatives are sampled by popularity: a popular item is a negative far more often than
@@ -26,6 +26,7 @@ USER_XF = features.transformed_name(features.USER_ID)
 ITEM_XF = features.transformed_name(features.ITEM_ID)
 CATEGORY_XF = features.transformed_name(features.CATEGORY)
 PRICE_BUCKET_XF = features.transformed_name(features.PRICE_BUCKET)
+TITLE_TOKENS_XF = features.transformed_name(features.TITLE_TOKENS)
 HISTORY_XF = features.transformed_name(features.HISTORY)
 NEXT_HISTORY_XF = features.transformed_name(features.NEXT_HISTORY)
 _ATTENTION_HEADS = 2
@@ -86,10 +87,7 @@ class QueryTower(tf.keras.Model):
 
   def call(self, inputs):
     history = inputs[HISTORY_XF]
-    present = tf.not_equal(history, preprocessing.HISTORY_PADDING)
-    weights = tf.cast(present, tf.float32)[..., None]
-    # Padding slots index row 0 but are weighted and masked out, so they never move the query.
-    history_embeddings = self.item_embedding(tf.maximum(history, 0)) * weights
+    present, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
     history_mean = _masked_mean(history_embeddings, weights)
     # Histories are oldest first and padded at the end: an item's recency is counted from the
     # last present one.
@@ -104,37 +102,52 @@ class QueryTower(tf.keras.Model):
         [user, history_mean, _masked_mean(attended * weights, weights)], axis=1))
 
 
+def _padded_embeddings(embedding: tf.keras.layers.Embedding, indices: tf.Tensor):
+  """(present [batch, n] bool, weights [batch, n, 1], embeddings [batch, n, dim]) of padded indices.
+
+  Padding slots look up row 0 but are multiplied by a zero weight, so they never move anything.
+  """
+  present = tf.not_equal(indices, preprocessing.PADDING)
+  weights = tf.cast(present, tf.float32)[..., None]
+  return present, weights, embedding(tf.maximum(indices, 0)) * weights
+
+
 def _masked_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
   """Mean over axis 1 of the present slots; zeros for a history with none."""
   return tf.math.divide_no_nan(tf.reduce_sum(values, axis=1), tf.reduce_sum(weights, axis=1))
 
 
 class CandidateTower(tf.keras.Model):
-  """Item id, category and price bucket embeddings, projected to the shared space.
+  """Item id, category, price bucket and title embeddings, projected to the shared space.
 
-  Category and price are shared by many items, so a rarely seen item still lands near items
-  like it.
+  Category, price and title words are shared by many items, so a rarely seen item still lands
+  near items like it. The title is a bag of words (the mean of its words' embeddings): titles are
+  short, and which words they share ("Star Wars", a year, a franchise) matters more than order.
+  An item without a title has a zero title vector.
   """
 
   def __init__(self, item_embedding: tf.keras.layers.Embedding, num_categories: int,
-               num_price_buckets: int, embedding_dim: int):
+               num_price_buckets: int, num_title_words: int, embedding_dim: int):
     super().__init__()
     self.item_embedding = item_embedding
     self.category_embedding = tf.keras.layers.Embedding(num_categories, embedding_dim)
     self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, embedding_dim)
+    self.title_embedding = tf.keras.layers.Embedding(num_title_words, embedding_dim)
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
   def call(self, inputs):
+    _, weights, title_words = _padded_embeddings(self.title_embedding, inputs[TITLE_TOKENS_XF])
     return self.projection(tf.concat(
         [self.item_embedding(inputs[ITEM_XF]), self.category_embedding(inputs[CATEGORY_XF]),
-         self.price_embedding(inputs[PRICE_BUCKET_XF])], axis=1))
+         self.price_embedding(inputs[PRICE_BUCKET_XF]), _masked_mean(title_words, weights)],
+        axis=1))
 
 
 class TwoTowerModel(tfrs.Model):
   """Query and candidate towers trained with a sampled-softmax retrieval loss."""
 
   def __init__(self, num_users: int, num_items: int, num_categories: int,
-               num_price_buckets: int, config: ModelConfig,
+               num_price_buckets: int, num_title_words: int, config: ModelConfig,
                item_probability: Optional[np.ndarray] = None):
     """item_probability: [num_items] share of training examples with each item, for the log-Q
     correction; None trains without it (uniform sampling assumed)."""
@@ -142,7 +155,7 @@ class TwoTowerModel(tfrs.Model):
     item_embedding = tf.keras.layers.Embedding(num_items, config.embedding_dim)
     self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
-                                          config.embedding_dim)
+                                          num_title_words, config.embedding_dim)
     self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
     if item_probability is None:
       item_probability = np.full(num_items, 1.0 / num_items)

@@ -1,4 +1,4 @@
-"""tf.Transform preprocessing: id vocabularies, price buckets and the fixed-length histories.
+"""tf.Transform preprocessing: id vocabularies, price buckets, title words and fixed-length histories.
 
 Transform runs this once over the training split of the session transitions on Beam (every item
 shown, not only the engaged ones, so every item shown is recommendable) to compute the
@@ -12,8 +12,10 @@ from components import features
 
 # Ids unseen in training map to one shared out-of-vocabulary index, right after the vocabulary.
 NUM_OOV_BUCKETS = 1
-# Index written into history slots that hold no item.
-HISTORY_PADDING = -1
+# Index written into history slots that hold no item and title slots that hold no word.
+PADDING = -1
+# Title words kept: ample for a catalog's titles, and bounds the candidate tower's word table.
+MAX_TITLE_WORDS = 50_000
 # Quantile buckets of price: about as many as shoppers tell apart (budget ... premium).
 NUM_PRICE_BUCKETS = 10
 
@@ -33,18 +35,36 @@ def _last_items(history: tf.SparseTensor, length: int) -> tf.Tensor:
   return ragged[:, -length:].to_tensor(default_value="", shape=[None, length])
 
 
+def _title_words(title: tf.SparseTensor) -> tf.RaggedTensor:
+  """Each title's first TITLE_LENGTH words: lower-cased runs of letters and digits.
+
+  Punctuation splits words, so "Star Wars: Episode IV (1977)" gives star, wars, episode, iv,
+  1977, and the year alone ties films of one era together. An item without a title has none.
+  """
+  # [batch, 0 or 1] -> [batch]: '' where the transition has no title.
+  text = tf.strings.reduce_join(tf.sparse.to_dense(title, default_value=""), axis=1)
+  text = tf.strings.regex_replace(tf.strings.lower(text, encoding="utf-8"), r"[^\pL\pN]+", " ")
+  return tf.strings.split(text)[:, :features.TITLE_LENGTH]
+
+
+def _indices(values: tf.Tensor, vocabulary) -> tf.Tensor:
+  """Vocabulary indices of a padded string tensor, PADDING where the string is ''."""
+  indices = tft.apply_vocabulary(values, vocabulary, num_oov_buckets=NUM_OOV_BUCKETS)
+  return tf.where(tf.equal(values, ""), tf.constant(PADDING, tf.int64), indices)
+
+
 def preprocessing_fn(inputs):
   """Maps raw transitions to vocabulary indices and buckets.
 
   Args:
-    inputs: raw features; scalars as [batch] tensors, `history` and `next_history` as
-      [batch, None] SparseTensors. At serving time only `user_id` and `history` are given, and
-      Transform prunes the outputs that need the rest.
+    inputs: raw features; scalars as [batch] tensors, `history`, `next_history` and the optional
+      `title` as [batch, None] SparseTensors. At serving time only `user_id` and `history` are
+      given, and Transform prunes the outputs that need the rest.
 
   Returns:
     `user_id_xf`, `item_id_xf`, `category_xf`, `price_bucket_xf` (in [0, NUM_PRICE_BUCKETS)) as
-    int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] with
-    HISTORY_PADDING in empty slots.
+    int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] and
+    `title_tokens_xf` as int64 [batch, TITLE_LENGTH], with PADDING in empty slots.
   """
   item_vocabulary = tft.vocabulary(inputs[features.ITEM_ID], vocab_filename=features.ITEM_ID)
 
@@ -61,9 +81,10 @@ def preprocessing_fn(inputs):
           inputs[features.PRICE], NUM_PRICE_BUCKETS),
   }
   for key in (features.HISTORY, features.NEXT_HISTORY):
-    history = _last_items(inputs[key], features.HISTORY_LENGTH)
-    history_ids = tft.apply_vocabulary(history, item_vocabulary,
-                                       num_oov_buckets=NUM_OOV_BUCKETS)
-    outputs[features.transformed_name(key)] = tf.where(
-        tf.equal(history, ""), tf.constant(HISTORY_PADDING, tf.int64), history_ids)
+    outputs[features.transformed_name(key)] = _indices(
+        _last_items(inputs[key], features.HISTORY_LENGTH), item_vocabulary)
+  words = _title_words(inputs[features.TITLE])
+  outputs[features.transformed_name(features.TITLE_TOKENS)] = _indices(
+      words.to_tensor(default_value="", shape=[None, features.TITLE_LENGTH]),
+      tft.vocabulary(words, top_k=MAX_TITLE_WORDS, vocab_filename=features.TITLE_TOKENS))
   return outputs

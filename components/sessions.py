@@ -7,8 +7,8 @@ Each user's timeline then yields two kinds of record (components/features.py):
     the `history` of items they engaged with before it;
   * a transition per event, the session as a Markov decision process: state = (user, `history`),
     action = the item shown, reward components (`click`, `purchase`, `revenue`, `rating`),
-    `next_history` = the state the next step sees, `done` on the session's last step, and the
-    logging `propensity` where the source logged one.
+    `next_history` = the state the next step sees, `done` on the session's last step, the
+    logging `propensity` where the source logged one, and the item's `title` where it has one.
 
 History is the user's, across sessions: what they did last week still says what they like. An
 event's history holds only engagements with a strictly earlier timestamp, so nothing an event's
@@ -75,6 +75,7 @@ class Event(NamedTuple):
   session_id: Optional[str] = None
   position: Optional[int] = None
   propensity: Optional[float] = None
+  title: Optional[str] = None
 
   @property
   def engaged(self) -> bool:
@@ -101,7 +102,7 @@ def _ordering(event: Event) -> Tuple:
   """Time order; within a second, slate position, then the rest, so the order is deterministic."""
   return (event.timestamp, -1 if event.position is None else event.position, event.item_id,
           event.event, event.session_id or "", event.rating, event.price, event.category,
-          event.propensity or 0.0)
+          event.propensity or 0.0, event.title or "")
 
 
 def timeline(events: Iterable[Event]) -> List[Event]:
@@ -197,6 +198,8 @@ def transition(step: _Step) -> tf.train.Example:
     feature[features.POSITION] = _int(event.position)
   if event.propensity is not None:
     feature[features.PROPENSITY] = _float(event.propensity)
+  if event.title is not None:
+    feature[features.TITLE] = _bytes(event.title)
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 

@@ -34,13 +34,15 @@ _WARMUP_USERS = 8
 _WARMUP_ITEMS = 10
 _MODEL_CODE_PACKAGES = ("components", "serving")
 _RETRIEVAL_INPUTS = (model_lib.USER_XF, model_lib.ITEM_XF, model_lib.CATEGORY_XF,
-                     model_lib.PRICE_BUCKET_XF, model_lib.HISTORY_XF, features.EVENT)
+                     model_lib.PRICE_BUCKET_XF, model_lib.TITLE_TOKENS_XF, model_lib.HISTORY_XF,
+                     features.EVENT)
 
 
 class CatalogFeatures(NamedTuple):
   """Per item index (vocabulary plus OOV), what the training transitions say about it."""
   categories: np.ndarray  # int64 category index
   price_buckets: np.ndarray  # int64 price bucket
+  title_tokens: np.ndarray  # int64 [items, TITLE_LENGTH] title word indices, PADDING-padded
   engagement_share: np.ndarray  # float, sums to 1 over the items engaged with
 
 
@@ -93,7 +95,8 @@ def transitions_dataset(fn_args: tfx.components.FnArgs, files,
 
 
 def catalog(transitions: tf.data.Dataset, num_items: int) -> CatalogFeatures:
-  """Each item index's category, price bucket and share of the engagements (one pass).
+  """Each item index's category, price bucket, title words and share of the engagements (one
+  pass).
 
   The candidate tower and the DQN head need an item's features to score it, and the logged
   transitions carry them; the engagement shares are the in-batch sampling probabilities the
@@ -101,13 +104,16 @@ def catalog(transitions: tf.data.Dataset, num_items: int) -> CatalogFeatures:
   """
   categories = np.zeros(num_items, dtype=np.int64)
   price_buckets = np.zeros(num_items, dtype=np.int64)
+  title_tokens = np.full((num_items, features.TITLE_LENGTH), preprocessing.PADDING, np.int64)
   engagements = np.zeros(num_items)
   for batch in transitions.batch(_READ_BATCH):
     items = batch[model_lib.ITEM_XF].numpy()
     categories[items] = batch[model_lib.CATEGORY_XF].numpy()
     price_buckets[items] = batch[model_lib.PRICE_BUCKET_XF].numpy()
+    title_tokens[items] = batch[model_lib.TITLE_TOKENS_XF].numpy()
     engagements += np.bincount(items, weights=batch[features.CLICK].numpy(), minlength=num_items)
-  return CatalogFeatures(categories, price_buckets, engagements / max(engagements.sum(), 1.0))
+  return CatalogFeatures(categories, price_buckets, title_tokens,
+                         engagements / max(engagements.sum(), 1.0))
 
 
 def engagements(transitions: tf.data.Dataset) -> Dict[str, np.ndarray]:
@@ -160,7 +166,9 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     retrieval = model_lib.TwoTowerModel(
         num_users=preprocessing.vocabulary_size(tf_transform_output, features.USER_ID),
         num_items=num_items, num_categories=num_categories,
-        num_price_buckets=preprocessing.NUM_PRICE_BUCKETS, config=config,
+        num_price_buckets=preprocessing.NUM_PRICE_BUCKETS,
+        num_title_words=preprocessing.vocabulary_size(tf_transform_output, features.TITLE_TOKENS),
+        config=config,
         item_probability=items.engagement_share)
     retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
   logging.info("Retrieval loss per epoch: %s",
@@ -172,6 +180,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
           model_lib.ITEM_XF: tf.constant(in_vocabulary),
           model_lib.CATEGORY_XF: tf.constant(items.categories[in_vocabulary]),
           model_lib.PRICE_BUCKET_XF: tf.constant(items.price_buckets[in_vocabulary]),
+          model_lib.TITLE_TOKENS_XF: tf.constant(items.title_tokens[in_vocabulary]),
       }).numpy(),
       items.categories[in_vocabulary], items.price_buckets[in_vocabulary])
   with strategy.scope():

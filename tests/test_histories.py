@@ -6,7 +6,7 @@ import numpy as np
 from components import histories
 from components import preprocessing
 
-PAD = preprocessing.HISTORY_PADDING
+PAD = preprocessing.PADDING
 
 
 def _engagements():

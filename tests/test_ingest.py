@@ -63,7 +63,20 @@ def test_generic_round_trip_with_items_join(tmp_path):
       ("u1", "i1", 1700000000, "view", 0.0, 12.0, "books"),
       ("u1", "i2", 1700000100, "view", 0.0, 3.25, "shoes"),
       ("u1", "i3", 1700000100, "click", 0.0, 0.0, features.UNKNOWN_CATEGORY),
-  ]))
+  ]).assign(title=["Dune, the novel", "Dune, the novel", "Ball", None]))
+
+
+def test_titles_in_the_interaction_log_win_and_a_titleless_source_has_no_title_column(tmp_path):
+  interactions = _write(tmp_path / "events.csv", (
+      "user_id,item_id,timestamp,title\n"
+      "u1,i1,1700000000,Logged title\n"
+      "u1,i2,1700000001,\n"))
+  items = _write(tmp_path / "items.csv", "item_id,title\ni1,Catalog title\ni2,Ball\n")
+  assert list(ingest.load_interactions(interactions, items)[features.TITLE]) == [
+      "Logged title", "Ball"]
+  plain = _write(tmp_path / "plain.csv", "user_id,item_id,timestamp\nu1,i1,1\n")
+  untitled_items = _write(tmp_path / "untitled.csv", "item_id,category\ni1,books\n")
+  assert features.TITLE not in ingest.load_interactions(plain, untitled_items)
 
 
 def test_impression_log_columns_round_trip_and_absent_fields_are_omitted(tmp_path):
@@ -199,7 +212,7 @@ def test_movielens_round_trip(tmp_path):
       ("1", "10", 964982703, "rating", 4.0, 0.0, "Action"),
       ("1", "11", 964982224, "rating", 3.5, 0.0, "Comedy"),
       ("2", "12", 964982931, "rating", 5.0, 0.0, features.UNKNOWN_CATEGORY),
-  ]))
+  ]).assign(title=["GoldenEye (1995)", "American President, The (1995)", "Some Film (2015)"]))
 
 
 def test_movielens_100k_round_trip(tmp_path):
@@ -216,7 +229,7 @@ def test_movielens_100k_round_trip(tmp_path):
       ("196", "242", 881250949, "rating", 3.0, 0.0, "Comedy"),
       ("186", "302", 891717742, "rating", 3.0, 0.0, "Crime"),
       ("196", "302", 881250950, "rating", 1.0, 0.0, "Crime"),
-  ]))
+  ]).assign(title=["Kolya (1996)", "L.A. Confidential (1997)", "L.A. Confidential (1997)"]))
 
 
 def test_movielens_latest_small(movielens_dir, tmp_path):

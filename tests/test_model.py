@@ -9,24 +9,28 @@ from components import preprocessing
 from components import ranker
 from serving import signature
 
-PAD = preprocessing.HISTORY_PADDING
+PAD = preprocessing.PADDING
 CONFIG = model_lib.ModelConfig(embedding_dim=8)
 PRICE_BUCKETS = 3
+TITLE_WORDS = 5
 
 
-def _batch(users, items, categories, histories, price_buckets=None):
+def _batch(users, items, categories, histories, price_buckets=None, titles=None):
   return {
       model_lib.USER_XF: tf.constant(users, tf.int64),
       model_lib.ITEM_XF: tf.constant(items, tf.int64),
       model_lib.CATEGORY_XF: tf.constant(categories, tf.int64),
       model_lib.PRICE_BUCKET_XF: tf.constant(
           np.zeros(len(items)) if price_buckets is None else price_buckets, tf.int64),
+      model_lib.TITLE_TOKENS_XF: tf.constant(
+          np.full((len(items), 2), PAD) if titles is None else titles, tf.int64),
       model_lib.HISTORY_XF: tf.constant(histories, tf.int64),
   }
 
 
 def _two_tower(num_users, num_items, num_categories, config=CONFIG):
-  return model_lib.TwoTowerModel(num_users, num_items, num_categories, PRICE_BUCKETS, config)
+  return model_lib.TwoTowerModel(num_users, num_items, num_categories, PRICE_BUCKETS,
+                                 TITLE_WORDS, config)
 
 
 def test_towers_embed_into_one_space():
@@ -57,6 +61,40 @@ def test_the_order_of_the_history_matters():
 def test_empty_history_is_finite():
   tower = _two_tower(3, 7, 2).query_tower
   assert np.isfinite(tower(_batch([0], [0], [0], [[PAD, PAD]])).numpy()).all()
+
+
+def test_title_words_are_a_bag_and_padding_does_not_count():
+  tower = _two_tower(3, 7, 2).candidate_tower
+  def embed(titles):
+    return tower(_batch([0] * len(titles), [1] * len(titles), [0] * len(titles),
+                        [[PAD]] * len(titles), titles=titles)).numpy()
+  star_wars, reversed_padded, untitled, other = embed(
+      [[1, 2, PAD, PAD], [2, 1, PAD, PAD], [PAD] * 4, [3, 4, PAD, PAD]])
+  np.testing.assert_allclose(star_wars, reversed_padded, rtol=1e-6)
+  assert not np.allclose(star_wars, untitled)
+  assert not np.allclose(star_wars, other)
+  # Without a title only the id, category and price speak.
+  assert np.isfinite(untitled).all()
+
+
+def test_shared_title_words_carry_what_one_item_learnt_to_another():
+  # Users 0..1 take item 2 + u; items 2 and 4 share a title word, items 3 and 5 another. Items 4
+  # and 5 are never trained on: only their titles can place them near the trained items.
+  tf.keras.utils.set_random_seed(0)
+  users = np.repeat(np.arange(2), 64)
+  titles = np.array([[1, PAD], [2, PAD]])
+  data = tf.data.Dataset.from_tensor_slices(
+      _batch(users, users + 2, np.zeros_like(users), np.full((len(users), 2), PAD),
+             titles=titles[users])).shuffle(128).batch(32)
+  model = _two_tower(2, 6, 1)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
+  model.fit(data, epochs=8, verbose=0)
+  queries = model.query_tower(_batch(np.arange(2), np.zeros(2), np.zeros(2), np.full((2, 2), PAD)))
+  unseen = model.candidate_tower(_batch(np.zeros(2), [4, 5], np.zeros(2), np.full((2, 2), PAD),
+                                        titles=titles)).numpy()
+  scores = tf.matmul(queries, unseen, transpose_b=True).numpy()
+  # User 0 prefers item 4 (its item's word), user 1 item 5.
+  assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
 
 
 def test_training_learns_user_item_affinity():

@@ -13,24 +13,25 @@ from components import preprocessing
 from components import schema as schema_lib
 
 
-def _transition(user, item, history, category="c1", price=1.0):
+def _transition(user, item, history, category="c1", price=1.0, title=()):
   return {
       features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: 1_700_000_000,
       features.EVENT: "view", features.RATING: 0.0, features.PRICE: price,
       features.CATEGORY: category, features.SESSION: f"{user}/0", features.HISTORY: history,
       features.CLICK: 1, features.PURCHASE: 0, features.REVENUE: 0.0,
       features.NEXT_HISTORY: history + [item], features.DONE: 0,
-      features.POSITION: [], features.PROPENSITY: [],
+      features.POSITION: [], features.PROPENSITY: [], features.TITLE: list(title),
   }
 
 
 @pytest.fixture(scope="module")
 def transformed():
   raw = [
-      _transition("u1", "a", [], price=1.0),
-      _transition("u1", "b", ["a"], price=100.0),
-      _transition("u2", "a", [], category="c2", price=1.0),
-      # Longer than HISTORY_LENGTH: keep the newest.
+      _transition("u1", "a", [], price=1.0, title=["Star Wars: Episode IV (1977)"]),
+      _transition("u1", "b", ["a"], price=100.0,
+                  title=["Wars of the ÉPOQUE, a b c d e f g h (1977)"]),
+      _transition("u2", "a", [], category="c2", price=1.0, title=["Star Wars: Episode IV (1977)"]),
+      # Longer than HISTORY_LENGTH: keep the newest. No title.
       _transition("u2", "c", ["a"] + ["b"] * 12, price=100.0),
   ]
   metadata = dataset_metadata.DatasetMetadata(
@@ -59,7 +60,7 @@ def test_ids_become_vocabulary_indices(transformed):
 def test_history_is_padded_and_keeps_most_recent_items(transformed):
   data, _ = transformed
   history = np.array([row[features.transformed_name(features.HISTORY)] for row in data])
-  pad = preprocessing.HISTORY_PADDING
+  pad = preprocessing.PADDING
   assert history.shape == (4, features.HISTORY_LENGTH)
   assert list(history[0]) == [pad] * features.HISTORY_LENGTH
   assert list(history[1]) == [0] + [pad] * (features.HISTORY_LENGTH - 1)
@@ -70,7 +71,7 @@ def test_history_is_padded_and_keeps_most_recent_items(transformed):
 def test_next_history_uses_the_same_vocabulary(transformed):
   data, _ = transformed
   next_history = np.array([row[features.transformed_name(features.NEXT_HISTORY)] for row in data])
-  pad = preprocessing.HISTORY_PADDING
+  pad = preprocessing.PADDING
   assert list(next_history[1]) == [0, 2] + [pad] * (features.HISTORY_LENGTH - 2)  # a, b
   # b * 12 + c: the newest ten are nine b's and the c.
   assert list(next_history[3]) == [2] * 9 + [1]
@@ -91,4 +92,23 @@ def test_serving_layer_maps_unknown_ids_to_oov_and_needs_only_query_features(tra
   assert list(result[features.transformed_name(features.USER_ID)].numpy()) == [0, 2]
   history_xf = result[features.transformed_name(features.HISTORY)].numpy()
   assert list(history_xf[0][:2]) == [3, 0]  # unknown item -> OOV index 3
-  assert (history_xf[1] == preprocessing.HISTORY_PADDING).all()
+  assert (history_xf[1] == preprocessing.PADDING).all()
+
+
+def test_titles_become_lower_cased_word_indices_padded_to_title_length(transformed):
+  data, output = transformed
+  vocabulary = [word.decode() for word in output.vocabulary_by_name(features.TITLE_TOKENS)]
+  # Words split at punctuation, lower-cased (non-ASCII too), counted per transition: 'wars' is
+  # in three, the rest of the first title in two (the second title's year is cut), ties in
+  # descending order.
+  assert vocabulary[:5] == ["wars", "star", "iv", "episode", "1977"]
+  assert "époque" in vocabulary and "(1977)" not in vocabulary
+  index = {word: n for n, word in enumerate(vocabulary)}
+  tokens = np.array([row[features.transformed_name(features.TITLE_TOKENS)] for row in data])
+  pad = preprocessing.PADDING
+  assert tokens.shape == (4, features.TITLE_LENGTH)
+  assert list(tokens[0]) == [index[w] for w in ("star", "wars", "episode", "iv", "1977")] + [pad] * 3
+  assert list(tokens[2]) == list(tokens[0])
+  # Only the first TITLE_LENGTH words: the year at the end is cut.
+  assert list(tokens[1]) == [index[w] for w in ("wars", "of", "the", "époque", "a", "b", "c", "d")]
+  assert list(tokens[3]) == [pad] * features.TITLE_LENGTH

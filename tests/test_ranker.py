@@ -136,12 +136,13 @@ def test_exploration_is_one_kind_at_a_time():
 def _world(num_items=6, embedding_dim=4):
   """Two-tower model and catalog for users 0..3 and items 0..5 (categories alternate)."""
   config = model_lib.ModelConfig(embedding_dim=embedding_dim)
-  retrieval = model_lib.TwoTowerModel(4, num_items, 2, 3, config)
+  retrieval = model_lib.TwoTowerModel(4, num_items, 2, 3, 1, config)
   items = np.arange(num_items)
   categories, price_buckets = items % 2, items % 3
   embeddings = retrieval.candidate_tower({
       model_lib.ITEM_XF: tf.constant(items), model_lib.CATEGORY_XF: tf.constant(categories),
-      model_lib.PRICE_BUCKET_XF: tf.constant(price_buckets)}).numpy()
+      model_lib.PRICE_BUCKET_XF: tf.constant(price_buckets),
+      model_lib.TITLE_TOKENS_XF: tf.fill([num_items, 1], tf.constant(PAD, tf.int64))}).numpy()
   return retrieval, ranker.Catalog(embeddings, categories, price_buckets)
 
 

@@ -53,7 +53,7 @@ def _records(user_events, config=sessions.SessionConfig()):
 
 def test_event_round_trips_through_the_ingested_example_format():
   event = _event("u1", "i1", 1_700_000_000, "impression", session_id="s1", position=3,
-                 propensity=0.25)
+                 propensity=0.25, title="Dune")
   assert sessions.event_from_example(_serialized(event)) == event
   bare = _event("u1", "i1", 1_700_000_000)
   assert sessions.event_from_example(_serialized(bare)) == bare
@@ -81,7 +81,7 @@ def test_history_is_earlier_engagements_across_sessions_and_excludes_the_own_sla
       _event("u", "x", 500, "purchase", price=20.0),
       _event("u", "a", slate_time, "click", position=0),
       _event("u", "b", slate_time, "impression", position=1),
-      _event("u", "c", slate_time, "click", position=2),
+      _event("u", "c", slate_time, "click", position=2, title="Ball"),
       _event("u", "d", later, "impression", position=0),
   ]
   records = _records(events, sessions.SessionConfig(session_gap_seconds=1800))
@@ -105,6 +105,9 @@ def test_history_is_earlier_engagements_across_sessions_and_excludes_the_own_sla
           by_item["b"][features.REVENUE]) == (0, 0, 0.0)
   assert by_item["b"][features.POSITION] == 1
   assert features.PROPENSITY not in by_item["b"]
+  # The title travels with its transition; an untitled item's transition has none.
+  assert by_item["c"][features.TITLE] == "Ball"
+  assert features.TITLE not in by_item["b"]
 
   # Retrieval examples are the engagements only.
   assert sorted(r[features.ITEM_ID] for r in records[sessions.EXAMPLES]) == ["a", "c", "x"]

@@ -9,16 +9,24 @@ from components import model as model_lib
 from components import trainer
 
 
+def _title(*words):
+  return list(words) + [-1] * (features.TITLE_LENGTH - len(words))
+
+
 def test_catalog_reads_each_items_features_and_engagement_share():
   transitions = tf.data.Dataset.from_tensor_slices({
       model_lib.ITEM_XF: tf.constant([0, 2, 2, 1, 2], tf.int64),
       model_lib.CATEGORY_XF: tf.constant([1, 0, 0, 1, 0], tf.int64),
       model_lib.PRICE_BUCKET_XF: tf.constant([3, 5, 5, 4, 5], tf.int64),
+      model_lib.TITLE_TOKENS_XF: tf.constant(
+          [_title(7, 8), _title(2), _title(2), _title(), _title(2)], tf.int64),
       features.CLICK: tf.constant([1, 1, 0, 0, 1], tf.int64),
   })
   catalog = trainer.catalog(transitions, num_items=4)
   np.testing.assert_array_equal(catalog.categories, [1, 1, 0, 0])
   np.testing.assert_array_equal(catalog.price_buckets, [3, 4, 5, 0])
+  # Item 1 has no title and item 3 never appears: both all padding, TITLE_LENGTH wide.
+  np.testing.assert_array_equal(catalog.title_tokens, [_title(7, 8), _title(), _title(2), _title()])
   # Three engagements: item 0 once, item 2 twice; item 1 was only shown.
   np.testing.assert_allclose(catalog.engagement_share, [1 / 3, 0.0, 2 / 3, 0.0])
 
@@ -31,6 +39,7 @@ def _engagement_inputs(events):
       model_lib.ITEM_XF: np.concatenate([rng.permutation(10)[:n // 4] for _ in range(4)]),
       model_lib.CATEGORY_XF: np.zeros(n, np.int64),
       model_lib.PRICE_BUCKET_XF: np.zeros(n, np.int64),
+      model_lib.TITLE_TOKENS_XF: np.full((n, features.TITLE_LENGTH), -1, np.int64),
       model_lib.HISTORY_XF: np.full((n, features.HISTORY_LENGTH), -1, np.int64),
       features.EVENT: np.array(events, dtype=object),
   }
@@ -49,7 +58,7 @@ def test_engagements_keep_the_clicked_transitions_retrieval_reads():
 @pytest.mark.parametrize("events, sampled", [([b"rating"] * 40, True), ([b"click"] * 40, False)])
 def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled, monkeypatch):
   inputs = _engagement_inputs(events)
-  model = model_lib.TwoTowerModel(4, 10, 1, 1, model_lib.ModelConfig(embedding_dim=4, epochs=2))
+  model = model_lib.TwoTowerModel(4, 10, 1, 1, 1, model_lib.ModelConfig(embedding_dim=4, epochs=2))
   model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
   seen = []
   fit = model.fit

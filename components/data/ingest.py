@@ -6,8 +6,8 @@ Formats (`fmt`):
     (features.EVENT_TYPES), rating, price, category, and the impression-log columns session_id,
     position (slot in the slate, an integer >= 0) and propensity (the logging policy's
     probability, in (0, 1]). A missing event is 'rating' when the file has a rating column, else
-    'view'. An optional items CSV (item_id and optional category, price, title) supplies category
-    and price wherever the interaction log has none. The simulator (components/data/generator.py)
+    'view'. An optional items CSV (item_id and optional category, price, title) supplies category,
+    price and title wherever the interaction log has none. The simulator (components/data/generator.py)
     writes this format: one row per impression, with all three impression-log columns.
   * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
     `movies.csv` (movieId,title,genres), whose first genre becomes the category.
@@ -335,10 +335,11 @@ def _iso_seconds(text: str) -> Optional[int]:
 
 
 def _join_items(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
-  """Fills each event's absent category and price from its item's (the interaction wins)."""
+  """Fills each event's absent category, price and title from its item's (the interaction wins)."""
   items = items.set_index(features.ITEM_ID)
-  for column in (features.CATEGORY, features.PRICE):
-    events[column] = events[column].fillna(events[features.ITEM_ID].map(items[column]))
+  for column in (features.CATEGORY, features.PRICE, features.TITLE):
+    own = events[column] if column in events else pd.Series(np.nan, index=events.index)
+    events[column] = own.fillna(events[features.ITEM_ID].map(items[column]))
   return events
 
 
@@ -358,7 +359,7 @@ def _read_generic(interactions_path: pathlib.Path,
       features.CATEGORY: _strings(table, features.CATEGORY),
   })
   optional_readers = {features.SESSION_ID: _strings, features.POSITION: _positions,
-                      features.PROPENSITY: _propensities}
+                      features.PROPENSITY: _propensities, features.TITLE: _strings}
   for column, read in optional_readers.items():
     if column in table.frame:
       events[column] = read(table, column)
@@ -370,6 +371,7 @@ def _read_generic(interactions_path: pathlib.Path,
       features.ITEM_ID: _unique_ids(items, features.ITEM_ID),
       features.CATEGORY: _strings(items, features.CATEGORY),
       features.PRICE: _numbers(items, features.PRICE),
+      features.TITLE: _strings(items, features.TITLE),
   }))
 
 
@@ -388,9 +390,9 @@ def _ratings(table: _Table, user: str, item: str, rating: str, timestamp: str) -
   })
 
 
-def _movie_categories(ids: pd.Series, first_genre: pd.Series) -> pd.DataFrame:
+def _movies(ids: pd.Series, first_genre: pd.Series, titles: pd.Series) -> pd.DataFrame:
   return pd.DataFrame({features.ITEM_ID: ids, features.CATEGORY: first_genre,
-                       features.PRICE: np.nan})
+                       features.PRICE: np.nan, features.TITLE: titles})
 
 
 def _read_movielens(interactions_path: pathlib.Path,
@@ -401,8 +403,9 @@ def _read_movielens(interactions_path: pathlib.Path,
   movies = _read_table(items_path)
   _require(movies, ("movieId", "genres"))
   first_genre = _strings(movies, "genres").str.split("|").str[0]
-  return _join_items(events, _movie_categories(
-      _unique_ids(movies, "movieId"), first_genre.mask(first_genre == _ML_NO_GENRE)))
+  return _join_items(events, _movies(
+      _unique_ids(movies, "movieId"), first_genre.mask(first_genre == _ML_NO_GENRE),
+      _strings(movies, "title")))
 
 
 def _read_movielens_100k(interactions_path: pathlib.Path,
@@ -415,7 +418,8 @@ def _read_movielens_100k(interactions_path: pathlib.Path,
   genre = pd.Series(np.array(_ML100K_GENRES)[np.argmax(flags == 1, axis=1)], dtype=object)
   # Movies flagged with no genre or only with 'unknown' have no category.
   first_genre = genre.where((flags == 1).any(axis=1) & (genre != "unknown"))
-  return _join_items(events, _movie_categories(_unique_ids(movies, "movie id"), first_genre))
+  return _join_items(events, _movies(_unique_ids(movies, "movie id"), first_genre,
+                                     _strings(movies, "movie title")))
 
 
 _READERS: Dict[str, Callable[[pathlib.Path, Optional[pathlib.Path]], pd.DataFrame]] = {
@@ -431,7 +435,7 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
   """Reads interactions (and item attributes) into the event columns, absent values defaulted.
 
   Returns features.REQUIRED_EVENT_COLUMNS, then whichever OPTIONAL_EVENT_COLUMNS the source has.
-  Ids, event, category and session_id are str, timestamp int64, rating, price and propensity
+  Ids, event, category, session_id and title are str, timestamp int64, rating, price and propensity
   float64, position nullable Int64; an optional field a row leaves empty is NaN (NA for
   position). Rows keep file order. Raises InputDataError for anything unreadable; domain checks
   are left to the schema.
@@ -447,7 +451,9 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
       features.EVENT: str, features.RATING: np.float64, features.PRICE: np.float64,
       features.CATEGORY: str,
   })
-  columns = [column for column in features.EVENT_COLUMNS if column in events]
+  # An optional column without a single value is dropped: the source does not have that field.
+  columns = [column for column in features.EVENT_COLUMNS if column in events and (
+      column in features.REQUIRED_EVENT_COLUMNS or events[column].notna().any())]
   return events[columns].reset_index(drop=True)
 
 

@@ -71,9 +71,9 @@ class SyntheticRecommender(tf.Module):
     self.hidden = tf.Variable(rng.normal(size=(2 * EMBEDDING_DIM, 64)).astype(np.float32) / 8)
     self.out = tf.Variable(rng.normal(size=(64, 1)).astype(np.float32) / 8)
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=signature.USER_ID),
-                                tf.TensorSpec([None, None], tf.string, name=signature.HISTORY)])
-  def serve(self, user_id, history):
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    del timestamp  # the contract's input; an hour embedding costs nothing next to the rest
     users = tf.gather(self.users, tf.strings.to_hash_bucket_fast(user_id, USER_BUCKETS))
     indices = self.item_index.lookup(history)
     known = tf.cast(indices >= 0, tf.float32)[:, :, tf.newaxis]

@@ -1,4 +1,5 @@
-"""The serving SavedModel: raw ids in, ranked item ids, scores and propensities out, in one graph.
+"""The serving SavedModel: raw ids and the request time in, ranked item ids, scores and
+propensities out, in one graph.
 
 The graph holds the Transform layer (so clients send raw ids, exactly as logged), the query
 tower, the catalog's frozen embeddings and features, and the DQN head. Its signatures
@@ -17,11 +18,6 @@ import tensorflow as tf
 from components import features
 from components import ranker
 from serving import signature
-
-_INPUTS = [
-    tf.TensorSpec([None], tf.string, name=signature.USER_ID),
-    tf.TensorSpec([None, None], tf.string, name=signature.HISTORY),
-]
 
 
 class RecommenderModule(tf.Module):
@@ -44,19 +40,20 @@ class RecommenderModule(tf.Module):
     self.temperature = config.temperature
     self.epsilon = config.epsilon
 
-  def _states(self, user_id, history):
+  def _states(self, user_id, history, timestamp):
     # Clients pad histories of different lengths with ''; Transform wants them as a ragged list.
     compact_history = tf.ragged.boolean_mask(history, tf.not_equal(history, "")).to_sparse()
-    return self.query_tower(
-        self.tft_layer({features.USER_ID: user_id, features.HISTORY: compact_history}))
+    return self.query_tower(self.tft_layer({
+        features.USER_ID: user_id, features.HISTORY: compact_history,
+        features.TIMESTAMP: timestamp}))
 
-  def _retrieved(self, user_id, history, k: int):
-    scores, items = self.catalog.top_candidates(self._states(user_id, history), k)
+  def _retrieved(self, user_id, history, timestamp, k: int):
+    scores, items = self.catalog.top_candidates(self._states(user_id, history, timestamp), k)
     return {signature.ITEM_IDS: tf.gather(self.item_ids, items), signature.SCORES: scores}
 
-  @tf.function(input_signature=_INPUTS)
-  def serve(self, user_id, history):
-    states = self._states(user_id, history)
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    states = self._states(user_id, history, timestamp)
     _, candidates = self.catalog.top_candidates(states, self.candidates)
     q_values = self.q_network((states, self.catalog.actions(candidates)))
     order, propensities = ranker.rerank(q_values, self.top_k, self.temperature, self.epsilon)
@@ -67,13 +64,13 @@ class RecommenderModule(tf.Module):
         signature.PROPENSITIES: propensities,
     }
 
-  @tf.function(input_signature=_INPUTS)
-  def retrieve(self, user_id, history):
-    return self._retrieved(user_id, history, self.top_k)
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def retrieve(self, user_id, history, timestamp):
+    return self._retrieved(user_id, history, timestamp, self.top_k)
 
-  @tf.function(input_signature=_INPUTS)
-  def rank_catalog(self, user_id, history):
-    return self._retrieved(user_id, history, self.catalog_size)
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def rank_catalog(self, user_id, history, timestamp):
+    return self._retrieved(user_id, history, timestamp, self.catalog_size)
 
 
 def save(module: RecommenderModule, export_dir: str) -> None:

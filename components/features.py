@@ -56,6 +56,12 @@ PRICE_BUCKET = "price_bucket"  # quantile bucket of price: the candidate tower's
 # text feature, which lets items that share words ("Star Wars", a year) share what is learnt.
 TITLE_TOKENS = "title_tokens"
 TITLE_LENGTH = 8
+# The hour of the week (UTC, 0 = Monday 00:00-01:00) the event happened, or the request is made:
+# the query tower's context, since what people choose follows the day and the hour. Derived from
+# `timestamp`; unknown (PADDING) for a timestamp <= 0, which serving clients send when they do
+# not know the time.
+HOUR_OF_WEEK = "hour_of_week"
+HOURS_PER_WEEK = 7 * 24
 
 
 def transformed_name(key: str) -> str:

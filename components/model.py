@@ -1,6 +1,7 @@
 """The two-tower retrieval model (TensorFlow Recommenders on tf-keras).
 
-The query tower embeds who the user is and what they touched last, in order; the candidate tower
+The query tower embeds who the user is, what they touched last, in order, and when they ask (the
+hour of the week); the candidate tower
 embeds an item from its id, category, price bucket and title words. Training pulls a user's next item towards the query embedding and
 pushes the other items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
 
@@ -28,6 +29,7 @@ CATEGORY_XF = features.transformed_name(features.CATEGORY)
 PRICE_BUCKET_XF = features.transformed_name(features.PRICE_BUCKET)
 TITLE_TOKENS_XF = features.transformed_name(features.TITLE_TOKENS)
 HISTORY_XF = features.transformed_name(features.HISTORY)
+HOUR_OF_WEEK_XF = features.transformed_name(features.HOUR_OF_WEEK)
 NEXT_HISTORY_XF = features.transformed_name(features.NEXT_HISTORY)
 _ATTENTION_HEADS = 2
 
@@ -43,6 +45,9 @@ class ModelConfig:
   # items just before it), "sampled" (a new random sample of the user's other engagements each
   # epoch), or "auto": sampled when the engagements are explicit ratings, recent otherwise.
   retrieval_history: str = histories.AUTO
+  # Share of training examples whose hour of the week is hidden, so the query tower also learns
+  # to serve clients that do not send the time (and the simulator, whose world has no clock).
+  context_dropout: float = 0.2
   # Seeds the sampled histories and the order of the retrieval examples.
   seed: int = 0
   # How many items the serving signatures return per user.
@@ -54,6 +59,8 @@ class ModelConfig:
     if self.retrieval_history not in histories.MODES:
       raise ValueError(f"retrieval_history must be one of {histories.MODES}, got "
                        f"{self.retrieval_history!r}")
+    if not 0.0 <= self.context_dropout < 1.0:
+      raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
 
   @classmethod
   def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -64,19 +71,24 @@ class ModelConfig:
 
 
 class QueryTower(tf.keras.Model):
-  """User id embedding, plus the recent items as a set (mean) and as a sequence (self-attention).
+  """User id embedding, the recent items as a set (mean) and as a sequence (self-attention), and
+  the hour of the week.
 
   The mean says what the user likes. The self-attention block (SASRec-style: one layer, each item
   attending to the others, with an embedding of how recent it is) says where the session is
   heading, which a mean cannot tell apart from its reverse. Padding is masked out of both. The
   history shares the item embedding table with the candidate tower, so an item a user just saw
-  pulls the query towards items like it from the first training step on.
+  pulls the query towards items like it from the first training step on. The hour of the week is
+  context: an unknown hour contributes a zero vector, and training hides it for a
+  `context_dropout` share of examples so that the query without it is trained too.
   """
 
   def __init__(self, num_users: int, item_embedding: tf.keras.layers.Embedding,
-               embedding_dim: int):
+               embedding_dim: int, context_dropout: float = 0.0):
     super().__init__()
     self.user_embedding = tf.keras.layers.Embedding(num_users, embedding_dim)
+    self.hour_embedding = tf.keras.layers.Embedding(features.HOURS_PER_WEEK, embedding_dim)
+    self.context_dropout = context_dropout
     self.item_embedding = item_embedding
     # Recency 0 is the latest item; histories are cut to HISTORY_LENGTH by Transform.
     self.recency_embedding = tf.keras.layers.Embedding(features.HISTORY_LENGTH, embedding_dim)
@@ -85,7 +97,7 @@ class QueryTower(tf.keras.Model):
     self.attention_norm = tf.keras.layers.LayerNormalization()
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
-  def call(self, inputs):
+  def call(self, inputs, training=False):
     history = inputs[HISTORY_XF]
     present, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
     history_mean = _masked_mean(history_embeddings, weights)
@@ -98,12 +110,17 @@ class QueryTower(tf.keras.Model):
     attended = self.attention_norm(sequence + self.attention(
         sequence, sequence, attention_mask=present[:, None, :]))
     user = self.user_embedding(inputs[USER_XF])
+    hour = inputs[HOUR_OF_WEEK_XF]
+    if training and self.context_dropout:
+      hidden = tf.random.uniform(tf.shape(hour)) < self.context_dropout
+      hour = tf.where(hidden, tf.constant(preprocessing.PADDING, tf.int64), hour)
+    _, _, context = _padded_embeddings(self.hour_embedding, hour)
     return self.projection(tf.concat(
-        [user, history_mean, _masked_mean(attended * weights, weights)], axis=1))
+        [user, history_mean, _masked_mean(attended * weights, weights), context], axis=1))
 
 
 def _padded_embeddings(embedding: tf.keras.layers.Embedding, indices: tf.Tensor):
-  """(present [batch, n] bool, weights [batch, n, 1], embeddings [batch, n, dim]) of padded indices.
+  """(present [...] bool, weights [..., 1], embeddings [..., dim]) of indices [...] with padding.
 
   Padding slots look up row 0 but are multiplied by a zero weight, so they never move anything.
   """
@@ -153,7 +170,8 @@ class TwoTowerModel(tfrs.Model):
     correction; None trains without it (uniform sampling assumed)."""
     super().__init__()
     item_embedding = tf.keras.layers.Embedding(num_items, config.embedding_dim)
-    self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim)
+    self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim,
+                                  config.context_dropout)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
                                           num_title_words, config.embedding_dim)
     self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
@@ -164,6 +182,6 @@ class TwoTowerModel(tfrs.Model):
 
   def compute_loss(self, inputs, training=False):
     items = inputs[ITEM_XF]
-    return self.task(self.query_tower(inputs), self.candidate_tower(inputs),
+    return self.task(self.query_tower(inputs, training=training), self.candidate_tower(inputs),
                      candidate_sampling_probability=tf.gather(self.item_probability, items),
                      candidate_ids=items)

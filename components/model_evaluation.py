@@ -5,8 +5,8 @@ called with raw ids, Transform graph and reranker included. The candidate and th
 evaluated by the same function on the same data, so their figures compare.
 
 The queries are the eval split's engagements (SessionBuilder's `examples`): for each, the model
-is asked with the user and their history before it, and the engaged item is the one relevant
-item. The items in the query's history (what the user has seen) are removed from the list, and
+is asked with the user, their history before it and the engagement's time, and the engaged item
+is the one relevant item. The items in the query's history (what the user has seen) are removed from the list, and
 so, as in protocols that remove seen items, a re-engagement with an item of the history is no
 query: it could never be hit. Their number is reported (`EvalData.repeat_queries`).
 
@@ -213,6 +213,7 @@ def eval_data(train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
       QUERY: np.arange(len(queries)),
       features.USER_ID: queries[features.USER_ID],
       features.HISTORY: queries[features.HISTORY],
+      features.TIMESTAMP: queries[features.TIMESTAMP],
       features.ITEM_ID: queries[features.ITEM_ID],
       features.CATEGORY: queries[features.CATEGORY],
       "returning_user": queries[features.USER_ID].isin(set(train_examples[features.USER_ID])),
@@ -279,7 +280,8 @@ def recommendation_lists(model: serving_queries.RankingSignature, queries: pd.Da
                          k: int) -> pd.DataFrame:
   """Each query's top k without its history's items: query, rank (from 1), item_id."""
   item_ids, _ = model.rank(queries[features.USER_ID].tolist(),
-                           queries[features.HISTORY].tolist())
+                           queries[features.HISTORY].tolist(),
+                           queries[features.TIMESTAMP].tolist())
   rows = []
   for query, history, items in zip(queries[QUERY], queries[features.HISTORY], item_ids):
     seen = set(history)

@@ -6,7 +6,7 @@ and items; the model speaks the default dataset's ids ("u00042", "i00017", writt
 components/data/generator.py), so the policy translates both ways: the context's user and
 cross-session history go in as ids, and the first `slate_size` returned items come back as
 numbers, with the signature's propensities, or 1.0 for a signature without them (a deterministic
-ranking such as `retrieve`).
+ranking such as `retrieve`). The time goes in as unknown: the simulated world has no clock.
 """
 import os
 from typing import List

@@ -14,6 +14,8 @@ from components import features
 NUM_OOV_BUCKETS = 1
 # Index written into history slots that hold no item and title slots that hold no word.
 PADDING = -1
+_SECONDS_PER_HOUR = 3600
+_SECONDS_PER_DAY = 24 * _SECONDS_PER_HOUR
 # Title words kept: ample for a catalog's titles, and bounds the candidate tower's word table.
 MAX_TITLE_WORDS = 50_000
 # Quantile buckets of price: about as many as shoppers tell apart (budget ... premium).
@@ -47,6 +49,14 @@ def _title_words(title: tf.SparseTensor) -> tf.RaggedTensor:
   return tf.strings.split(text)[:, :features.TITLE_LENGTH]
 
 
+def _hour_of_week(timestamp: tf.Tensor) -> tf.Tensor:
+  """features.HOUR_OF_WEEK of Unix timestamps; PADDING where the time is unknown (<= 0)."""
+  days = timestamp // _SECONDS_PER_DAY
+  # 1 January 1970 was a Thursday: day 0 is weekday 3 counting from Monday.
+  hour = (days + 3) % 7 * 24 + timestamp // _SECONDS_PER_HOUR % 24
+  return tf.where(timestamp > 0, hour, tf.constant(PADDING, tf.int64))
+
+
 def _indices(values: tf.Tensor, vocabulary) -> tf.Tensor:
   """Vocabulary indices of a padded string tensor, PADDING where the string is ''."""
   indices = tft.apply_vocabulary(values, vocabulary, num_oov_buckets=NUM_OOV_BUCKETS)
@@ -58,12 +68,13 @@ def preprocessing_fn(inputs):
 
   Args:
     inputs: raw features; scalars as [batch] tensors, `history`, `next_history` and the optional
-      `title` as [batch, None] SparseTensors. At serving time only `user_id` and `history` are
-      given, and Transform prunes the outputs that need the rest.
+      `title` as [batch, None] SparseTensors. At serving time only `user_id`, `history` and
+      `timestamp` (the request's time) are given, and Transform prunes the outputs that need the
+      rest.
 
   Returns:
-    `user_id_xf`, `item_id_xf`, `category_xf`, `price_bucket_xf` (in [0, NUM_PRICE_BUCKETS)) as
-    int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] and
+    `user_id_xf`, `item_id_xf`, `category_xf`, `price_bucket_xf` (in [0, NUM_PRICE_BUCKETS)),
+    `hour_of_week_xf` (in [0, HOURS_PER_WEEK) or PADDING) as int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] and
     `title_tokens_xf` as int64 [batch, TITLE_LENGTH], with PADDING in empty slots.
   """
   item_vocabulary = tft.vocabulary(inputs[features.ITEM_ID], vocab_filename=features.ITEM_ID)
@@ -79,6 +90,8 @@ def preprocessing_fn(inputs):
           inputs[features.ITEM_ID], item_vocabulary, num_oov_buckets=NUM_OOV_BUCKETS),
       features.transformed_name(features.PRICE_BUCKET): tft.bucketize(
           inputs[features.PRICE], NUM_PRICE_BUCKETS),
+      features.transformed_name(features.HOUR_OF_WEEK): _hour_of_week(
+          inputs[features.TIMESTAMP]),
   }
   for key in (features.HISTORY, features.NEXT_HISTORY):
     outputs[features.transformed_name(key)] = _indices(

@@ -196,7 +196,8 @@ class QNetwork(tf.keras.Model):
 class DQNRanker(tf.keras.Model):
   """Trains a QNetwork by Double DQN with a target network and the CQL regulariser.
 
-  A training batch holds transformed transitions: the state (`user_id_xf`, `history_xf`), the
+  A training batch holds transformed transitions: the state (`user_id_xf`, `history_xf`,
+  `hour_of_week_xf`), the
   logged action (`item_id_xf`), the reward fields, `next_history_xf` and `done`.
   """
 
@@ -212,10 +213,14 @@ class DQNRanker(tf.keras.Model):
     self.train_candidates = min(config.train_candidates, int(catalog.embeddings.shape[0]))
 
   def _state(self, batch, history_key: str) -> tf.Tensor:
-    return tf.stop_gradient(self.query_tower({
-        features.transformed_name(features.USER_ID): batch[features.transformed_name(
-            features.USER_ID)],
-        features.transformed_name(features.HISTORY): batch[history_key]}))
+    """The query tower's embedding of the user, the history under `history_key` and the hour.
+
+    The next state keeps the step's hour: a session's steps are minutes apart.
+    """
+    inputs = {key: batch[key] for key in (features.transformed_name(features.USER_ID),
+                                          features.transformed_name(features.HOUR_OF_WEEK))}
+    inputs[features.transformed_name(features.HISTORY)] = batch[history_key]
+    return tf.stop_gradient(self.query_tower(inputs))
 
   def build_networks(self, state_dim: int) -> None:
     """Creates both networks' weights and starts the target as a copy of the online network."""

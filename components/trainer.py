@@ -35,7 +35,7 @@ _WARMUP_ITEMS = 10
 _MODEL_CODE_PACKAGES = ("components", "serving")
 _RETRIEVAL_INPUTS = (model_lib.USER_XF, model_lib.ITEM_XF, model_lib.CATEGORY_XF,
                      model_lib.PRICE_BUCKET_XF, model_lib.TITLE_TOKENS_XF, model_lib.HISTORY_XF,
-                     features.EVENT)
+                     model_lib.HOUR_OF_WEEK_XF, features.EVENT)
 
 
 class CatalogFeatures(NamedTuple):

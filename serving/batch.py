@@ -32,7 +32,8 @@ def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List
 
   Users the model never saw get its out-of-vocabulary user embedding, like online. The seen
   items are always the query's history; `remove_seen=False` keeps them in the ranking, as
-  protocols that score every item do.
+  protocols that score every item do. The time is unknown (signature.UNKNOWN_TIME): the lists
+  are read later, at times the job cannot know.
   """
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")

@@ -72,23 +72,31 @@ class RecommenderClient:
     self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
     self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
-  def recommend(self, user_id: str, history: Sequence[str] = (),
-                k: int = 10) -> List[Recommendation]:
-    """The best `k` items for one user, best first; `history` is recent item ids, oldest first."""
-    return self.recommend_batch([user_id], [history], k)[0]
+  def recommend(self, user_id: str, history: Sequence[str] = (), k: int = 10,
+                timestamp: Optional[int] = None) -> List[Recommendation]:
+    """The best `k` items for one user, best first; `history` is recent item ids, oldest first.
+
+    `timestamp`: when the user asks, in seconds since the epoch; None means now.
+    """
+    return self.recommend_batch([user_id], [history], k,
+                                None if timestamp is None else [timestamp])[0]
 
   def recommend_batch(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]],
-                      k: int = 10) -> List[List[Recommendation]]:
+                      k: int = 10, timestamps: Optional[Sequence[int]] = None
+                      ) -> List[List[Recommendation]]:
     """The best `k` items for each user, in one request; histories may differ in length.
 
-    Only the most recent `signature.HISTORY_WIDTH` items of each history are sent.
+    Only the most recent `signature.HISTORY_WIDTH` items of each history are sent. `timestamps`
+    say when each user asks (seconds since the epoch); None means now for all.
     """
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
+    if timestamps is None:
+      timestamps = [int(time.time())] * len(user_ids)
     # The most recent items at a fixed width: what the model reads, in a shape TF Serving batches.
     request = queries.predict_request(
         user_ids, [list(history)[-signature.HISTORY_WIDTH:] for history in histories],
-        self.model_name, history_width=signature.HISTORY_WIDTH)
+        self.model_name, history_width=signature.HISTORY_WIDTH, timestamps=timestamps)
     if self.version_label:
       request.model_spec.version_label = self.version_label
     request.output_filter.extend([signature.ITEM_IDS, signature.SCORES])

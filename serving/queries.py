@@ -1,9 +1,11 @@
-"""Queries to the ranking signatures: many (user, history) pairs at once, in process or over gRPC.
+"""Queries to the ranking signatures: many (user, history, time) queries at once, in process or
+over gRPC.
 
 Offline users of a SavedModel (batch recommendations, evaluation) ask the same questions as the
 online service, many at a time. This module is the one place that turns Python ids into the
-signature's [batch] user and [batch, width] history tensors: histories are oldest first and
-padded with '' at the end, as serving clients send them and the model was trained on.
+signature's [batch] user, [batch, width] history and [batch] timestamp tensors: histories are
+oldest first and padded with '' at the end, as serving clients send them and the model was
+trained on; a query without a time gets signature.UNKNOWN_TIME.
 """
 import os
 from typing import Dict, Iterator, Optional, Sequence, Tuple
@@ -35,14 +37,26 @@ def padded_histories(histories: Sequence[Sequence[str]],
                      shape=[len(lists), width])
 
 
+def query_times(timestamps: Optional[Sequence[int]], count: int) -> tf.Tensor:
+  """[count] int64 timestamps; all signature.UNKNOWN_TIME when `timestamps` is None."""
+  if timestamps is None:
+    return tf.fill([count], tf.constant(signature.UNKNOWN_TIME, tf.int64))
+  if len(timestamps) != count:
+    raise ValueError(f"got {count} queries but {len(timestamps)} timestamps")
+  return tf.constant(np.asarray(timestamps, dtype=np.int64), shape=[count])
+
+
 def predict_request(user_ids: Sequence[str], histories: Sequence[Sequence[str]],
                     model_name: str = signature.DEFAULT_MODEL_NAME,
                     signature_name: str = signature.SERVING_SIGNATURE,
-                    history_width: Optional[int] = None) -> predict_pb2.PredictRequest:
+                    history_width: Optional[int] = None,
+                    timestamps: Optional[Sequence[int]] = None) -> predict_pb2.PredictRequest:
   """The same queries as one TF Serving Predict request, as clients send them over gRPC.
 
   Online clients pass `history_width` (signature.HISTORY_WIDTH): TF Serving's batching merges
   concurrent requests only if their inputs have the same shape beyond the batch dimension.
+  `timestamps` (seconds since the epoch) say when each query is asked; None sends
+  signature.UNKNOWN_TIME.
   """
   if len(user_ids) != len(histories):
     raise ValueError(f"got {len(user_ids)} user ids but {len(histories)} histories")
@@ -53,6 +67,8 @@ def predict_request(user_ids: Sequence[str], histories: Sequence[Sequence[str]],
       tf.make_tensor_proto(list(user_ids), dtype=tf.string, shape=[len(user_ids)]))
   request.inputs[signature.HISTORY].CopyFrom(
       tf.make_tensor_proto(padded_histories(histories, history_width)))
+  request.inputs[signature.TIMESTAMP].CopyFrom(
+      tf.make_tensor_proto(query_times(timestamps, len(user_ids))))
   return request
 
 
@@ -71,17 +87,22 @@ class RankingSignature:
     self.signature_name = signature_name
     self._batch_size = batch_size
 
-  def __call__(self, users: Sequence[str],
-               histories: Sequence[Sequence[str]]) -> Dict[str, np.ndarray]:
-    """The signature's outputs as arrays for one batch of (user, history) queries."""
+  def __call__(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+               timestamps: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+    """The signature's outputs as arrays for one batch of (user, history, time) queries.
+
+    `timestamps`: when each query is asked; None for unknown (signature.UNKNOWN_TIME).
+    """
     if len(users) != len(histories):
       raise ValueError(f"{len(users)} users but {len(histories)} histories")
     outputs = self._signature(**{
         signature.USER_ID: tf.constant(list(users), tf.string, shape=[len(users)]),
-        signature.HISTORY: padded_histories(histories)})
+        signature.HISTORY: padded_histories(histories),
+        signature.TIMESTAMP: query_times(timestamps, len(users))})
     return {name: value.numpy() for name, value in outputs.items()}
 
-  def rank_batches(self, users: Sequence[str], histories: Sequence[Sequence[str]]
+  def rank_batches(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+                   timestamps: Optional[Sequence[int]] = None
                    ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Per batch of queries in order: (item ids [batch, returned] str, scores [batch, returned]).
 
@@ -91,13 +112,14 @@ class RankingSignature:
       raise ValueError(f"{len(users)} users but {len(histories)} histories")
     for start in range(0, len(users), self._batch_size):
       batch = slice(start, start + self._batch_size)
-      outputs = self(users[batch], histories[batch])
+      outputs = self(users[batch], histories[batch],
+                     None if timestamps is None else timestamps[batch])
       yield outputs[signature.ITEM_IDS].astype(str), outputs[signature.SCORES]
 
-  def rank(self, users: Sequence[str],
-           histories: Sequence[Sequence[str]]) -> Tuple[np.ndarray, np.ndarray]:
-    """(item ids [n, returned] str, scores [n, returned]) for each (user, history) pair."""
-    batches = list(self.rank_batches(users, histories))
+  def rank(self, users: Sequence[str], histories: Sequence[Sequence[str]],
+           timestamps: Optional[Sequence[int]] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(item ids [n, returned] str, scores [n, returned]) for each (user, history, time) query."""
+    batches = list(self.rank_batches(users, histories, timestamps))
     if not batches:
       return np.empty((0, 0), str), np.empty((0, 0), np.float32)
     item_ids, scores = zip(*batches)

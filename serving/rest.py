@@ -10,8 +10,8 @@ As in TF Serving (https://www.tensorflow.org/tfx/serving/api_rest), the row form
 {"predictions": [...]} with one object per instance, the columnar format {"outputs": {...}};
 errors answer {"error": message} with the HTTP status matching the gRPC code. Requests become
 tensorflow-serving-api protos and go through serving/handlers.py, so both protocols validate and
-answer alike. Strings only, as this model's inputs are; TF Serving's base64 ({"b64": ...})
-binary encoding is not needed for ids and is rejected as a non-string.
+answer alike. Strings and integers only, as this model's inputs are (ids, the request time);
+TF Serving's base64 ({"b64": ...}) binary encoding is not needed for ids and is rejected.
 """
 import http
 import http.server
@@ -63,10 +63,14 @@ def _to_tensor_proto(key: str, value: Any):
   if any(isinstance(item, (list, dict)) for item in items):
     raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"input '{key}' is ragged or nested; rows must have equal length")
-  if not all(isinstance(item, str) for item in items):
-    raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"input '{key}' must hold strings")
-  return tf.make_tensor_proto(array, dtype=tf.string, shape=array.shape)
+  if all(isinstance(item, str) for item in items):
+    return tf.make_tensor_proto(array, dtype=tf.string, shape=array.shape)
+  # JSON has one number type; bool is a subclass of int in Python and no id or time.
+  if all(isinstance(item, int) and not isinstance(item, bool) for item in items):
+    return tf.make_tensor_proto(array.astype(np.int64), dtype=tf.int64, shape=array.shape)
+  raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"input '{key}' must hold strings or integers, not a mix or "
+                              f"other JSON values")
 
 
 def predict_request(body: Dict[str, Any], match: re.Match) -> Tuple[predict_pb2.PredictRequest,

@@ -3,6 +3,7 @@
 These match what TensorFlow Serving exposes for the model, so the same client works against the
 local server and a stock `tensorflow/serving` container.
 """
+import tensorflow as tf
 
 DEFAULT_MODEL_NAME = "recommender"
 # Written last into a version directory by TF Serving's convention; its presence marks a version
@@ -19,6 +20,16 @@ RANK_CATALOG_SIGNATURE = "rank_catalog"
 # Inputs.
 USER_ID = "user_id"  # string [batch]
 HISTORY = "history"  # string [batch, history_len]; '' pads, history_len may be 0
+# int64 [batch]: when each query is asked, in seconds since the Unix epoch; the model reads the
+# hour of the week from it (components/features.py). UNKNOWN_TIME where the client does not know.
+TIMESTAMP = "timestamp"
+UNKNOWN_TIME = 0
+# Every signature's input_signature, in this order.
+INPUT_SPECS = (
+    tf.TensorSpec([None], tf.string, name=USER_ID),
+    tf.TensorSpec([None, None], tf.string, name=HISTORY),
+    tf.TensorSpec([None], tf.int64, name=TIMESTAMP),
+)
 # The history width online clients send: the most recent items, padded with '' to this width, so
 # that TF Serving can batch concurrent requests (serving/batching_parameters.txt). The model reads
 # the most recent components.features.HISTORY_LENGTH items; tests keep the two equal.

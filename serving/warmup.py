@@ -26,6 +26,7 @@ WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000
 # An id no training data uses: exercises the out-of-vocabulary (cold-start) embedding.
 UNKNOWN_USER = "__warmup_unknown_user__"
+_A_MONDAY_NOON = 1_700_481_600  # 2023-11-20 12:00 UTC
 
 
 def representative_requests(known_users: Sequence[str], item_ids: Sequence[str],
@@ -46,10 +47,15 @@ def representative_requests(known_users: Sequence[str], item_ids: Sequence[str],
   history = [item_ids[index % len(item_ids)] for index in range(history_length)]
   batch_users = [known_users[index % len(known_users)] for index in range(7)] + [UNKNOWN_USER]
   batch_histories = [history[:index % (history_length + 1)] for index in range(8)]
+  # Known and unknown times alike: the graph takes both paths.
+  batch_times = [signature.UNKNOWN_TIME if index % 2 else _A_MONDAY_NOON + index * 3600
+                 for index in range(8)]
   return [queries.predict_request(users, histories, model_name,
-                                  history_width=signature.HISTORY_WIDTH)
-          for users, histories in (([known_users[0]], [history]), ([UNKNOWN_USER], [[]]),
-                                   (batch_users, batch_histories))]
+                                  history_width=signature.HISTORY_WIDTH, timestamps=times)
+          for users, histories, times in (
+              ([known_users[0]], [history], [_A_MONDAY_NOON]),
+              ([UNKNOWN_USER], [[]], [signature.UNKNOWN_TIME]),
+              (batch_users, batch_histories, batch_times))]
 
 
 def write(model_dir: os.PathLike, requests: Sequence[predict_pb2.PredictRequest]) -> str:

@@ -11,8 +11,6 @@ from serving import signature
 N_ITEMS = 20
 TOP_K = 12  # more than the default slate size, fewer than the catalog
 BROKEN_SIGNATURE = "broken"
-_INPUTS = [tf.TensorSpec([None], tf.string, name=signature.USER_ID),
-           tf.TensorSpec([None, None], tf.string, name=signature.HISTORY)]
 
 
 class FakeRecommender(tf.Module):
@@ -21,7 +19,7 @@ class FakeRecommender(tf.Module):
   `retrieve` ranks items user, user + 1, ... (mod N_ITEMS) first. `serving_default` starts
   instead at user + sum over history columns c of (c + 1) * item number, so the result depends on
   every history item and its column; its propensity at position j is 1 / (j + 1). `broken`
-  returns ids outside the catalog.
+  returns ids outside the catalog. The time is taken, as the contract requires, and not used.
   """
 
   def __init__(self):
@@ -33,14 +31,15 @@ class FakeRecommender(tf.Module):
     scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
     return tf.gather(self._catalog, items), scores
 
-  @tf.function(input_signature=_INPUTS)
-  def retrieve(self, user_id, history):
-    del history
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def retrieve(self, user_id, history, timestamp):
+    del history, timestamp
     item_ids, scores = self._top(_numbers(user_id))
     return {signature.ITEM_IDS: item_ids, signature.SCORES: scores}
 
-  @tf.function(input_signature=_INPUTS)
-  def serve(self, user_id, history):
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    del timestamp
     columns = tf.range(1, tf.shape(history)[1] + 1)
     start = _numbers(user_id) + tf.reduce_sum(_numbers(history) * columns[None, :], axis=1)
     item_ids, scores = self._top(start)
@@ -48,9 +47,9 @@ class FakeRecommender(tf.Module):
     return {signature.ITEM_IDS: item_ids, signature.SCORES: scores,
             signature.PROPENSITIES: propensities}
 
-  @tf.function(input_signature=_INPUTS)
-  def broken(self, user_id, history):
-    del history
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def broken(self, user_id, history, timestamp):
+    del history, timestamp
     item_ids = tf.fill([tf.shape(user_id)[0], TOP_K], "i99999")
     return {signature.ITEM_IDS: item_ids, signature.SCORES: tf.zeros(tf.shape(item_ids))}
 

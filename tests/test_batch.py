@@ -23,7 +23,8 @@ def model_dir(tmp_path_factory):
 
 def _catalog_order(model_dir, user, history):
   rank = tf.saved_model.load(str(model_dir)).signatures[signature.RANK_CATALOG_SIGNATURE]
-  ranked = rank(user_id=tf.constant([user]), history=tf.constant([history or [""]]))
+  ranked = rank(user_id=tf.constant([user]), history=tf.constant([history or [""]]),
+                timestamp=tf.constant([signature.UNKNOWN_TIME], tf.int64))
   return list(ranked[signature.ITEM_IDS].numpy()[0].astype(str))
 
 

@@ -1,6 +1,7 @@
 """RecommenderClient against the real local server, serving the tiny model of test_server.py."""
 import contextlib
 import pathlib
+import time
 from concurrent import futures
 from typing import Iterator
 
@@ -86,11 +87,13 @@ class _FlakyPredictions(prediction_service_pb2_grpc.PredictionServiceServicer):
 
   def __init__(self, failures: int, code: grpc.StatusCode):
     self.calls = 0
+    self.requests = []
     self._failures = failures
     self._code = code
 
   def Predict(self, request, context):
     self.calls += 1
+    self.requests.append(request)
     if self.calls <= self._failures:
       context.abort(self._code, f"failure {self.calls}")
     response = predict_pb2.PredictResponse()
@@ -116,6 +119,19 @@ def test_unavailable_is_retried_with_backoff():
   with _fake_server(servicer) as target, client_lib.RecommenderClient(target) as client:
     assert client.recommend("u", k=1) == [client_lib.Recommendation("i1", 0.5)]
   assert servicer.calls == 3
+
+
+def test_requests_carry_the_time_now_unless_the_caller_gives_one():
+  servicer = _FlakyPredictions(failures=0, code=grpc.StatusCode.OK)
+  with _fake_server(servicer) as target, client_lib.RecommenderClient(target) as client:
+    before = int(time.time())
+    client.recommend("u", k=1)
+    after = int(time.time())
+    client.recommend("u", k=1, timestamp=1_700_000_000)
+  sent = [tf.make_ndarray(request.inputs[signature.TIMESTAMP]).tolist()
+          for request in servicer.requests]
+  assert before <= sent[0][0] <= after
+  assert sent[1] == [1_700_000_000]
 
 
 def test_retries_stop_after_the_policy_s_attempts():

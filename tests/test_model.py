@@ -15,8 +15,10 @@ PRICE_BUCKETS = 3
 TITLE_WORDS = 5
 
 
-def _batch(users, items, categories, histories, price_buckets=None, titles=None):
+def _batch(users, items, categories, histories, price_buckets=None, titles=None, hours=None):
   return {
+      model_lib.HOUR_OF_WEEK_XF: tf.constant(
+          np.full(len(users), PAD) if hours is None else hours, tf.int64),
       model_lib.USER_XF: tf.constant(users, tf.int64),
       model_lib.ITEM_XF: tf.constant(items, tf.int64),
       model_lib.CATEGORY_XF: tf.constant(categories, tf.int64),
@@ -145,8 +147,12 @@ class _IdentityTransform(tf.keras.layers.Layer):
   def call(self, inputs):
     history = tf.sparse.to_dense(inputs["history"], default_value="-1")
     history = tf.pad(history, [[0, 0], [0, 3]], constant_values="-1")[:, :3]
+    timestamp = inputs["timestamp"]
     return {model_lib.USER_XF: tf.strings.to_number(inputs["user_id"], tf.int64),
-            model_lib.HISTORY_XF: tf.strings.to_number(history, tf.int64)}
+            model_lib.HISTORY_XF: tf.strings.to_number(history, tf.int64),
+            # Hours since the epoch, mod a week: enough to tell times apart.
+            model_lib.HOUR_OF_WEEK_XF: tf.where(timestamp > 0, timestamp // 3600 % 168,
+                                                tf.constant(PAD, tf.int64))}
 
 
 def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0.0,
@@ -182,8 +188,16 @@ def exported(tmp_path_factory):
   return export_tiny_model(path, ITEM_IDS, top_k=3, serve_candidates=4), str(path)
 
 
+A_TIME = 1_700_000_000
+
+
 def _inputs():
-  return dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0", ""], ["", ""]]))
+  return dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0", ""], ["", ""]]),
+              timestamp=tf.constant([A_TIME, signature.UNKNOWN_TIME], tf.int64))
+
+
+def _times(count):
+  return tf.fill([count], tf.constant(A_TIME, tf.int64))
 
 
 def test_saved_model_round_trip_gives_the_same_answer(exported):
@@ -230,7 +244,8 @@ def test_exploring_serving_graph_samples_slates_and_reports_their_propensities(t
   export_tiny_model(tmp_path, ITEM_IDS, top_k=100, serve_candidates=4, temperature=0.5)
   loaded = tf.saved_model.load(str(tmp_path)).signatures
   assert loaded[signature.RETRIEVE_SIGNATURE](**_inputs())[signature.ITEM_IDS].shape == (2, 6)
-  inputs = dict(user_id=tf.constant(["1"] * 400), history=tf.constant([["0"]] * 400))
+  inputs = dict(user_id=tf.constant(["1"] * 400), history=tf.constant([["0"]] * 400),
+                timestamp=_times(400))
   served = loaded[signature.SERVING_SIGNATURE](**inputs)
   assert served[signature.ITEM_IDS].shape == (400, 6)
   slates = {tuple(row) for row in served[signature.ITEM_IDS].numpy()}
@@ -251,7 +266,8 @@ def test_exploring_serving_graph_samples_slates_and_reports_their_propensities(t
 def test_epsilon_greedy_serving_graph_explores_outside_the_greedy_slate(tmp_path):
   export_tiny_model(tmp_path, ITEM_IDS, top_k=2, serve_candidates=6, epsilon=0.2)
   loaded = tf.saved_model.load(str(tmp_path)).signatures
-  inputs = dict(user_id=tf.constant(["1"] * 2000), history=tf.constant([["0"]] * 2000))
+  inputs = dict(user_id=tf.constant(["1"] * 2000), history=tf.constant([["0"]] * 2000),
+                timestamp=_times(2000))
   served = loaded[signature.SERVING_SIGNATURE](**inputs)
   items = served[signature.ITEM_IDS].numpy().astype(str)
   propensities = served[signature.PROPENSITIES].numpy()
@@ -279,8 +295,38 @@ def test_rank_catalog_ranks_every_item_like_retrieve(exported):
 def test_empty_history_input_is_accepted(exported):
   _, path = exported
   serve = tf.saved_model.load(path).signatures["serving_default"]
-  out = serve(user_id=tf.constant(["0"]), history=tf.zeros([1, 0], tf.string))
+  out = serve(user_id=tf.constant(["0"]), history=tf.zeros([1, 0], tf.string),
+              timestamp=_times(1))
   assert out["item_ids"].shape == (1, 3)
+
+
+def test_the_request_time_reaches_the_query_and_unknown_time_is_served(exported):
+  _, path = exported
+  rank_catalog = tf.saved_model.load(path).signatures[signature.RANK_CATALOG_SIGNATURE]
+  def scores(timestamp):
+    return rank_catalog(user_id=tf.constant(["1"]), history=tf.constant([["0"]]),
+                        timestamp=tf.constant([timestamp], tf.int64))[signature.SCORES].numpy()
+  monday, monday_later, tuesday = A_TIME, A_TIME + 60, A_TIME + 24 * 3600
+  np.testing.assert_allclose(scores(monday), scores(monday_later), rtol=1e-6)  # same hour
+  assert not np.allclose(scores(monday), scores(tuesday))
+  unknown = scores(signature.UNKNOWN_TIME)
+  assert np.isfinite(unknown).all() and not np.allclose(unknown, scores(monday))
+  # A negative time is unknown too.
+  np.testing.assert_allclose(scores(-5), unknown, rtol=1e-6)
+
+
+def test_context_dropout_hides_the_hour_in_training_only():
+  tower = model_lib.QueryTower(3, tf.keras.layers.Embedding(7, 8), 8, context_dropout=0.5)
+  batch = _batch([1] * 400, [0] * 400, [0] * 400, [[PAD]] * 400, hours=[5] * 400)
+  unknown = tower(dict(batch, **{model_lib.HOUR_OF_WEEK_XF: tf.fill([400], tf.constant(PAD,
+                                                                                      tf.int64))}))
+  served = tower(batch).numpy()
+  assert not np.allclose(served[0], unknown[0])
+  np.testing.assert_allclose(served, served[:1].repeat(400, axis=0), rtol=1e-6)
+  trained = tower(batch, training=True).numpy()
+  hidden = np.isclose(trained, unknown.numpy()).all(axis=1)
+  assert 0.4 < hidden.mean() < 0.6
+  np.testing.assert_allclose(trained[~hidden], served[~hidden], rtol=1e-6)
 
 
 def test_saved_model_uses_stock_ops_only(exported):

@@ -18,8 +18,6 @@ from serving import signature
 N_ITEMS = 1000  # random top-10s hit 1 % of the time: far below the default gate's floor
 TOP_K = 30
 N_USERS = 300
-_INPUTS = [tf.TensorSpec([None], tf.string, name=signature.USER_ID),
-           tf.TensorSpec([None, None], tf.string, name=signature.HISTORY)]
 
 
 def _item(number: int) -> str:
@@ -38,8 +36,9 @@ class _RuleRanker(tf.Module):
     super().__init__()
     self._kind = kind
 
-  @tf.function(input_signature=_INPUTS)
-  def serve(self, user_id, history):
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    del timestamp
     # Clients pad shorter histories with '' at the end.
     length = tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int32), axis=1)
     last_item = tf.gather(history, length - 1, batch_dims=1)

@@ -13,9 +13,12 @@ from components import preprocessing
 from components import schema as schema_lib
 
 
-def _transition(user, item, history, category="c1", price=1.0, title=()):
+TUESDAY_22H = 1_700_000_000  # 2023-11-14 22:13:20 UTC
+
+
+def _transition(user, item, history, category="c1", price=1.0, title=(), timestamp=TUESDAY_22H):
   return {
-      features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: 1_700_000_000,
+      features.USER_ID: user, features.ITEM_ID: item, features.TIMESTAMP: timestamp,
       features.EVENT: "view", features.RATING: 0.0, features.PRICE: price,
       features.CATEGORY: category, features.SESSION: f"{user}/0", features.HISTORY: history,
       features.CLICK: 1, features.PURCHASE: 0, features.REVENUE: 0.0,
@@ -29,10 +32,11 @@ def transformed():
   raw = [
       _transition("u1", "a", [], price=1.0, title=["Star Wars: Episode IV (1977)"]),
       _transition("u1", "b", ["a"], price=100.0,
-                  title=["Wars of the ÉPOQUE, a b c d e f g h (1977)"]),
+                  title=["Wars of the ÉPOQUE, a b c d e f g h (1977)"],
+                  timestamp=TUESDAY_22H + 2 * 3600),  # Wednesday, 0h
       _transition("u2", "a", [], category="c2", price=1.0, title=["Star Wars: Episode IV (1977)"]),
       # Longer than HISTORY_LENGTH: keep the newest. No title.
-      _transition("u2", "c", ["a"] + ["b"] * 12, price=100.0),
+      _transition("u2", "c", ["a"] + ["b"] * 12, price=100.0, timestamp=0),
   ]
   metadata = dataset_metadata.DatasetMetadata(
       schema_lib.load_schema(schema_lib.TRANSITIONS_SCHEMA_PATH))
@@ -88,7 +92,10 @@ def test_serving_layer_maps_unknown_ids_to_oov_and_needs_only_query_features(tra
   _, output = transformed
   layer = output.transform_features_layer()
   history = tf.sparse.from_dense(tf.constant([["zzz", "a"], ["", ""]]))
-  result = layer({features.USER_ID: tf.constant(["u2", "stranger"]), features.HISTORY: history})
+  result = layer({features.USER_ID: tf.constant(["u2", "stranger"]), features.HISTORY: history,
+                  features.TIMESTAMP: tf.constant([TUESDAY_22H, 0], tf.int64)})
+  assert list(result[features.transformed_name(features.HOUR_OF_WEEK)].numpy()) == [
+      46, preprocessing.PADDING]
   assert list(result[features.transformed_name(features.USER_ID)].numpy()) == [0, 2]
   history_xf = result[features.transformed_name(features.HISTORY)].numpy()
   assert list(history_xf[0][:2]) == [3, 0]  # unknown item -> OOV index 3
@@ -112,3 +119,10 @@ def test_titles_become_lower_cased_word_indices_padded_to_title_length(transform
   # Only the first TITLE_LENGTH words: the year at the end is cut.
   assert list(tokens[1]) == [index[w] for w in ("wars", "of", "the", "époque", "a", "b", "c", "d")]
   assert list(tokens[3]) == [pad] * features.TITLE_LENGTH
+
+
+def test_the_hour_of_the_week_counts_from_monday_and_zero_time_is_unknown(transformed):
+  data, _ = transformed
+  hours = [row[features.transformed_name(features.HOUR_OF_WEEK)] for row in data]
+  # Tuesday 22h is hour 24 + 22; two hours later it is Wednesday 0h; timestamp 0 is unknown.
+  assert hours == [46, 48, 46, preprocessing.PADDING]

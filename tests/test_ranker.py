@@ -152,6 +152,7 @@ def _transitions(users, items, clicks, done):
       model_lib.USER_XF: tf.constant(users, tf.int64),
       model_lib.ITEM_XF: tf.constant(items, tf.int64),
       model_lib.HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
+      model_lib.HOUR_OF_WEEK_XF: tf.fill([n], tf.constant(PAD, tf.int64)),
       model_lib.NEXT_HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
       features.CLICK: tf.constant(clicks, tf.int64),
       features.PURCHASE: tf.zeros([n], tf.int64),
@@ -175,8 +176,10 @@ def test_dqn_learns_which_shown_item_is_clicked():
   untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["td_loss"])
   history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
   assert history["td_loss"][-1] < untrained_loss / 10
-  states = retrieval.query_tower({model_lib.USER_XF: tf.range(4, dtype=tf.int64),
-                                  model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64))})
+  states = retrieval.query_tower({
+      model_lib.USER_XF: tf.range(4, dtype=tf.int64),
+      model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
+      model_lib.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
 

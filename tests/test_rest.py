@@ -49,9 +49,9 @@ def expected_row(user, history):
 
 def test_predict_in_the_row_format_pads_histories(server):
   status, body = call(server, f"/v1/models/{MODEL}:predict", {"instances": [
-      {"user_id": "u1", "history": ["item03"]},
-      {"user_id": "user22", "history": ["item07", "item08"]},
-      {"user_id": "new", "history": []}]})
+      {"user_id": "u1", "history": ["item03"], "timestamp": 1_700_000_000},
+      {"user_id": "user22", "history": ["item07", "item08"], "timestamp": 0},
+      {"user_id": "new", "history": [], "timestamp": 1_700_000_000}]})
   assert status == 200
   assert body == {"predictions": [expected_row("u1", ["item03"]),
                                   expected_row("user22", ["item07", "item08"]),
@@ -60,7 +60,7 @@ def test_predict_in_the_row_format_pads_histories(server):
 
 def test_predict_in_the_columnar_format_by_version_and_label(server):
   body = {"signature_name": signature.SERVING_SIGNATURE,
-          "inputs": {"user_id": ["u1"], "history": [["item03", ""]]}}
+          "inputs": {"user_id": ["u1"], "history": [["item03", ""]], "timestamp": [0]}}
   for path in (f"/v1/models/{MODEL}:predict", f"/v1/models/{MODEL}/versions/3:predict",
                f"/v1/models/{MODEL}/labels/stable:predict"):
     status, answer = call(server, path, body)
@@ -71,9 +71,16 @@ def test_predict_in_the_columnar_format_by_version_and_label(server):
 
 @pytest.mark.parametrize("path, body, status, message", [
     (f"/v1/models/{MODEL}:predict", b"{not json", 400, "not JSON"),
-    (f"/v1/models/{MODEL}:predict", {"instances": [{"user_id": 1, "history": []}]}, 400,
-     "must hold strings"),
-    (f"/v1/models/{MODEL}:predict", {"inputs": {"user_id": ["u"]}}, 400, "missing ['history']"),
+    (f"/v1/models/{MODEL}:predict",
+     {"instances": [{"user_id": 1, "history": [], "timestamp": 0}]}, 400,
+     "input 'user_id' has dtype DT_INT64, but signature 'serving_default' expects DT_STRING"),
+    (f"/v1/models/{MODEL}:predict",
+     {"instances": [{"user_id": "u", "history": [], "timestamp": 1.5}]}, 400,
+     "input 'timestamp' must hold strings or integers"),
+    (f"/v1/models/{MODEL}:predict", {"inputs": {"user_id": ["u"], "timestamp": [0]}}, 400,
+     "missing ['history']"),
+    (f"/v1/models/{MODEL}:predict", {"inputs": {"user_id": ["u"], "history": [[]]}}, 400,
+     "missing ['timestamp']"),
     (f"/v1/models/{MODEL}:predict", {"inputs": {"user_id": ["u"], "history": [["a"], []]}}, 400,
      "ragged"),
     (f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": {}}, 400, "exactly one of"),

@@ -34,7 +34,9 @@ RPC_TIMEOUT = 10.0
 
 USERS = np.array([b"u1", b"user22"], dtype=object)
 HISTORIES = np.array([[b"item03", b""], [b"item07", b"item08"]], dtype=object)
-GOOD_INPUTS = {signature.USER_ID: USERS, signature.HISTORY: HISTORIES}
+TIMES = np.array([1_700_000_000, signature.UNKNOWN_TIME], dtype=np.int64)
+GOOD_INPUTS = {signature.USER_ID: USERS, signature.HISTORY: HISTORIES,
+               signature.TIMESTAMP: TIMES}
 
 
 class TinyRecommender(tf.Module):
@@ -42,18 +44,17 @@ class TinyRecommender(tf.Module):
 
   Each user's ranking is the catalog rotated by len(user_id) plus the number of items in their
   history ('' is padding) plus `offset`, scored 0, -1, -2, ...; see `expected_recommendations`.
-  Models with different offsets answer differently, so a test can tell versions apart.
+  Models with different offsets answer differently, so a test can tell versions apart. The time
+  is taken, as the contract requires, and not used.
   """
 
   def __init__(self, offset: int = 0):
     super().__init__()
     self.offset = offset
 
-  @tf.function(input_signature=[
-      tf.TensorSpec([None], tf.string, name=signature.USER_ID),
-      tf.TensorSpec([None, None], tf.string, name=signature.HISTORY),
-  ])
-  def serve(self, user_id, history):
+  @tf.function(input_signature=signature.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    del timestamp
     # Gives the tests an error raised inside the model call.
     tf.debugging.assert_equal(tf.shape(user_id)[0], tf.shape(history)[0],
                               message="user_id and history differ in batch size")
@@ -160,7 +161,7 @@ def test_predict_answers_as_the_saved_model(predictions, serving_root, signature
 
 def test_predict_with_empty_history(predictions):
   inputs = {signature.USER_ID: np.array([b"u1"], dtype=object),
-            signature.HISTORY: np.empty((1, 0), dtype=object)}
+            signature.HISTORY: np.empty((1, 0), dtype=object), signature.TIMESTAMP: TIMES[:1]}
   response = predictions.Predict(predict_request(inputs), timeout=RPC_TIMEOUT)
 
   item_ids = tf.make_ndarray(response.outputs[signature.ITEM_IDS])
@@ -183,8 +184,8 @@ def test_predict_returns_only_the_filtered_outputs(predictions):
      "Unrecognized servable version label: stable"),
     (dict(signature_name="predict"), grpc.StatusCode.INVALID_ARGUMENT,
      'Serving signature key "predict" not found'),
-    (dict(inputs={signature.USER_ID: USERS}), grpc.StatusCode.INVALID_ARGUMENT,
-     "missing ['history']"),
+    (dict(inputs={signature.USER_ID: USERS, signature.TIMESTAMP: TIMES}),
+     grpc.StatusCode.INVALID_ARGUMENT, "missing ['history']"),
     (dict(inputs={**GOOD_INPUTS, "age": np.array([30, 40])}), grpc.StatusCode.INVALID_ARGUMENT,
      "unexpected ['age']"),
     (dict(inputs={**GOOD_INPUTS, signature.USER_ID: np.array([1, 2], dtype=np.int64)}),
@@ -225,7 +226,8 @@ def test_get_model_metadata_returns_the_signature_defs(predictions):
   signature_defs = get_model_metadata_pb2.SignatureDefMap()
   assert response.metadata[handlers.SIGNATURE_DEF_FIELD].Unpack(signature_defs)
   serving_default = signature_defs.signature_def[signature.SERVING_SIGNATURE]
-  assert set(serving_default.inputs) == {signature.USER_ID, signature.HISTORY}
+  assert set(serving_default.inputs) == {
+      signature.USER_ID, signature.HISTORY, signature.TIMESTAMP}
   assert set(serving_default.outputs) == {signature.ITEM_IDS, signature.SCORES}
   assert serving_default.inputs[signature.USER_ID].dtype == tf.string.as_datatype_enum
   assert serving_default.outputs[signature.SCORES].dtype == tf.float32.as_datatype_enum

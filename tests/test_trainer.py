@@ -41,6 +41,7 @@ def _engagement_inputs(events):
       model_lib.PRICE_BUCKET_XF: np.zeros(n, np.int64),
       model_lib.TITLE_TOKENS_XF: np.full((n, features.TITLE_LENGTH), -1, np.int64),
       model_lib.HISTORY_XF: np.full((n, features.HISTORY_LENGTH), -1, np.int64),
+      model_lib.HOUR_OF_WEEK_XF: np.full(n, -1, np.int64),
       features.EVENT: np.array(events, dtype=object),
   }
 

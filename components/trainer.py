@@ -136,6 +136,12 @@ def train_retrieval(retrieval: model_lib.TwoTowerModel, inputs: Dict[str, np.nda
   mode = histories.resolve_mode(config.retrieval_history, inputs.pop(features.EVENT))
   logging.info("Retrieval examples train with %s histories", mode)
   rng = np.random.default_rng(config.seed)
+  if mode == histories.SAMPLED:
+    # A sampled history has no "before", and a rating's time is when the user filled in ratings,
+    # not when they asked for a recommendation: no request context. Learnt anyway, the hour
+    # singles out a user's rating sessions (nDCG@10 on MovieLens 0.307 -> 0.289).
+    inputs[model_lib.HOUR_OF_WEEK_XF] = np.full_like(inputs[model_lib.HOUR_OF_WEEK_XF],
+                                                     preprocessing.PADDING)
   losses = []
   for epoch in range(config.epochs):
     epoch_inputs = dict(inputs)

@@ -41,7 +41,7 @@ def _engagement_inputs(events):
       model_lib.PRICE_BUCKET_XF: np.zeros(n, np.int64),
       model_lib.TITLE_TOKENS_XF: np.full((n, features.TITLE_LENGTH), -1, np.int64),
       model_lib.HISTORY_XF: np.full((n, features.HISTORY_LENGTH), -1, np.int64),
-      model_lib.HOUR_OF_WEEK_XF: np.full(n, -1, np.int64),
+      model_lib.HOUR_OF_WEEK_XF: np.full(n, 5, np.int64),
       features.EVENT: np.array(events, dtype=object),
   }
 
@@ -61,16 +61,20 @@ def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled,
   inputs = _engagement_inputs(events)
   model = model_lib.TwoTowerModel(4, 10, 1, 1, 1, model_lib.ModelConfig(embedding_dim=4, epochs=2))
   model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
-  seen = []
+  seen, hours = [], []
   fit = model.fit
   def recording_fit(dataset, **kwargs):
     seen.append(np.concatenate([batch[model_lib.HISTORY_XF].numpy() for batch in dataset]))
+    hours.append(np.concatenate([batch[model_lib.HOUR_OF_WEEK_XF].numpy() for batch in dataset]))
     return fit(dataset, **kwargs)
   monkeypatch.setattr(model, "fit", recording_fit)
   losses = trainer.train_retrieval(model, inputs, model_lib.ModelConfig(epochs=2))
   assert len(losses) == len(seen) == 2
   assert all(np.isfinite(losses))
   assert (features.EVENT in inputs)  # the caller's inputs are left as they were
+  assert (inputs[model_lib.HOUR_OF_WEEK_XF] == 5).all()
+  # A rating's time is no request context: sampled-history training hides the hour.
+  assert all((epoch_hours == (-1 if sampled else 5)).all() for epoch_hours in hours)
   if sampled:
     # Every user engaged with 10 distinct items: each history holds the 9 others, in an order
     # drawn anew each epoch.

@@ -1,9 +1,9 @@
 """The two-tower retrieval model (TensorFlow Recommenders on tf-keras).
 
 The query tower embeds who the user is, what they touched last, in order, and when they ask (the
-hour of the week); the candidate tower
-embeds an item from its id, category, price bucket and title words. Training pulls a user's next item towards the query embedding and
-pushes the other items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
+hour of the week); the candidate tower embeds an item from its id, category, price bucket and
+title words. Training pulls a user's next item towards the query embedding and pushes the other
+items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
 
 In-batch negatives are sampled by popularity: a popular item is a negative far more often than
 a rare one, which teaches the model to rank popular items too low. The loss subtracts each

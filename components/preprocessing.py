@@ -1,4 +1,5 @@
-"""tf.Transform preprocessing: id vocabularies, price buckets, title words and fixed-length histories.
+"""tf.Transform preprocessing: id vocabularies, price buckets, title words, the hour of the week and
+fixed-length histories.
 
 Transform runs this once over the training split of the session transitions on Beam (every item
 shown, not only the engaged ones, so every item shown is recommendable) to compute the
@@ -74,8 +75,9 @@ def preprocessing_fn(inputs):
 
   Returns:
     `user_id_xf`, `item_id_xf`, `category_xf`, `price_bucket_xf` (in [0, NUM_PRICE_BUCKETS)),
-    `hour_of_week_xf` (in [0, HOURS_PER_WEEK) or PADDING) as int64 [batch]; `history_xf` and `next_history_xf` as int64 [batch, HISTORY_LENGTH] and
-    `title_tokens_xf` as int64 [batch, TITLE_LENGTH], with PADDING in empty slots.
+    `hour_of_week_xf` (in [0, HOURS_PER_WEEK) or PADDING) as int64 [batch]; `history_xf` and
+    `next_history_xf` as int64 [batch, HISTORY_LENGTH] and `title_tokens_xf` as int64
+    [batch, TITLE_LENGTH], with PADDING in empty slots.
   """
   item_vocabulary = tft.vocabulary(inputs[features.ITEM_ID], vocab_filename=features.ITEM_ID)
 

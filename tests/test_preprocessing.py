@@ -114,7 +114,8 @@ def test_titles_become_lower_cased_word_indices_padded_to_title_length(transform
   tokens = np.array([row[features.transformed_name(features.TITLE_TOKENS)] for row in data])
   pad = preprocessing.PADDING
   assert tokens.shape == (4, features.TITLE_LENGTH)
-  assert list(tokens[0]) == [index[w] for w in ("star", "wars", "episode", "iv", "1977")] + [pad] * 3
+  star_wars = [index[word] for word in ("star", "wars", "episode", "iv", "1977")]
+  assert list(tokens[0]) == star_wars + [pad] * 3
   assert list(tokens[2]) == list(tokens[0])
   # Only the first TITLE_LENGTH words: the year at the end is cut.
   assert list(tokens[1]) == [index[w] for w in ("wars", "of", "the", "époque", "a", "b", "c", "d")]

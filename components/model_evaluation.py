@@ -8,7 +8,8 @@ The queries are the eval split's engagements (SessionBuilder's `examples`): for 
 is asked with the user, their history before it and the engagement's time, and the engaged item
 is the one relevant item. The items in the query's history (what the user has seen) are removed
 from the list, and so, as in protocols that remove seen items, a re-engagement with an item of
-the history is no query: it could never be hit. Their number is reported (`EvalData.repeat_queries`).
+the history is no query: it could never be hit. Their number is reported
+(`EvalData.repeat_queries`).
 
 Metrics (names as the gate config, schemas/gate/gate.yaml, uses them):
   * accuracy at each k of `EvaluationConfig.ks`: precision@k, recall@k, ndcg@k, map@k,

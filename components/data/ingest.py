@@ -8,7 +8,8 @@ Formats (`fmt`):
     probability, in (0, 1]). A missing event is 'rating' when the file has a rating column, else
     'view'. An optional items CSV (item_id and optional category, price, title) supplies category,
     price and title wherever the interaction log has none (an interaction log may carry title
-    itself). The simulator (components/data/generator.py) writes this format: one row per impression, with all three impression-log columns.
+    itself). The simulator (components/data/generator.py) writes this format: one row per
+    impression, with all three impression-log columns.
   * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
     `movies.csv` (movieId,title,genres), whose first genre becomes the category.
   * `movielens-100k`: ml-100k's tab-separated `u.data` (user, item, rating, timestamp; no header)

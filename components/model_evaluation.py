@@ -255,7 +255,8 @@ def _logged_slates(transitions: pd.DataFrame, catalog: pd.Index) -> Optional[pd.
       "item": frame["item"], "propensity": frame[features.PROPENSITY].astype(float),
       "click": frame[features.CLICK].astype(int), "purchase": frame[features.PURCHASE].astype(int),
       "revenue": frame[features.REVENUE].astype(float),
-      "history": frame[features.HISTORY]}).reset_index(drop=True)
+      "history": frame[features.HISTORY],
+      "timestamp": frame[features.TIMESTAMP]}).reset_index(drop=True)
 
 
 def item_factors(train_engagements: pd.DataFrame, catalog: np.ndarray,
@@ -342,18 +343,22 @@ def off_policy_estimates(model: serving_queries.RankingSignature, data: EvalData
   """IPS, SNIPS and DR of the model's softened ranking from the logged slates, with intervals.
 
   The target's logits are -rank / rank_temperature over the model's returned items and -inf
-  over the rest of the catalog, which it never shows. The model ranks deterministically, so
-  each distinct (user, history) is asked once for all five estimators (each of which asks for
-  the target's probabilities of every slate, in chunks).
+  over the rest of the catalog, which it never shows. Each slate's query is its user, history
+  and the time it was shown. The model ranks deterministically, so each distinct query is asked
+  once for all five estimators (each of which asks for the target's probabilities of every
+  slate, in chunks).
   """
   catalog = pd.Index(data.catalog)
-  ranked_items: Dict[Tuple[str, Tuple[str, ...]], np.ndarray] = {}  # catalog positions, or -1
+  # (user, history, timestamp) -> catalog positions of the ranking, -1 for an unknown id
+  ranked_items: Dict[Tuple[str, Tuple[str, ...], int], np.ndarray] = {}
 
   def ranking(log: off_policy.SlateLog) -> np.ndarray:
-    keys = [(user, tuple(history)) for user, history in zip(log.users, log.histories)]
+    keys = [(user, tuple(history), int(timestamp))
+            for user, history, timestamp in zip(log.users, log.histories, log.timestamps)]
     new = list(dict.fromkeys(key for key in keys if key not in ranked_items))
     if new:
-      item_ids, _ = model.rank([user for user, _ in new], [history for _, history in new])
+      users, new_histories, timestamps = zip(*new)
+      item_ids, _ = model.rank(list(users), list(new_histories), list(timestamps))
       positions = catalog.get_indexer(item_ids.ravel()).reshape(item_ids.shape)
       ranked_items.update(zip(new, positions))
     return np.stack([ranked_items[key] for key in keys])
@@ -375,7 +380,7 @@ def off_policy_estimates(model: serving_queries.RankingSignature, data: EvalData
       ("purchase", {"ope_purchase_rate": off_policy.DoublyRobust()}),
       ("revenue", {"ope_revenue_per_impression": off_policy.DoublyRobust()})):
     log = off_policy.SlateLog.from_impressions(data.impressions, len(catalog), reward=reward,
-                                               history="history")
+                                               history="history", timestamp="timestamp")
     for name, estimator in estimators.items():
       estimates[name] = dataclasses.asdict(estimator.estimate(log, target))
   return estimates

@@ -78,7 +78,8 @@ class SlateLog:
   A policy's context is the session's user and the items they clicked at earlier steps of it.
   The simulator also shows policies a cross-session click `history`; it cannot be rebuilt from
   impressions (it depends on the simulator's batching). Logs that carry the history a model
-  reads, as the pipeline's transitions do, pass it as `histories` for targets that need it.
+  reads, as the pipeline's transitions do, pass it as `histories` for targets that need it, and
+  the request time of each slate as `timestamps` for targets whose ranking depends on the hour.
   """
   sessions: np.ndarray  # [n_slates] the session of each slate: the independent units
   users: np.ndarray  # [n_slates]
@@ -92,10 +93,13 @@ class SlateLog:
   # [n_slates] the history a model was queried with for each slate (any per-slate value), if
   # the log has one
   histories: Optional[np.ndarray] = None
+  # [n_slates] seconds since the epoch at which each slate was shown, if the log has them
+  timestamps: Optional[np.ndarray] = None
 
   @classmethod
   def from_impressions(cls, impressions: pd.DataFrame, n_items: int, reward: str = "click",
-                       history: Optional[str] = None) -> "SlateLog":
+                       history: Optional[str] = None,
+                       timestamp: Optional[str] = None) -> "SlateLog":
     """Slates from impressions in the simulator's layout (simulator.SimulationResult).
 
     Args:
@@ -104,6 +108,7 @@ class SlateLog:
       n_items: Catalog size.
       reward: The column to estimate the mean of, e.g. click, purchase or a revenue column.
       history: A column with each slate's model history (read at position 0), if any.
+      timestamp: A column with each slate's time (read at position 0), if any.
     """
     frame = impressions.sort_values(["session", "step", "position"], kind="stable")
     slate_size = int(frame["position"].max()) + 1
@@ -123,7 +128,8 @@ class SlateLog:
                                        per_slate("click").astype(bool)),
                items=items, propensities=per_slate("propensity").astype(float),
                rewards=per_slate(reward).astype(float), n_items=n_items,
-               histories=None if history is None else per_slate(history)[:, 0])
+               histories=None if history is None else per_slate(history)[:, 0],
+               timestamps=None if timestamp is None else per_slate(timestamp)[:, 0])
 
   @property
   def n_slates(self) -> int:
@@ -135,7 +141,8 @@ class SlateLog:
         self, sessions=self.sessions[slates], users=self.users[slates],
         clicked=self.clicked[slates], items=self.items[slates],
         propensities=self.propensities[slates], rewards=self.rewards[slates],
-        histories=None if self.histories is None else self.histories[slates])
+        histories=None if self.histories is None else self.histories[slates],
+        timestamps=None if self.timestamps is None else self.timestamps[slates])
 
 
 def _clicked_before(sessions: np.ndarray, steps: np.ndarray, items: np.ndarray,

@@ -182,7 +182,7 @@ def test_logged_slates_become_an_off_policy_log(models, data):
   for slate, (_, query) in enumerate(eval_examples.iterrows()):
     for position in range(3):
       slates.append({features.USER_ID: query[features.USER_ID],
-                     features.SESSION: f"s{slate // 2}", features.TIMESTAMP: slate,
+                     features.SESSION: f"s{slate // 2}", features.TIMESTAMP: 1000 + slate,
                      features.ITEM_ID: _item((int(query[features.HISTORY][0][1:]) + 1 + position)
                                              % N_ITEMS),
                      features.CATEGORY: "c0", features.HISTORY: query[features.HISTORY],
@@ -198,11 +198,11 @@ def test_logged_slates_become_an_off_policy_log(models, data):
   model = serving_queries.RankingSignature(models["next"])
   asked = []
   rank = model.rank
-  model.rank = lambda users, histories: asked.extend(users) or rank(users, histories)
+  model.rank = lambda users, histories, timestamps: (
+      asked.extend(timestamps) or rank(users, histories, timestamps))
   estimates = model_evaluation.off_policy_estimates(model, logged, rank_temperature=5.0)
-  # Five estimators over three logs, but each distinct (user, history) is ranked once.
-  assert len(asked) == logged.impressions.groupby(
-      ["user", logged.impressions["history"].map(tuple)]).ngroups
+  # Five estimators over three logs, but each slate's query is ranked once, at its own time.
+  assert sorted(asked) == [1000 + slate for slate in range(39)]
   assert set(estimates) == set(model_evaluation.OFF_POLICY_METRICS)
   assert estimates["ope_ctr_snips"]["value"] == pytest.approx(1.0)
   assert estimates["ope_ctr_ips"]["n_sessions"] == 20

@@ -61,6 +61,22 @@ def test_the_log_keeps_slates_and_their_in_session_clicks():
   assert (log.clicked[:, :-1] == simulator.NO_ITEM).all()
 
 
+def test_the_log_keeps_each_slates_query_history_and_time():
+  impressions = pd.DataFrame(
+      [(session, 7, step, position, item, propensity, bool(click), f"h{session}{step}",
+        100 * session + step)
+       for session, step, items, propensities, clicks in TINY_SLATES
+       for position, (item, propensity, click) in enumerate(zip(items, propensities, clicks))],
+      columns=["session", "user", "step", "position", "item", "propensity", "click", "history",
+               "timestamp"])
+  log = off_policy.SlateLog.from_impressions(impressions, n_items=3, history="history",
+                                             timestamp="timestamp")
+  np.testing.assert_array_equal(log.histories, ["h00", "h01", "h10", "h20"])
+  np.testing.assert_array_equal(log.timestamps, [0, 1, 100, 200])
+  np.testing.assert_array_equal(log.select(slice(1, 3)).timestamps, [1, 100])
+  assert _tiny_log().timestamps is None
+
+
 def test_incomplete_slates_are_refused():
   impressions = pd.DataFrame({"session": [0, 0, 1], "user": 0, "step": 0, "position": [0, 1, 1],
                               "item": [0, 1, 2], "propensity": 0.5, "click": False})

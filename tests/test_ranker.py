@@ -184,6 +184,20 @@ def test_dqn_learns_which_shown_item_is_clicked():
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
 
 
+def test_untrained_q_network_ranks_as_retrieval_does():
+  retrieval, catalog = _world()
+  states = retrieval.query_tower({
+      model_lib.USER_XF: tf.range(4, dtype=tf.int64),
+      model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
+      model_lib.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
+  q_network = ranker.QNetwork(2, 3, hidden_units=(8,))
+  candidates = tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1])
+  q_values = q_network((states, catalog.actions(candidates))).numpy()
+  scores = tf.matmul(states, catalog.embeddings, transpose_b=True).numpy()
+  np.testing.assert_array_equal(np.argsort(-q_values, axis=1), np.argsort(-scores, axis=1))
+  assert len(set(np.round(q_values.ravel(), 6))) > 1  # not a constant
+
+
 def test_target_network_starts_equal_and_follows_softly():
   retrieval, catalog = _world()
   config = ranker.RankerConfig(hidden_units=(8,), target_update_rate=0.25)

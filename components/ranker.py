@@ -33,6 +33,11 @@ Why it is built this way:
     logs from a policy worth staying near.
   * Frozen towers. The state and the actions' embeddings come from the trained two-tower model,
     whose gradients are stopped: the ranking head cannot distort the retrieval space it reranks.
+  * A correction to the retrieval score, not a free regression (`QNetwork`). About ten logged
+    items per state, shown in slots the logging policy chose, teach a free MLP that policy's
+    position-biased preferences; the retrieval score, learnt from the same engagements against
+    the whole catalog, ranks better. Starting from it, the head learns only what the rewards
+    add (README, Benchmarks).
 """
 import dataclasses
 from typing import Dict, Sequence, Tuple

@@ -201,9 +201,10 @@ class QNetwork(tf.keras.Model):
     states, actions = inputs  # [B, D] and {name: [B, N, ...]}
     items = actions["embedding"]
     states = tf.broadcast_to(states[:, None, :], tf.shape(items))
-    scores = tf.reduce_sum(states * items, axis=-1)  # [B, N] retrieval scores
+    products = states * items
+    scores = tf.reduce_sum(products, axis=-1)  # [B, N] retrieval scores
     layer = tf.concat([
-        states, items, states * items, scores[..., None],
+        states, items, products, scores[..., None],
         self.category_embedding(actions["category"]),
         self.price_embedding(actions["price_bucket"]),
     ], axis=-1)

@@ -146,6 +146,14 @@ def _world(num_items=6, embedding_dim=4):
   return retrieval, ranker.Catalog(embeddings, categories, price_buckets)
 
 
+def _user_states(retrieval):
+  """The query tower's states of users 0..3, with empty histories and no hour."""
+  return retrieval.query_tower({
+      model_lib.USER_XF: tf.range(4, dtype=tf.int64),
+      model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
+      model_lib.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
+
+
 def _transitions(users, items, clicks, done):
   n = len(users)
   return {
@@ -176,20 +184,14 @@ def test_dqn_learns_which_shown_item_is_clicked():
   untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["td_loss"])
   history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
   assert history["td_loss"][-1] < untrained_loss / 10
-  states = retrieval.query_tower({
-      model_lib.USER_XF: tf.range(4, dtype=tf.int64),
-      model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
-      model_lib.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
+  states = _user_states(retrieval)
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
 
 
 def test_untrained_q_network_ranks_as_retrieval_does():
   retrieval, catalog = _world()
-  states = retrieval.query_tower({
-      model_lib.USER_XF: tf.range(4, dtype=tf.int64),
-      model_lib.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
-      model_lib.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
+  states = _user_states(retrieval)
   q_network = ranker.QNetwork(2, 3, hidden_units=(8,))
   candidates = tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1])
   q_values = q_network((states, catalog.actions(candidates))).numpy()

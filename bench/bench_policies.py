@@ -17,6 +17,10 @@ session's cumulative reward (`session_reward`). Reported per policy: the mean pe
 all seeds. For policy minus baseline: the mean over seeds of the difference of their per-seed
 means and a 95% Student t interval over those paired differences. Seeds are the independent
 replicates; sessions of one seed share users and random draws, so they are not.
+
+For scale, two reference policies run on the same seeds: `logging`, the policy that logged the
+data the model learnt from, and `oracle` (simulator.OraclePolicy), which is handed the users'
+hidden long-term interest and ranks by their click probability.
 """
 import argparse
 import json
@@ -112,14 +116,16 @@ def _trained_model(work_dir: pathlib.Path) -> pathlib.Path:
 
 def _markdown(report: dict) -> str:
   policy, baseline = report["policy"], report["baseline"]
-  lines = [f"| per session | {policy} | {baseline} | difference | 95% CI |",
-           "|---|---|---|---|---|"]
+  lines = [f"| per session | {policy} | {baseline} | difference | 95% CI | logging | oracle |",
+           "|---|---|---|---|---|---|---|"]
   for metric in METRICS:
     difference = report["difference"][metric]
     lines.append(f"| {metric} | {report['per_session']['policy'][metric]:.4f} "
                  f"| {report['per_session']['baseline'][metric]:.4f} "
                  f"| {difference['mean']:+.4f} "
-                 f"| [{difference['low']:+.4f}, {difference['high']:+.4f}] |")
+                 f"| [{difference['low']:+.4f}, {difference['high']:+.4f}] "
+                 f"| {report['per_session']['logging'][metric]:.4f} "
+                 f"| {report['per_session']['oracle'][metric]:.4f} |")
   return "\n".join(lines)
 
 
@@ -145,6 +151,9 @@ def main() -> None:
     means = {role: _means_per_seed(model_policy.SavedModelPolicy(model_dir, name, world.n_items),
                                    seeds, args.sessions, world)
              for role, name in (("policy", args.policy), ("baseline", args.baseline))}
+  references = {"logging": generator.logging_policy(world), "oracle": simulator.OraclePolicy(world)}
+  means.update({role: _means_per_seed(policy, seeds, args.sessions, world)
+                for role, policy in references.items()})
   report = {
       "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
                  f"Python {platform.python_version()}",

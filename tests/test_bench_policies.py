@@ -48,5 +48,7 @@ def test_a_policy_against_itself_differs_by_exactly_zero(tmp_path, monkeypatch):
   report = json.loads(out.read_text())
   assert report["per_session"]["policy"] == report["per_session"]["baseline"]
   assert report["per_session"]["policy"]["clicks"] > 0
+  assert (report["per_session"]["oracle"]["clicks"]
+          > report["per_session"]["logging"]["clicks"] > 0)
   for metric in bench_policies.METRICS:
     assert report["difference"][metric] == {"mean": 0.0, "low": 0.0, "high": 0.0}

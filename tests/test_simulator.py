@@ -16,18 +16,6 @@ def world():
                                 n_categories=6)
 
 
-class OraclePolicy:
-  """Knows every user's long-term taste: shows the most relevant items, best first."""
-
-  def __init__(self, world):
-    self._relevance = world.user_interest @ world.item_embedding.T
-
-  def slate(self, context, rng):
-    del rng
-    items = np.argsort(-self._relevance[context.users], axis=1)[:, :context.slate_size]
-    return simulator.Slate(items=items, propensities=np.ones(items.shape))
-
-
 def test_plackett_luce_propensities_are_the_step_probabilities():
   logits = np.log(np.array([[0.5, 0.3, 0.2]]))
   slate = simulator.plackett_luce(logits, slate_size=2, rng=np.random.default_rng(0))
@@ -198,8 +186,22 @@ def test_informed_policies_earn_more_than_random_ones(world):
 
   uniform = clicks_per_session(simulator.UniformPolicy(world.n_items))
   logging = clicks_per_session(simulator.LoggingPolicy(world, seed=0))
-  oracle = clicks_per_session(OraclePolicy(world))
+  oracle = clicks_per_session(simulator.OraclePolicy(world))
   assert uniform * 1.5 < logging < oracle
+
+
+def test_the_oracle_shows_the_likeliest_clicks_best_first(world):
+  user_model = simulator.UserModel()
+  users = np.array([0, 7, 7, 199])
+  empty = np.full((len(users), simulator.CONTEXT_HISTORY), simulator.NO_ITEM)
+  slate = simulator.OraclePolicy(world, user_model).slate(
+      simulator.SlateContext(users=users, clicked=empty, history=empty, slate_size=5), rng=None)
+  click_probability = 1.0 / (1.0 + np.exp(-(
+      user_model.click_bias
+      + user_model.affinity_weight * world.user_interest[users] @ world.item_embedding.T
+      + user_model.quality_weight * world.item_quality)))
+  np.testing.assert_array_equal(slate.items, np.argsort(-click_probability, axis=1)[:, :5])
+  np.testing.assert_array_equal(slate.propensities, np.ones((len(users), 5)))
 
 
 def test_satisfied_users_stay_and_bored_users_leave(world):

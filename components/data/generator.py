@@ -71,7 +71,9 @@ def default_world(seed: int = DEFAULT_SEED, n_users: int = DEFAULT_USERS,
   return simulator.World.sample(np.random.default_rng(seed), n_users, n_items, n_categories)
 
 
-def _logging_policy(world: simulator.World, seed: int) -> simulator.LoggingPolicy:
+def logging_policy(world: simulator.World,
+                   seed: int = DEFAULT_SEED) -> simulator.LoggingPolicy:
+  """The policy that logged the dataset of this seed in `world`."""
   # Its own stream, so the policy's estimate does not shift the users' draws.
   return simulator.LoggingPolicy(world, seed=seed + 1)
 
@@ -85,7 +87,7 @@ def _impressions(world: simulator.World, rng: np.random.Generator, seed: int,
   is simulated beyond n_events. Each run continues the users' interest walks and click
   histories from the one before.
   """
-  policy = _logging_policy(world, seed)
+  policy = logging_policy(world, seed)
   slate_size = min(simulator.DEFAULT_SLATE_SIZE, world.n_items)
   batches, total, first_session, walk, history = [], 0, 0, None, None
   # Every session shows at least one full slate, so this many sessions always suffice.

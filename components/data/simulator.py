@@ -39,7 +39,8 @@ without a click, this one included. With the defaults that is 0.12 after a step 
 then 0.45, 0.65, 0.80, ... after 1, 2, 3, ... steps without one: bored users leave, satisfied ones
 stay. A session ends after `max_steps` steps at the latest.
 
-Policies (`Policy.slate`) see what a platform sees, `SlateContext`, never the hidden interest:
+Policies (`Policy.slate`) see what a platform sees, `SlateContext`, never the hidden interest
+(except `OraclePolicy`, the reference that is handed the world):
   * `users`: the sessions' users;
   * `clicked`: the items clicked so far in the session;
   * `history`: the user's clicks across sessions, in earlier sessions and so far in this one, as
@@ -259,6 +260,29 @@ class LoggingPolicy:
     scores[has_last] += self._continuity_weight * (
         self._embedding[last[has_last]] @ self._embedding.T)
     return plackett_luce(scores / self._temperature, context.slate_size, rng)
+
+
+class OraclePolicy:
+  """Shows each user the items they are likeliest to click, likeliest first: a reference.
+
+  It is handed what no platform has, the world and the user model, and ranks by relevance under
+  the user's long-term interest, which orders the items as the click probability of an examined
+  item does. A learnt policy is judged by how much of the way from the logging policy to this one
+  it gets (bench/bench_policies.py). It is not the optimum: it does not see the session's drift
+  toward clicked items nor the walk across sessions, and it is myopic.
+  """
+
+  def __init__(self, world: World, user_model: UserModel = UserModel()):
+    self._relevance = (user_model.affinity_weight * world.user_interest @ world.item_embedding.T
+                       + user_model.quality_weight * world.item_quality)
+
+  def slate(self, context: SlateContext, rng: np.random.Generator) -> Slate:
+    del rng  # It ranks deterministically.
+    relevance = self._relevance[context.users]
+    top = np.argpartition(-relevance, context.slate_size - 1, axis=1)[:, :context.slate_size]
+    order = np.argsort(-np.take_along_axis(relevance, top, axis=1), axis=1, kind="stable")
+    items = np.take_along_axis(top, order, axis=1)
+    return Slate(items=items, propensities=np.ones(items.shape))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -73,8 +73,8 @@ class RankerConfig:
   epochs: int = 2
   batch_size: int = 512
   # Adam's step size, which sets how far the correction to the retrieval score moves in
-  # `epochs`. On the simulator, against retrieval-only ranking: +0.25 clicks per session on
-  # average over five trainings at 3e-4, -0.24 over seven at 1e-3, -0.63 over two at 1e-4
+  # `epochs`. On the simulator, against retrieval-only ranking: +0.15 clicks per session on
+  # average over six trainings at 3e-4, -0.24 over seven at 1e-3, -0.63 over two at 1e-4
   # (README, Benchmarks).
   learning_rate: float = 3e-4
   target_update_rate: float = 0.01

@@ -191,7 +191,8 @@ def test_informed_policies_earn_more_than_random_ones(world):
 
 
 def test_the_oracle_shows_the_likeliest_clicks_best_first(world):
-  user_model = simulator.UserModel()
+  # Quality weighs more than by default, so an oracle ignoring the user model it is given fails.
+  user_model = dataclasses.replace(simulator.UserModel(), quality_weight=3.0)
   users = np.array([0, 7, 7, 199])
   empty = np.full((len(users), simulator.CONTEXT_HISTORY), simulator.NO_ITEM)
   slate = simulator.OraclePolicy(world, user_model).slate(

@@ -202,10 +202,7 @@ def plackett_luce(logits: np.ndarray, slate_size: int, rng: np.random.Generator)
   summed in log space from the items never placed and those placed at j or later, never by
   subtracting from the total, so they stay exact for peaked (low-temperature) policies too.
   """
-  perturbed = logits + rng.gumbel(size=logits.shape)
-  top = np.argpartition(-perturbed, slate_size - 1, axis=1)[:, :slate_size]
-  order = np.argsort(-np.take_along_axis(perturbed, top, axis=1), axis=1, kind="stable")
-  items = np.take_along_axis(top, order, axis=1)
+  items = _top_items(logits + rng.gumbel(size=logits.shape), slate_size)
   chosen = np.take_along_axis(logits, items, axis=1)
   unplaced = logits.copy()
   np.put_along_axis(unplaced, items, -np.inf, axis=1)
@@ -213,6 +210,13 @@ def plackett_luce(logits: np.ndarray, slate_size: int, rng: np.random.Generator)
   remaining = np.logaddexp(_log_sum_exp(unplaced), placed_from_here)
   # The minimum only absorbs rounding: chosen is one of the terms of remaining.
   return Slate(items=items, propensities=np.minimum(np.exp(chosen - remaining), 1.0))
+
+
+def _top_items(scores: np.ndarray, k: int) -> np.ndarray:
+  """The k highest-scoring items of each row, highest first; ties keep item order."""
+  top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+  order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+  return np.take_along_axis(top, order, axis=1)
 
 
 def _log_sum_exp(logits: np.ndarray) -> np.ndarray:
@@ -273,16 +277,18 @@ class OraclePolicy:
   """
 
   def __init__(self, world: World, user_model: UserModel = UserModel()):
-    self._relevance = (user_model.affinity_weight * world.user_interest @ world.item_embedding.T
-                       + user_model.quality_weight * world.item_quality)
+    self._relevance = _relevance(user_model, world.user_interest @ world.item_embedding.T,
+                                 world.item_quality)
 
   def slate(self, context: SlateContext, rng: np.random.Generator) -> Slate:
     del rng  # It ranks deterministically.
-    relevance = self._relevance[context.users]
-    top = np.argpartition(-relevance, context.slate_size - 1, axis=1)[:, :context.slate_size]
-    order = np.argsort(-np.take_along_axis(relevance, top, axis=1), axis=1, kind="stable")
-    items = np.take_along_axis(top, order, axis=1)
+    items = _top_items(self._relevance[context.users], context.slate_size)
     return Slate(items=items, propensities=np.ones(items.shape))
+
+
+def _relevance(user_model: UserModel, affinity: np.ndarray, quality: np.ndarray) -> np.ndarray:
+  """relevance = affinity_weight * <interest, embedding> + quality_weight * quality."""
+  return user_model.affinity_weight * affinity + user_model.quality_weight * quality
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -387,10 +393,8 @@ def _simulate_batch(world: World, policy: Policy, user_model: UserModel, slate_s
     _check_slate(slate, len(index), slate_size, world.n_items)
     embeddings = world.item_embedding[slate.items]  # [n, K, D]
     affinity = np.einsum("nd,nkd->nk", interests[index], embeddings)
-    relevance = (user_model.affinity_weight * affinity
-                 + user_model.quality_weight * world.item_quality[slate.items])
     p_click = examination_probability(positions, user_model) * _sigmoid(
-        user_model.click_bias + relevance)
+        user_model.click_bias + _relevance(user_model, affinity, world.item_quality[slate.items]))
     clicks = rng.random(p_click.shape) < p_click
     p_purchase = _sigmoid(user_model.purchase_bias + user_model.purchase_affinity * affinity
                           - user_model.price_sensitivity

@@ -9,12 +9,13 @@ RECSYS := $(VENV)/bin/recsys
 PYTHON ?= $(shell for c in python3.10 $$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null); do \
 	"$$c" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null && { echo "$$c"; break; }; done)
 
-.PHONY: help env run test lock clean
+.PHONY: help env run test test-fast lint-imports lock clean
 
 help:
 	@echo "make run    train, validate, gate and push the recommender on the built-in dataset, then"
 	@echo "            serve it on 127.0.0.1 and print one user's top-10 over gRPC"
-	@echo "make test   run the test suite"
+	@echo "make test   run the test suite (end-to-end tests included) and the import contracts"
+	@echo "make test-fast   everything but the end-to-end tests (tests/e2e/), for the edit loop"
 	@echo "make lock   re-pin requirements.txt from requirements.in"
 
 env: $(VENV)/.installed
@@ -34,8 +35,15 @@ run: env
 	$(RECSYS) run
 	$(RECSYS) demo
 
-test: env
+test: lint-imports
 	$(PY) -m pytest
+
+test-fast: lint-imports
+	$(PY) -m pytest --ignore=tests/e2e
+
+# The layers of pyproject.toml's [tool.importlinter]: a backwards import fails the build.
+lint-imports: env
+	$(VENV)/bin/lint-imports
 
 lock: env
 	"$(PYTHON)" -m uv pip compile --python-version 3.10 requirements.in -o requirements.txt

@@ -25,10 +25,12 @@ import apache_beam as beam  # pylint: disable=g-import-not-at-top
 from apache_beam.options.pipeline_options import PipelineOptions
 import tensorflow_data_validation as tfdv
 
-from components import schema as schema_lib
-from components import sessions
-from components.data import generator
 from components.data import ingest
+from components.data import sessions
+from components.data import validation as data_validation
+from components.data.config import SessionConfig
+from components.simulation import generator
+import schemas
 
 _BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory",
               "--direct_num_workers=1"]
@@ -44,14 +46,14 @@ def _validate(examples_file: pathlib.Path) -> int:
   statistics = tfdv.generate_statistics_from_tfrecord(
       str(examples_file), pipeline_options=PipelineOptions(_BEAM_ARGS))
   anomalies = tfdv.validate_statistics(
-      statistics, schema_lib.load_schema(schema_lib.EVENTS_SCHEMA_PATH))
+      statistics, data_validation.load_schema(schemas.EVENTS_SCHEMA_PATH))
   return len(anomalies.anomaly_info)
 
 
 def _build_sessions(examples_file: pathlib.Path, out_dir: pathlib.Path) -> None:
   with beam.Pipeline(options=PipelineOptions(_BEAM_ARGS)) as pipeline:
     sessions.build_sessions(pipeline, str(examples_file), str(out_dir / "examples"),
-                            str(out_dir / "transitions"), sessions.SessionConfig())
+                            str(out_dir / "transitions"), SessionConfig())
 
 
 def measure(n_events: int, work_dir: pathlib.Path) -> dict:

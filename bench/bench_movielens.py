@@ -5,9 +5,9 @@ Run: .venv/bin/python bench/bench_movielens.py [--data ../shared/data/movielens-
 Microsoft Recommenders protocol: a random 75/25 split stratified per item (every item keeps 75% of
 its ratings in training; numpy seed 42); every test rating is relevant; the whole catalog is
 ranked with the items a user rated in training removed; k = 10; precision, recall, nDCG and MAP
-at 10 (components/ranking_metrics.py). Two references are trained on the same split for scale: a
-popularity ranking, and EASE (Steck, 2019, "Embarrassingly Shallow Autoencoders"), a closed-form
-item-item model on a par with Mult-VAE on MovieLens-20M in its paper: a strong
+at 10 (components/evaluation/ranking_metrics.py). Two references are trained on the same split for
+scale: a popularity ranking, and EASE (Steck, 2019, "Embarrassingly Shallow Autoencoders"), a
+closed-form item-item model on a par with Mult-VAE on MovieLens-20M in its paper: a strong
 collaborative-filtering reference that needs no training loop.
 
 TensorFlow Recommenders tutorial protocol ("Recommending movies: retrieval"): the ratings
@@ -30,15 +30,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from click.testing import CliRunner
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pandas as pd
-from click.testing import CliRunner
 
-from components import features
-from components import release_gate
-from components import ranking_metrics
 from components.data import ingest
+from components.evaluation import ranking_metrics
 from pipeline import cli
+import schemas
+from schemas import contract
 from serving import batch
 
 K = 10
@@ -50,7 +50,7 @@ TUTORIAL_K = 100
 
 
 def _popularity(train: pd.DataFrame, users, seen, k: int) -> pd.DataFrame:
-  counts = train[features.ITEM_ID].value_counts()
+  counts = train[contract.ITEM_ID].value_counts()
   return pd.concat([batch.top_unseen(user, counts.index.to_numpy(), counts.to_numpy(),
                                      seen.get(user, ()), k) for user in users],
                    ignore_index=True)
@@ -61,11 +61,11 @@ def _ease(train: pd.DataFrame, users, seen, k: int) -> pd.DataFrame:
 
   X is every training user's 0/1 row; `users` are the ones ranked.
   """
-  everyone = pd.Index(train[features.USER_ID].unique()).union(users)
-  items = pd.Index(train[features.ITEM_ID].unique())
+  everyone = pd.Index(train[contract.USER_ID].unique()).union(users)
+  items = pd.Index(train[contract.ITEM_ID].unique())
   interactions = np.zeros((len(everyone), len(items)))
-  interactions[everyone.get_indexer(train[features.USER_ID]),
-               items.get_indexer(train[features.ITEM_ID])] = 1.0
+  interactions[everyone.get_indexer(train[contract.USER_ID]),
+               items.get_indexer(train[contract.ITEM_ID])] = 1.0
   precision = np.linalg.inv(interactions.T @ interactions + EASE_L2 * np.eye(len(items)))
   weights = -precision / np.diag(precision)
   np.fill_diagonal(weights, 0.0)
@@ -85,7 +85,7 @@ def _train(ratings: pd.DataFrame, movies: pathlib.Path, work: pathlib.Path) -> p
   result = CliRunner().invoke(cli.main, [
       "run", "--interactions", str(work / "ratings.csv"), "--items", str(movies),
       "--format", "movielens", "--home", str(work / "home"),
-      "--gate-config", str(release_gate.REPORT_ONLY_GATE_CONFIG)],
+      "--gate-config", str(schemas.REPORT_ONLY_GATE_CONFIG)],
       catch_exceptions=False)
   if result.exit_code:
     raise SystemExit(result.output)

@@ -6,8 +6,8 @@ Run: .venv/bin/python bench/bench_policies.py [--model HOME/serving/recommender/
 
 Two signatures of one exported SavedModel, by default `serving_default` (retrieval top-N
 reranked by the DQN head) and `retrieve` (the two-tower top-K only), each act as a simulator
-policy (components/model_policy.py) in the default dataset's world, whose users wrote the data
-the model was trained on. Without --model, the real pipeline (`recsys run` on the built-in
+policy (components/simulation/model_policy.py) in the default dataset's world, whose users wrote the
+data the model was trained on. Without --model, the real pipeline (`recsys run` on the built-in
 dataset, into a temporary home) trains and pushes one first.
 
 For each seed 0 .. seeds-1, both policies run `--sessions` sessions with that seed, so they meet
@@ -19,7 +19,7 @@ means and a 95% Student t interval over those paired differences. Seeds are the 
 replicates; sessions of one seed share users and random draws, so they are not.
 
 For scale, two reference policies run on the same seeds: `logging`, the policy that logged the
-data the model learnt from, and `oracle` (simulator.OraclePolicy), which is handed the users'
+data the model learnt from, and `oracle` (policies.OraclePolicy), which is handed the users'
 hidden long-term interest and ranks by their click probability.
 """
 import argparse
@@ -35,18 +35,19 @@ from typing import Dict, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from click.testing import CliRunner
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pandas as pd
-from click.testing import CliRunner
 from scipy import stats
 
-from components import model_policy
-from components import release_gate
-from components.data import generator
-from components.data import simulator
+from components.simulation import generator
+from components.simulation import model_policy
+from components.simulation import policies
+from components.simulation import simulator
 from pipeline import cli
 from pipeline import configs
-from serving import signature
+import schemas
+from schemas import contract
 
 METRICS = ("clicks", "purchases", "revenue", "reward")
 CONFIDENCE = 0.95
@@ -106,7 +107,7 @@ def _trained_model(work_dir: pathlib.Path) -> pathlib.Path:
   home = work_dir / "home"
   # The bench measures the model, it does not gate it: push whatever trained.
   result = CliRunner().invoke(cli.main, ["run", "--home", str(home), "--gate-config",
-                                         str(release_gate.REPORT_ONLY_GATE_CONFIG)],
+                                         str(schemas.REPORT_ONLY_GATE_CONFIG)],
                               catch_exceptions=False)
   if result.exit_code:
     raise SystemExit(result.output)
@@ -135,8 +136,8 @@ def main() -> None:
                       help="A pushed SavedModel version dir; default: train one.")
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--sessions", type=int, default=2000)
-  parser.add_argument("--policy", default=signature.SERVING_SIGNATURE)
-  parser.add_argument("--baseline", default=signature.RETRIEVE_SIGNATURE)
+  parser.add_argument("--policy", default=contract.SERVING_SIGNATURE)
+  parser.add_argument("--baseline", default=contract.RETRIEVE_SIGNATURE)
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "results" / "policies.json")
   args = parser.parse_args()
@@ -151,7 +152,7 @@ def main() -> None:
     means = {role: _means_per_seed(model_policy.SavedModelPolicy(model_dir, name, world.n_items),
                                    seeds, args.sessions, world)
              for role, name in (("policy", args.policy), ("baseline", args.baseline))}
-  references = {"logging": generator.logging_policy(world), "oracle": simulator.OraclePolicy(world)}
+  references = {"logging": generator.logging_policy(world), "oracle": policies.OraclePolicy(world)}
   means.update({role: _means_per_seed(policy, seeds, args.sessions, world)
                 for role, policy in references.items()})
   report = {

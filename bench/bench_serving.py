@@ -21,6 +21,7 @@ Ratio: gRPC p50 at concurrency 1 over the in-process p50, the server's overhead 
 batch 1). All are measured in the same run, one after the other, on the same machine.
 """
 import argparse
+from concurrent import futures
 import json
 import os
 import pathlib
@@ -30,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent import futures
 from typing import Dict, List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,11 +42,11 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from components.models import queries
+from schemas import contract
 from serving import client as client_lib
 from serving import push
-from serving import queries
 from serving import server as server_lib
-from serving import signature
 
 BATCHES = (1, 64)
 CONCURRENCIES = (1, 8, 32)
@@ -71,7 +71,7 @@ class SyntheticRecommender(tf.Module):
     self.hidden = tf.Variable(rng.normal(size=(2 * EMBEDDING_DIM, 64)).astype(np.float32) / 8)
     self.out = tf.Variable(rng.normal(size=(64, 1)).astype(np.float32) / 8)
 
-  @tf.function(input_signature=signature.INPUT_SPECS)
+  @tf.function(input_signature=queries.INPUT_SPECS)
   def serve(self, user_id, history, timestamp):
     del timestamp  # the contract's input; an hour embedding costs nothing next to the rest
     users = tf.gather(self.users, tf.strings.to_hash_bucket_fast(user_id, USER_BUCKETS))
@@ -85,23 +85,23 @@ class SyntheticRecommender(tf.Module):
                        tf.gather(self.items, candidates)], axis=2)
     q_values = tf.squeeze(tf.nn.relu(pairs @ self.hidden) @ self.out, -1)
     scores, best = tf.math.top_k(q_values, k=TOP_K)
-    return {signature.ITEM_IDS: tf.gather(self.item_ids, tf.gather(candidates, best, batch_dims=1)),
-            signature.SCORES: scores,
-            signature.PROPENSITIES: tf.ones_like(scores)}
+    return {contract.ITEM_IDS: tf.gather(self.item_ids, tf.gather(candidates, best, batch_dims=1)),
+            contract.SCORES: scores,
+            contract.PROPENSITIES: tf.ones_like(scores)}
 
 
 def export(catalog_size: int, path: pathlib.Path) -> None:
   module = SyntheticRecommender(catalog_size)
   tf.saved_model.save(module, str(path), signatures={
-      signature.SERVING_SIGNATURE: module.serve.get_concrete_function()})
+      contract.SERVING_SIGNATURE: module.serve.get_concrete_function()})
 
 
 def requests_for(batch: int, catalog_size: int, count: int, seed: int) -> list:
   rng = np.random.default_rng(seed)
   return [queries.predict_request(
       [f"u{user}" for user in rng.integers(0, 10 * USER_BUCKETS, size=batch)],
-      [[f"i{item}" for item in rng.integers(0, catalog_size, size=signature.HISTORY_WIDTH)]
-       for _ in range(batch)], history_width=signature.HISTORY_WIDTH) for _ in range(count)]
+      [[f"i{item}" for item in rng.integers(0, catalog_size, size=contract.HISTORY_LENGTH)]
+       for _ in range(batch)], history_width=contract.HISTORY_LENGTH) for _ in range(count)]
 
 
 def summary(latencies_ms: List[float], seconds: float) -> Dict[str, float]:
@@ -112,7 +112,7 @@ def summary(latencies_ms: List[float], seconds: float) -> Dict[str, float]:
 
 
 def in_process(model_dir: pathlib.Path, requests: list, seconds: float) -> Dict[str, float]:
-  serve = tf.saved_model.load(str(model_dir)).signatures[signature.SERVING_SIGNATURE]
+  serve = tf.saved_model.load(str(model_dir)).signatures[contract.SERVING_SIGNATURE]
   inputs = [{key: tf.make_ndarray(tensor) for key, tensor in request.inputs.items()}
             for request in requests]
   for warm in inputs[:3]:
@@ -122,7 +122,7 @@ def in_process(model_dir: pathlib.Path, requests: list, seconds: float) -> Dict[
     call = inputs[len(latencies) % len(inputs)]
     began = time.perf_counter()
     outputs = serve(**call)
-    outputs[signature.ITEM_IDS].numpy()
+    outputs[contract.ITEM_IDS].numpy()
     latencies.append((time.perf_counter() - began) * 1000)
   return summary(latencies, time.perf_counter() - start)
 
@@ -182,7 +182,7 @@ def bench_catalog(catalog_size: int, seconds: float, work_dir: pathlib.Path) -> 
   model_dir = work_dir / f"model-{catalog_size}"
   export(catalog_size, model_dir)
   serving_root = work_dir / f"serving-{catalog_size}"
-  push.push(model_dir, serving_root, signature.DEFAULT_MODEL_NAME, version=1)
+  push.push(model_dir, serving_root, contract.DEFAULT_MODEL_NAME, version=1)
   results = {}
   with server_lib.running_process(serving_root, poll_seconds=0,
                                   stderr=subprocess.DEVNULL) as (target, _):

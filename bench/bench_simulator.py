@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # pylint: disable=g-import-not-at-top
 
-from components.data import generator
+from components.simulation import generator
 
 WARM_UP_EVENTS = 1_000
 

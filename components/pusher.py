@@ -21,6 +21,7 @@ from tfx.utils import json_utils
 from tfx.utils import proto_utils
 
 from serving import push
+from serving.config import DEFAULT_VERSIONS_KEPT
 
 VERSIONS_KEPT_KEY = "versions_kept"
 LABEL_DELAY_KEY = "label_delay_seconds"
@@ -47,7 +48,7 @@ class AtomicPushExecutor(pusher_executor.Executor):
         exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY, "null")) or {}
     version = push.push(
         model_path, os.path.dirname(base_directory), os.path.basename(base_directory),
-        keep=int(custom_config.get(VERSIONS_KEPT_KEY, push.DEFAULT_VERSIONS_KEPT)),
+        keep=int(custom_config.get(VERSIONS_KEPT_KEY, DEFAULT_VERSIONS_KEPT)),
         label_delay_seconds=float(custom_config.get(LABEL_DELAY_KEY, 0.0)))
     io_utils.copy_dir(model_path, pushed_model.uri)  # the archive copy the stock Pusher keeps
     self._MarkPushed(pushed_model, pushed_destination=os.path.join(base_directory, str(version)),

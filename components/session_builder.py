@@ -1,15 +1,16 @@
-"""SessionBuilder: the TFX component around components/sessions.py (the logic lives there)."""
+"""SessionBuilder: the TFX component around components/data/sessions.py (the logic lives there)."""
 import os
 
-import apache_beam as beam
 from absl import logging
+import apache_beam as beam
 from tfx import v1 as tfx
 from tfx.components.util import examples_utils
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
-from components import sessions
+from components.data import sessions
+from components.data.config import SessionConfig
 
 # ExampleGen's one split of raw events (pipeline/pipeline.py).
 EVENTS_SPLIT = "events"
@@ -33,7 +34,7 @@ def SessionBuilder(
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
   """Builds retrieval `examples` and RL `transitions`, each split train/eval by time."""
-  config = sessions.SessionConfig(session_gap_seconds=session_gap_seconds,
+  config = SessionConfig(session_gap_seconds=session_gap_seconds,
                                   history_length=history_length, eval_fraction=eval_fraction)
   events_pattern = os.path.join(artifact_utils.get_split_uri([events], EVENTS_SPLIT), "*")
   with beam_pipeline as pipeline:

@@ -3,32 +3,19 @@
 Every Beam step (StatisticsGen, SessionBuilder, Transform, ...) runs with the same
 `beam_pipeline_args`. A typo there makes Beam silently discard the option and run somewhere
 else, so `validate` parses them with Beam's own PipelineOptions and refuses unknown options and
-runner sets that lack what the runner needs. `PRESETS` are the documented starting points
-(README, "Beam on a cluster"); later arguments override a preset's (`--beam-arg`).
+runner sets that lack what the runner needs. `configs.BEAM_PRESETS` are the documented starting
+points (README, "Beam on a cluster"); later arguments override a preset's (`--beam-arg`).
 
 Why each set needs what it needs: the portable runners (Flink, Spark) run the Python steps in
 SDK harness containers, which must be the pipeline image (./Dockerfile) because the steps
 import this project's code; Dataflow needs a project, a region and a GCS temp location, and the
 same image as its SDK container.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from apache_beam.options import pipeline_options
 
-PIPELINE_IMAGE = "recsys-pipeline:latest"
-
-PRESETS: Dict[str, Tuple[str, ...]] = {
-    # Local, one process per worker: what a bigger single machine uses.
-    "direct-multiprocess": ("--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                            "--direct_num_workers=2"),
-    "flink": ("--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4",
-              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
-    "spark": ("--runner=SparkRunner", "--spark_master_url=spark://localhost:7077",
-              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
-    "dataflow": ("--runner=DataflowRunner", "--project=my-gcp-project", "--region=us-central1",
-                 "--temp_location=gs://recsys-pipelines/tmp",
-                 f"--sdk_container_image={PIPELINE_IMAGE}", "--experiments=use_runner_v2"),
-}
+from pipeline import configs
 
 _PORTABLE_RUNNERS = ("FlinkRunner", "SparkRunner", "PortableRunner")
 _RUNNERS = ("DirectRunner", "DataflowRunner", *_PORTABLE_RUNNERS)
@@ -73,4 +60,5 @@ def validate(args: Sequence[str]) -> Tuple[str, ...]:
 def _needs_pipeline_image(runner: str, image: str, option: str) -> None:
   if not image:
     raise BeamArgsError(f"--runner={runner} runs the Python steps in containers: set {option} "
-                        f"to the pipeline image (e.g. {PIPELINE_IMAGE}), whose code they import")
+                        f"to the pipeline image (e.g. {configs.PIPELINE_IMAGE}), whose code they "
+                        "import")

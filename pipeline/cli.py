@@ -1,19 +1,22 @@
-"""`recsys`: run the pipeline, serve what it pushed, and ask the server for recommendations."""
-import os
+"""`recsys`: run the pipeline, serve what it pushed, and ask the server for recommendations.
+
+The command line sits above every stage, so it lives with the pipeline, the top layer. It must
+answer `--help` at once: at start-up it imports only click and the plain-valued configuration;
+each command imports the stages it runs (TensorFlow, TFX, Beam) in its own body. These are the
+project's only function-level imports, and they are there for start-up time alone.
+"""
 import pathlib
 import subprocess
 import sys
-import warnings
 from typing import Optional, Sequence
+import warnings
 
 import click
 
-# The command line is for people: keep TensorFlow's C++ start-up chatter and Google client
-# libraries' Python-version notices out of its output. Set TF_CPP_MIN_LOG_LEVEL=0 to see them.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The command line is for people: keep Google client libraries' Python-version notices out of its
+# output (components/__init__.py keeps TensorFlow's C++ start-up chatter out).
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
-from pipeline import beam_args as beam_args_lib
 from pipeline import configs
 from pipeline import scheduler
 
@@ -37,7 +40,7 @@ def _config(home: Optional[str], **overrides) -> configs.PipelineConfig:
 
 def _default_dataset(config: configs.PipelineConfig):
   """The built-in dataset, generated once per home so that re-runs hit the pipeline cache."""
-  from components.data import generator
+  from components.simulation import generator
   return generator.ensure_dataset(config.data_dir / DEFAULT_DATASET / "raw")
 
 
@@ -55,7 +58,8 @@ def main() -> None:
               help="Layout of --interactions/--items; see README.")
 @click.option("--home", type=click.Path(file_okay=False),
               help="Where runs, metadata and served models live (default $RECSYS_HOME or ./.recsys).")
-@click.option("--epochs", type=int, help="Training epochs (default in components/model.py).")
+@click.option("--epochs", type=int,
+              help="Training epochs (default in components/models/config.py).")
 @click.option("--gate-config", type=click.Path(exists=True, dir_okay=False),
               help="Release gate rules (YAML; default schemas/gate/gate.yaml).")
 @click.option("--no-cache", is_flag=True, help="Re-run every component even if inputs are unchanged.")
@@ -65,7 +69,7 @@ def main() -> None:
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam pipeline option, repeatable; replaces the in-process defaults, e.g. "
               "--beam-arg=--direct_running_mode=multi_processing --beam-arg=--direct_num_workers=2")
-@click.option("--beam-preset", type=click.Choice(sorted(beam_args_lib.PRESETS)),
+@click.option("--beam-preset", type=click.Choice(sorted(configs.BEAM_PRESETS)),
               help="A documented Beam runner argument set (pipeline/beam_args.py) to start "
               "from; --beam-arg options override it.")
 def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_drift,
@@ -73,10 +77,10 @@ def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_dri
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   import dataclasses
 
-  from components import data_validation
-  from components import release_gate
   from components.data import ingest
   from components.data import spans
+  from components.data import validation as data_validation
+  from components.evaluation import release_gate
   from pipeline import local_runner
   from pipeline import run_report
 
@@ -173,7 +177,7 @@ def lineage(home, version) -> None:
 @click.option("--beam-arg", "beam_args", multiple=True,
               help="A Beam option for the pods, repeatable; replaces the default multi-process "
               "DirectRunner, e.g. a --beam-preset's set (README).")
-@click.option("--beam-preset", type=click.Choice(sorted(beam_args_lib.PRESETS)),
+@click.option("--beam-preset", type=click.Choice(sorted(configs.BEAM_PRESETS)),
               help="A documented Beam runner argument set to start from.")
 def compile_command(output, image, pipeline_root, input_base, serving_root, gpu_type, gpu_count,
                     beam_args, beam_preset) -> None:
@@ -196,9 +200,11 @@ def compile_command(output, image, pipeline_root, input_base, serving_root, gpu_
 
 def _beam_args(preset: Optional[str], args: Sequence[str]) -> Optional[tuple]:
   """The preset's arguments followed by the given ones, validated; None if neither is given."""
+  from pipeline import beam_args as beam_args_lib
+
   if preset is None and not args:
     return None
-  combined = tuple(beam_args_lib.PRESETS[preset] if preset else ()) + tuple(args)
+  combined = tuple(configs.BEAM_PRESETS[preset] if preset else ()) + tuple(args)
   try:
     return beam_args_lib.validate(combined)
   except beam_args_lib.BeamArgsError as error:
@@ -356,18 +362,18 @@ def _recommend_batch(model_dir, users, seen_path, fmt, k, output) -> None:
 @click.option("--k", default=10, show_default=True, type=int)
 def demo(home, user, k) -> None:
   """Start the server on 127.0.0.1, print one user's top-k over gRPC, stop the server."""
-  from components import features
   from components.data import ingest
+  from schemas import contract
   from serving import client as client_lib
   from serving import server as server_lib
 
   config = _config(home)
   events = ingest.load_interactions(_default_dataset(config).interactions)
-  events = events[events[features.EVENT].isin(features.ENGAGEMENT_EVENTS)]
-  user = user or events[features.USER_ID].value_counts().idxmax()
-  user_events = events[events[features.USER_ID] == user].sort_values(
-      features.TIMESTAMP, kind="stable")
-  history = list(user_events[features.ITEM_ID].iloc[-features.HISTORY_LENGTH:])
+  events = events[events[contract.EVENT].isin(contract.ENGAGEMENT_EVENTS)]
+  user = user or events[contract.USER_ID].value_counts().idxmax()
+  user_events = events[events[contract.USER_ID] == user].sort_values(
+      contract.TIMESTAMP, kind="stable")
+  history = list(user_events[contract.ITEM_ID].iloc[-contract.HISTORY_LENGTH:])
   with server_lib.running_process(config.serving_root, config.model_name) as (target, _), \
       client_lib.RecommenderClient(target) as client:
     client.wait_until_available(timeout=120)

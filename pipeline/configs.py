@@ -1,18 +1,42 @@
 """Every setting of the pipeline, in one place, with defaults that run on one small machine.
 
-The command line overrides fields of `PipelineConfig`; nothing else holds configuration.
+The command line overrides fields of `PipelineConfig`; nothing else holds configuration. Plain
+values and frozen dataclasses only, as in TFX's templates: the module code Transform and the
+Trainer run is named by string, and reading this module loads no TensorFlow (`recsys --help`
+answers at once).
 """
 import dataclasses
 import os
 import pathlib
-from typing import Tuple
+from typing import Dict, Tuple
 
-from components import release_gate
-from components.model import ModelConfig
-from components.sessions import SessionConfig
-from serving import signature
-from serving.infra_validation import InfraValidationConfig
-from serving.push import DEFAULT_VERSIONS_KEPT
+from components.data.config import SessionConfig
+from components.models.config import ModelConfig
+import schemas
+from schemas import contract
+from serving.config import DEFAULT_VERSIONS_KEPT
+from serving.config import InfraValidationConfig
+
+# The module code TFX runs in Transform and the Trainer, by name.
+PREPROCESSING_FN = "components.models.preprocessing.preprocessing_fn"
+TRAINER_RUN_FN = "components.models.trainer.run_fn"
+
+# The pipeline image built from ./Dockerfile: Kubeflow's steps and Beam's cluster workers run it.
+PIPELINE_IMAGE = "recsys-pipeline:latest"
+# Documented Beam argument sets (`recsys run --beam-preset`); pipeline/beam_args.py validates
+# them like any other, and later --beam-arg options override a preset's.
+BEAM_PRESETS: Dict[str, Tuple[str, ...]] = {
+    # Local, one process per worker: what a bigger single machine uses.
+    "direct-multiprocess": ("--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                            "--direct_num_workers=2"),
+    "flink": ("--runner=FlinkRunner", "--flink_master=localhost:8081", "--parallelism=4",
+              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
+    "spark": ("--runner=SparkRunner", "--spark_master_url=spark://localhost:7077",
+              "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
+    "dataflow": ("--runner=DataflowRunner", "--project=my-gcp-project", "--region=us-central1",
+                 "--temp_location=gs://recsys-pipelines/tmp",
+                 f"--sdk_container_image={PIPELINE_IMAGE}", "--experiments=use_runner_v2"),
+}
 
 # Where runs keep their state unless told otherwise: $RECSYS_HOME, else ./.recsys.
 DEFAULT_HOME = pathlib.Path(os.environ.get("RECSYS_HOME", ".recsys")).resolve()
@@ -25,7 +49,7 @@ class KubeflowConfig:
   The defaults compile; running needs the project's own registry and bucket (README).
   """
   # The pipeline image built from ./Dockerfile, in a registry the cluster pulls from.
-  image: str = "recsys-pipeline:latest"
+  image: str = PIPELINE_IMAGE
   # Object-store locations every pod can read and write.
   pipeline_root: str = "gs://recsys-pipelines/pipelines"
   input_base: str = "gs://recsys-pipelines/data/spans"
@@ -47,15 +71,15 @@ class KubeflowConfig:
 class PipelineConfig:
   pipeline_name: str = "recsys"
   home: pathlib.Path = DEFAULT_HOME
-  model_name: str = signature.DEFAULT_MODEL_NAME
+  model_name: str = contract.DEFAULT_MODEL_NAME
   model: ModelConfig = ModelConfig()
-  # Session cuts, history length and the time-based train/eval split (components/sessions.py).
+  # Session cuts, history length and the time-based train/eval split (components/data/sessions.py).
   sessions: SessionConfig = SessionConfig()
   # Let a run whose data drifted past the schema's thresholds go on; recorded in ML Metadata.
   allow_drift: bool = False
-  # The release gate's rules (components/release_gate.py): floors, allowed regressions against
-  # the latest blessed model, the Pareto set.
-  gate_config: pathlib.Path = release_gate.DEFAULT_GATE_CONFIG
+  # The release gate's rules (components/evaluation/release_gate.py): floors, allowed regressions
+  # against the latest blessed model, the Pareto set.
+  gate_config: pathlib.Path = schemas.DEFAULT_GATE_CONFIG
   # On-policy rollouts of candidate and baseline in the simulator's world, for the built-in
   # dataset only (`recsys run` sets 0 for other data, whose users the simulator does not know).
   simulator_sessions: int = 1000
@@ -69,8 +93,8 @@ class PipelineConfig:
   serving_versions_kept: int = DEFAULT_VERSIONS_KEPT
   # Seconds between serving a new version beside the stable one and labelling it stable. The
   # local server needs none; stock TF Serving only moves a label to a version it has loaded, so
-  # when it reads the serving root set this above its config poll (30 s in serving/Dockerfile)
-  # (serving/push.py, `_move_label`).
+  # when it reads the serving root set this above its config poll (30 s in
+  # serving/deploy/Dockerfile) (serving/push.py, `_move_label`).
   serving_label_delay_seconds: float = 0.0
   enable_cache: bool = True
   kubeflow: KubeflowConfig = KubeflowConfig()

@@ -17,8 +17,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 
-from components import candidate_evaluation
-from components import gates
+from components import artifact_properties
+from components.evaluation import candidate_evaluation
 from pipeline import run_report
 from pipeline.configs import PipelineConfig
 
@@ -122,7 +122,7 @@ def _details(store: _Store, artifact: metadata_store_pb2.Artifact) -> Dict[str, 
   elif type_name == tfx.types.standard_artifacts.ModelBlessing.TYPE_NAME:
     details["verdict"] = artifact.custom_properties["blessing_message"].string_value
   elif type_name == tfx.types.standard_artifacts.InfraBlessing.TYPE_NAME:
-    details["verdict"] = artifact.custom_properties[gates.INFRA_REASON].string_value
+    details["verdict"] = artifact.custom_properties[artifact_properties.INFRA_REASON].string_value
   return details
 
 

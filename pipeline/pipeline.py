@@ -9,15 +9,20 @@ import pathlib
 from tfx import v1 as tfx
 from tfx.orchestration import pipeline as tfx_pipeline
 
-from components import gates
+from components import artifact_properties
+from components import data_gates
+from components import infra_validator
+from components import model_evaluator
 from components import pusher as pusher_lib
-from components import release_gate
-from components import schema as schema_lib
-from components import trainer
+from components import resolvers
 from components.data import spans
+from components.evaluation import release_gate
+from components.models import config as model_config
 from components.session_builder import EVENTS_SPLIT
 from components.session_builder import SessionBuilder
+from pipeline import configs
 from pipeline.configs import PipelineConfig
+import schemas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +40,11 @@ class PipelinePaths:
   @classmethod
   def local(cls, config: PipelineConfig, input_base: pathlib.Path) -> "PipelinePaths":
     return cls(str(input_base), str(config.pipeline_root), str(config.serving_root),
-               str(schema_lib.SCHEMA_DIR))
+               str(schemas.SCHEMA_DIR))
 
   def schema(self, path: pathlib.Path) -> str:
     """A schema file of this checkout, as the pipeline's machines see it."""
-    return f"{self.schema_dir}/{path.relative_to(schema_lib.SCHEMA_DIR).as_posix()}"
+    return f"{self.schema_dir}/{path.relative_to(schemas.SCHEMA_DIR).as_posix()}"
 
 
 def _recent_artifacts(limit: int, flag: str, latest_only: bool, **channels) -> tfx.dsl.Resolver:
@@ -51,7 +56,7 @@ def _recent_artifacts(limit: int, flag: str, latest_only: bool, **channels) -> t
   if latest_only:
     return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
                             **channels)
-  return tfx.dsl.Resolver(strategy_class=gates.RecentArtifactsStrategy,
+  return tfx.dsl.Resolver(strategy_class=resolvers.RecentArtifactsStrategy,
                           config={"limit": limit, "flag": flag}, **channels)
 
 
@@ -71,10 +76,10 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
           tfx.proto.SplitConfig.Split(name=EVENTS_SPLIT, hash_buckets=1)])))
   statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
   events_schema = tfx.components.ImportSchemaGen(
-      schema_file=paths.schema(schema_lib.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
+      schema_file=paths.schema(schemas.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
-  data_gate = gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
+  data_gate = data_gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
   # Earlier runs' DriftGate outputs, each naming the statistics that passed: a plain channel
   # (not the gate's own output), so the resolver sees only earlier runs.
   accepted_runs = _recent_artifacts(
@@ -83,7 +88,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
           type=tfx.types.standard_artifacts.ExampleAnomalies,
           producer_component_id="DriftGate",
           output_key="drift")).with_id("LastAcceptedRun")
-  drift_gate = gates.DriftGate(
+  drift_gate = data_gates.DriftGate(
       statistics=statistics_gen.outputs["statistics"],
       accepted=accepted_runs.outputs["accepted"],
       schema=events_schema.outputs["schema"],
@@ -100,20 +105,20 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   session_builder.add_upstream_node(drift_gate)
 
   transitions_schema = tfx.components.ImportSchemaGen(
-      schema_file=paths.schema(schema_lib.TRANSITIONS_SCHEMA_PATH)).with_id(
+      schema_file=paths.schema(schemas.TRANSITIONS_SCHEMA_PATH)).with_id(
           "TransitionsSchemaGen")
-  code_config = trainer.custom_config(config.model)
+  code_config = model_config.custom_config(config.model)
   # Both models learn from the transitions: the two-tower model from their engagements, the DQN
   # head from all of them. The Trainer applies the Transform graph as it reads them (the same
   # layer the serving graph holds), so Transform only analyses and writes no copy of the data.
   transform = tfx.components.Transform(
       examples=session_builder.outputs["transitions"],
       schema=transitions_schema.outputs["schema"],
-      preprocessing_fn="components.preprocessing.preprocessing_fn",
+      preprocessing_fn=configs.PREPROCESSING_FN,
       materialize=False,
       custom_config=code_config)
   model_trainer = tfx.components.Trainer(
-      run_fn="components.trainer.run_fn",
+      run_fn=configs.TRAINER_RUN_FN,
       examples=session_builder.outputs["transitions"],
       transform_graph=transform.outputs["transform_graph"],
       schema=transitions_schema.outputs["schema"],
@@ -125,12 +130,12 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       model_blessing=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ModelBlessing)).with_id("LatestBlessedModel")
   past_evaluations = _recent_artifacts(
-      config.report_past_models, gates.BLESSED, latest_only_resolvers,
+      config.report_past_models, artifact_properties.BLESSED, latest_only_resolvers,
       evaluations=tfx.dsl.Channel(
           type=tfx.types.standard_artifacts.ModelEvaluation,
           producer_component_id="ModelEvaluator",
           output_key="evaluation")).with_id("PastBlessedEvaluations")
-  evaluator = gates.ModelEvaluator(
+  evaluator = model_evaluator.ModelEvaluator(
       model=model_trainer.outputs["model"],
       examples=session_builder.outputs["examples"],
       transitions=session_builder.outputs["transitions"],
@@ -139,7 +144,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       # The YAML itself, not its path: the cache then knows when the gate changed.
       gate_config=release_gate.GateConfig.load(config.gate_config).to_yaml(),
       simulator_sessions=config.simulator_sessions)
-  infra_validator = gates.ServingInfraValidator(
+  infra_validation = infra_validator.ServingInfraValidator(
       model=model_trainer.outputs["model"],
       transform_graph=transform.outputs["transform_graph"],
       model_name=config.model_name,
@@ -149,7 +154,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   pusher = tfx.components.Pusher(
       model=model_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
-      infra_blessing=infra_validator.outputs["blessing"],
+      infra_blessing=infra_validation.outputs["blessing"],
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=f"{paths.serving_root}/{config.model_name}")),
@@ -162,8 +167,8 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       pipeline_root=paths.pipeline_root,
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
                   accepted_runs, drift_gate, session_builder, transitions_schema, transform,
-                  model_trainer, latest_blessed_model, past_evaluations, evaluator, infra_validator,
-                  pusher],
+                  model_trainer, latest_blessed_model, past_evaluations, evaluator,
+                  infra_validation, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

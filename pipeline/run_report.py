@@ -8,8 +8,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
 
-from components import candidate_evaluation
-from components import gates
+from components import artifact_properties
+from components.evaluation import candidate_evaluation
 from pipeline.configs import PipelineConfig
 from serving import model_config
 from serving import push
@@ -60,8 +60,8 @@ def latest_blessing(config: PipelineConfig) -> Tuple[bool, str]:
 
 def latest_infra_validation(config: PipelineConfig) -> Tuple[bool, str]:
   """Whether the newest InfraBlessing found its model servable, and the one-line outcome."""
-  return _newest_verdict(config, tfx.types.standard_artifacts.InfraBlessing, gates.INFRA_REASON,
-                         "no model was infra-validated")
+  return _newest_verdict(config, tfx.types.standard_artifacts.InfraBlessing,
+                         artifact_properties.INFRA_REASON, "no model was infra-validated")
 
 
 def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
@@ -74,7 +74,7 @@ def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
   servable, infra_reason = latest_infra_validation(config)
   # No new version of a blessed, servable model means the Pusher's inputs were unchanged and TFX
   # reused its earlier execution from the cache; the evaluator says when the model is unchanged.
-  if reason == gates.UNCHANGED or (blessed and servable):
+  if reason == artifact_properties.UNCHANGED or (blessed and servable):
     outcome = f"Inputs unchanged since the last run, nothing new to push ({reason})"
   elif blessed:
     outcome = f"Model blessed ({reason}) but not servable: {infra_reason}"

@@ -108,12 +108,13 @@ class Scheduler:
 
   def __init__(self, cron: str, run: Callable[[], tuple], log_path: pathlib.Path,
                now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now().astimezone(),
-               sleep: Callable[[float], None] = time.sleep):
+               sleep: Optional[Callable[[float], None]] = None):
     self._cron = validate_cron(cron)
     self._run = run
     self._log_path = pathlib.Path(log_path)
     self._now = now
-    self._sleep = sleep
+    # Looked up now, not when the module loaded, so that a patched time.sleep takes effect.
+    self._sleep = sleep or time.sleep
 
   def run(self, max_runs: Optional[int] = None) -> List[RunRecord]:
     """Runs until `max_runs` runs were due (forever without it); returns their records."""

@@ -1,5 +1,6 @@
-"""Serving: a TF Serving-compatible gRPC server for pushed SavedModels, and its client."""
-import os
+"""Serving: a TF Serving-compatible gRPC/REST server for pushed SavedModels, its client, the
+push and rollback of versions, infra validation and batch recommendations.
 
-# The pushed SavedModel holds tf-keras (Keras 2) objects; see components/__init__.py.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+The deployment files for stock TensorFlow Serving (GPU image, compose, Kubernetes) are in deploy/.
+"""
+import components  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)

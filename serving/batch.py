@@ -11,33 +11,32 @@ from typing import Dict, Iterable, List, Sequence
 import numpy as np
 import pandas as pd
 
-from components import features
-from serving import queries
-from serving import signature
+from components.models import queries
+from schemas import contract
 
 OUTPUT_COLUMNS = ("user_id", "rank", "item_id", "score")
 
 
 def engaged_items(events: pd.DataFrame) -> Dict[str, List[str]]:
   """Each user's engaged items in time order (impressions are shown, not seen, items)."""
-  engaged = events[events[features.EVENT].isin(features.ENGAGEMENT_EVENTS)]
-  engaged = engaged.sort_values(features.TIMESTAMP, kind="stable")
-  return engaged.groupby(features.USER_ID, sort=False)[features.ITEM_ID].agg(list).to_dict()
+  engaged = events[events[contract.EVENT].isin(contract.ENGAGEMENT_EVENTS)]
+  engaged = engaged.sort_values(contract.TIMESTAMP, kind="stable")
+  return engaged.groupby(contract.USER_ID, sort=False)[contract.ITEM_ID].agg(list).to_dict()
 
 
 def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List[str]], k: int,
-              history_length: int = features.HISTORY_LENGTH,
+              history_length: int = contract.HISTORY_LENGTH,
               remove_seen: bool = True) -> pd.DataFrame:
   """OUTPUT_COLUMNS for each user: the k best items they have not engaged with, best first.
 
   Users the model never saw get its out-of-vocabulary user embedding, like online. The seen
   items are always the query's history; `remove_seen=False` keeps them in the ranking, as
-  protocols that score every item do. The time is unknown (signature.UNKNOWN_TIME): the lists
+  protocols that score every item do. The time is unknown (contract.UNKNOWN_TIME): the lists
   are read later, at times the job cannot know.
   """
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
-  model = queries.RankingSignature(model_dir, signature.RANK_CATALOG_SIGNATURE)
+  model = queries.RankingSignature(model_dir, contract.RANK_CATALOG_SIGNATURE)
   histories = [seen.get(user, [])[-history_length:] for user in users]
   frames = []
   ranked = ((items, item_scores) for batch in model.rank_batches(list(users), histories)

@@ -18,8 +18,8 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import queries
-from serving import signature
+from components.models import queries
+from schemas import contract
 
 # Status codes that mean "not yet" while a server starts: UNAVAILABLE until it listens,
 # NOT_FOUND until it has loaded a version, DEADLINE_EXCEEDED while it is too busy loading to answer.
@@ -61,7 +61,7 @@ class RecommenderClient:
   """
 
   def __init__(self, target: str = "127.0.0.1:8500",
-               model_name: str = signature.DEFAULT_MODEL_NAME, timeout: float = 10.0,
+               model_name: str = contract.DEFAULT_MODEL_NAME, timeout: float = 10.0,
                version_label: Optional[str] = None):
     self.target = target
     self.model_name = model_name
@@ -86,7 +86,7 @@ class RecommenderClient:
                       ) -> List[List[Recommendation]]:
     """The best `k` items for each user, in one request; histories may differ in length.
 
-    Only the most recent `signature.HISTORY_WIDTH` items of each history are sent. `timestamps`
+    Only the most recent `contract.HISTORY_LENGTH` items of each history are sent. `timestamps`
     say when each user asks (seconds since the epoch); None means now for all.
     """
     if k < 1:
@@ -95,15 +95,15 @@ class RecommenderClient:
       timestamps = [int(time.time())] * len(user_ids)
     # The most recent items at a fixed width: what the model reads, in a shape TF Serving batches.
     request = queries.predict_request(
-        user_ids, [list(history)[-signature.HISTORY_WIDTH:] for history in histories],
-        self.model_name, history_width=signature.HISTORY_WIDTH, timestamps=timestamps)
+        user_ids, [list(history)[-contract.HISTORY_LENGTH:] for history in histories],
+        self.model_name, history_width=contract.HISTORY_LENGTH, timestamps=timestamps)
     if self.version_label:
       request.model_spec.version_label = self.version_label
-    request.output_filter.extend([signature.ITEM_IDS, signature.SCORES])
+    request.output_filter.extend([contract.ITEM_IDS, contract.SCORES])
     response = self._predictions.Predict(request, timeout=self.timeout)
 
-    item_ids = tf.make_ndarray(response.outputs[signature.ITEM_IDS])
-    scores = tf.make_ndarray(response.outputs[signature.SCORES])
+    item_ids = tf.make_ndarray(response.outputs[contract.ITEM_IDS])
+    scores = tf.make_ndarray(response.outputs[contract.SCORES])
     # The model's top_k is fixed when it is exported, so k can only be checked against the answer.
     top_k = item_ids.shape[1]
     if k > top_k:

@@ -17,8 +17,8 @@ from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from schemas import contract
 from serving import registry as registry_lib
-from serving import signature
 
 # The only GetModelMetadata field TF Serving knows for SavedModels.
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -43,7 +43,7 @@ class RequestLimits:
   The model would answer larger requests, slowly and with memory proportional to batch × catalog
   for rank_catalog; beyond these a request is a client bug or abuse and gets INVALID_ARGUMENT.
   """
-  # TF Serving's limit with serving/batching_parameters.txt (max_batch_size): the same client
+  # TF Serving's limit with serving/deploy/batching_parameters.txt (max_batch_size): the same client
   # requests then work against both servers.
   max_batch_size: int = 64
   max_history_length: int = 200
@@ -111,7 +111,7 @@ def _check_limits(key: str, shape: tf.TensorShape, array, limits: RequestLimits)
     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"input '{key}' has a batch of {shape[0]}, more than the "
                        f"{limits.max_batch_size} this server accepts in one request")
-  if key == signature.HISTORY and shape.rank == 2 and shape[1] > limits.max_history_length:
+  if key == contract.HISTORY and shape.rank == 2 and shape[1] > limits.max_history_length:
     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"input '{key}' has {shape[1]} items per user, more than the "
                        f"{limits.max_history_length} this server accepts")
@@ -164,7 +164,7 @@ def _output_keys(request: predict_pb2.PredictRequest, signature_def: meta_graph_
 def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRequest,
                  limits: RequestLimits = RequestLimits()) -> predict_pb2.PredictResponse:
   """Runs a Predict request on one servable (also how warmup requests are replayed)."""
-  signature_name = request.model_spec.signature_name or signature.SERVING_SIGNATURE
+  signature_name = request.model_spec.signature_name or contract.SERVING_SIGNATURE
   # `model.signatures` holds the callable signatures; the SignatureDef map also lists
   # internal ones such as '__saved_model_init_op', which cannot be called.
   if signature_name not in servable.model.signatures:

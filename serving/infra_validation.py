@@ -5,7 +5,7 @@ before it is pushed. As TFX's InfraValidator does with a real model server, the 
 loaded by the serving process (`python -m serving.server`) in isolation: a separate process on a
 private serving root, so a model that crashes the process, hangs while loading or fails its
 warmup cannot touch the server in production. It then sends the model's own warmup requests
-(serving/warmup.py) over gRPC and checks:
+(components/models/warmup.py) over gRPC and checks:
 
   * the version becomes AVAILABLE within `load_timeout_seconds` (else GetModelStatus' error);
   * every request is answered, with item_ids, scores (and propensities) of one shape
@@ -29,21 +29,12 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from components.models import warmup
+from schemas import contract
 from serving import server as server_lib
-from serving import signature
-from serving import warmup
+from serving.config import InfraValidationConfig
 
 _CHECKED_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class InfraValidationConfig:
-  load_timeout_seconds: float = 120.0
-  # p99 of a single-user request, answered on the pipeline's machine. Generous for 2 CPU cores;
-  # production budgets belong with production hardware (a GPU serves the same graph faster).
-  latency_budget_ms: float = 250.0
-  latency_requests: int = 50
-  request_timeout_seconds: float = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +54,7 @@ class InfraValidationError(Exception):
 
 
 def validate(model_dir: os.PathLike, catalog: AbstractSet[str],
-             model_name: str = signature.DEFAULT_MODEL_NAME,
+             model_name: str = contract.DEFAULT_MODEL_NAME,
              config: InfraValidationConfig = InfraValidationConfig()) -> InfraReport:
   """Loads the model in an isolated serving process and checks it as the module docstring says."""
   requests = warmup.read(model_dir)
@@ -142,12 +133,12 @@ def _send(predict, request: predict_pb2.PredictRequest,
 
 def _check_response(response: predict_pb2.PredictResponse, request: predict_pb2.PredictRequest,
                     catalog: AbstractSet[str], what: str) -> None:
-  batch = tf.TensorShape(request.inputs[signature.USER_ID].tensor_shape)[0]
-  missing = {signature.ITEM_IDS, signature.SCORES} - set(response.outputs)
+  batch = tf.TensorShape(request.inputs[contract.USER_ID].tensor_shape)[0]
+  missing = {contract.ITEM_IDS, contract.SCORES} - set(response.outputs)
   if missing:
     raise InfraValidationError(f"{what}: the answer lacks outputs {sorted(missing)}")
   outputs = {key: tf.make_ndarray(tensor) for key, tensor in response.outputs.items()}
-  item_ids = outputs[signature.ITEM_IDS]
+  item_ids = outputs[contract.ITEM_IDS]
   if item_ids.ndim != 2 or item_ids.shape[0] != batch or item_ids.shape[1] < 1:
     raise InfraValidationError(f"{what}: item_ids has shape {list(item_ids.shape)}, expected "
                                f"[{batch}, top_k ≥ 1]")
@@ -155,7 +146,7 @@ def _check_response(response: predict_pb2.PredictResponse, request: predict_pb2.
     if value.shape != item_ids.shape:
       raise InfraValidationError(f"{what}: {key} has shape {list(value.shape)}, item_ids "
                                  f"{list(item_ids.shape)}")
-  if not np.isfinite(outputs[signature.SCORES]).all():
+  if not np.isfinite(outputs[contract.SCORES]).all():
     raise InfraValidationError(f"{what}: scores are not all finite")
   unknown = sorted({item.decode() for item in item_ids.ravel()} - set(catalog))
   if unknown:

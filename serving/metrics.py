@@ -12,7 +12,7 @@ import prometheus_client
 
 from serving import registry as registry_lib
 
-# Where TF Serving's monitoring config (serving/monitoring.config) exposes its metrics.
+# Where TF Serving's monitoring config (serving/deploy/monitoring.config) exposes its metrics.
 METRICS_PATH = "/monitoring/prometheus/metrics"
 # Seconds: from sub-millisecond cache-warm calls to requests stuck behind a model load.
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)

@@ -21,15 +21,14 @@ import os
 import pathlib
 import shutil
 import time
-import uuid
 from typing import List, Optional, Set
+import uuid
 
+from schemas import contract
 from serving import model_config
-from serving import signature
+from serving.config import DEFAULT_VERSIONS_KEPT
 
 STAGING_PREFIX = ".staging-"
-# The versions kept after a push: the new one and two to roll back to.
-DEFAULT_VERSIONS_KEPT = 3
 
 
 class PushError(Exception):
@@ -42,11 +41,11 @@ def versions(base_path: os.PathLike) -> List[int]:
   if not base_path.is_dir():
     return []
   return sorted(int(path.name) for path in base_path.iterdir()
-                if path.name.isdecimal() and (path / signature.SAVED_MODEL_PB).is_file())
+                if path.name.isdecimal() and (path / contract.SAVED_MODEL_PB).is_file())
 
 
 def push(model_dir: os.PathLike, serving_root: os.PathLike,
-         model_name: str = signature.DEFAULT_MODEL_NAME,
+         model_name: str = contract.DEFAULT_MODEL_NAME,
          keep: int = DEFAULT_VERSIONS_KEPT, version: Optional[int] = None,
          label_delay_seconds: float = 0.0) -> int:
   """Publishes a SavedModel as a new version labelled stable; returns the version.
@@ -65,8 +64,8 @@ def push(model_dir: os.PathLike, serving_root: os.PathLike,
   model_dir, serving_root = pathlib.Path(model_dir), pathlib.Path(serving_root)
   if keep < 1:
     raise PushError(f"keep must be at least 1, got {keep}")
-  if not (model_dir / signature.SAVED_MODEL_PB).is_file():
-    raise PushError(f"{model_dir} is not a SavedModel: it has no {signature.SAVED_MODEL_PB}")
+  if not (model_dir / contract.SAVED_MODEL_PB).is_file():
+    raise PushError(f"{model_dir} is not a SavedModel: it has no {contract.SAVED_MODEL_PB}")
   base_path = serving_root / model_name
   base_path.mkdir(parents=True, exist_ok=True)
   _remove_abandoned_staging(base_path)
@@ -91,7 +90,7 @@ def push(model_dir: os.PathLike, serving_root: os.PathLike,
   return version
 
 
-def rollback(serving_root: os.PathLike, model_name: str = signature.DEFAULT_MODEL_NAME,
+def rollback(serving_root: os.PathLike, model_name: str = contract.DEFAULT_MODEL_NAME,
              to_version: Optional[int] = None, label_delay_seconds: float = 0.0) -> int:
   """Moves the stable label to `to_version`, by default the newest version older than stable.
 
@@ -130,7 +129,7 @@ def _move_label(serving_root: pathlib.Path, model_name: str, label: str, version
   TF Serving refuses to move an existing label to a version it has not loaded (and then keeps
   its old config); so when the version is not served yet, a first config only adds it, and
   the label moves `delay_seconds` later. The delay must cover TF Serving's config poll
-  (--model_config_file_poll_wait_seconds, serving/Dockerfile) for it to see the first config;
+  (--model_config_file_poll_wait_seconds, serving/deploy/Dockerfile) for it to see the first config;
   if it still has not loaded the version then, it refuses the second config until it has, and
   accepts it at a later poll. The local server takes label moves at once, so 0 suffices there.
   """

@@ -1,11 +1,11 @@
 """The versions a server serves, loaded in the background and swapped in whole.
 
 What to serve comes from the serving root (serving/push.py writes it): the versions listed in
-models.config with their labels, or without that file the newest complete version, as TF Serving's `latest`
-policy. `ModelRegistry.refresh` loads what is wanted and not yet loaded, replays the model's
-warmup requests, and only then publishes a new immutable `Snapshot`; requests read one snapshot
-each, so a swap never fails a request in flight. A version that fails to load or to answer its
-warmup requests is recorded (GetModelStatus reports it, state END with the error) and not
+models.config with their labels, or without that file the newest complete version, as TF Serving's
+`latest` policy. `ModelRegistry.refresh` loads what is wanted and not yet loaded, replays the
+model's warmup requests, and only then publishes a new immutable `Snapshot`; requests read one
+snapshot each, so a swap never fails a request in flight. A version that fails to load or to answer
+its warmup requests is recorded (GetModelStatus reports it, state END with the error) and not
 retried, and the label keeps pointing at the version that served before: the old model keeps
 serving.
 """
@@ -19,9 +19,9 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
+from components.models import warmup
 from serving import model_config
 from serving import push
-from serving import warmup
 
 _LOGGER = logging.getLogger(__name__)
 

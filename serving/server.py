@@ -14,6 +14,7 @@ otherwise, and on SIGTERM/SIGINT lets requests in flight finish before stopping.
   python -m serving.server --serving-root .recsys/serving --port 8500 --rest-port 8501
 """
 import argparse
+from concurrent import futures
 import contextlib
 import dataclasses
 import functools
@@ -24,7 +25,6 @@ import socket
 import subprocess
 import sys
 import threading
-from concurrent import futures
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import grpc
@@ -34,11 +34,11 @@ from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from schemas import contract
 from serving import handlers
 from serving import metrics as metrics_lib
 from serving import registry as registry_lib
 from serving import rest
-from serving import signature
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class ModelServer:
     self.grpc_server.stop(grace=grace).wait()
 
 
-def build_server(serving_root: pathlib.Path, model_name: str = signature.DEFAULT_MODEL_NAME,
+def build_server(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
                  host: str = "127.0.0.1", port: int = 8500, rest_port: Optional[int] = None,
                  poll_seconds: Optional[float] = DEFAULT_POLL_SECONDS, max_workers: int = 8,
                  limits: handlers.RequestLimits = handlers.RequestLimits()) -> ModelServer:
@@ -186,7 +186,7 @@ def build_server(serving_root: pathlib.Path, model_name: str = signature.DEFAULT
   return ModelServer(registry, grpc_server, bound_port, rest_server, poller)
 
 
-def command(serving_root: pathlib.Path, model_name: str = signature.DEFAULT_MODEL_NAME,
+def command(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
             host: str = "127.0.0.1", port: int = 8500, rest_port: Optional[int] = None,
             poll_seconds: float = DEFAULT_POLL_SECONDS) -> List[str]:
   """The command line that runs this server in a process of its own (see `main`)."""
@@ -203,7 +203,7 @@ def free_loopback_port() -> int:
 
 
 @contextlib.contextmanager
-def running_process(serving_root: pathlib.Path, model_name: str = signature.DEFAULT_MODEL_NAME,
+def running_process(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
                     poll_seconds: float = DEFAULT_POLL_SECONDS,
                     stderr=None) -> Iterator[Tuple[str, subprocess.Popen]]:
   """This server in its own process on a free loopback port: yields (target, process).
@@ -230,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--serving-root", required=True, type=pathlib.Path,
                       help="Holds models.config and <model-name>/<version>/ SavedModels.")
-  parser.add_argument("--model-name", default=signature.DEFAULT_MODEL_NAME)
+  parser.add_argument("--model-name", default=contract.DEFAULT_MODEL_NAME)
   parser.add_argument("--host", default="127.0.0.1",
                       help="Interface to bind; the default keeps the server off the network.")
   parser.add_argument("--port", type=int, default=8500, help="gRPC port; 0 picks a free port.")

@@ -1,11 +1,11 @@
 """Shared test setup."""
-import os
 import pathlib
 
 import pytest
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before any test module imports TensorFlow itself: Keras 2 and TensorFlow's log level
+# (components/__init__.py says why).
+import components  # noqa: F401  pylint: disable=unused-import
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MOVIELENS_DIR = REPO_ROOT.parent / "shared" / "data" / "movielens-latest-small"

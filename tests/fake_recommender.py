@@ -1,4 +1,4 @@
-"""A tiny SavedModel that follows the serving contract (serving/signature.py), ranking by rules.
+"""A tiny SavedModel that follows the serving contract (schemas/contract.py), ranking by rules.
 
 Tests of code that runs exported models use it instead of training one: it saves in a second.
 """
@@ -6,7 +6,8 @@ import pathlib
 
 import tensorflow as tf
 
-from serving import signature
+from components.models import queries
+from schemas import contract
 
 N_ITEMS = 20
 TOP_K = 12  # more than the default slate size, fewer than the catalog
@@ -31,27 +32,27 @@ class FakeRecommender(tf.Module):
     scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
     return tf.gather(self._catalog, items), scores
 
-  @tf.function(input_signature=signature.INPUT_SPECS)
+  @tf.function(input_signature=queries.INPUT_SPECS)
   def retrieve(self, user_id, history, timestamp):
     del history, timestamp
     item_ids, scores = self._top(_numbers(user_id))
-    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores}
+    return {contract.ITEM_IDS: item_ids, contract.SCORES: scores}
 
-  @tf.function(input_signature=signature.INPUT_SPECS)
+  @tf.function(input_signature=queries.INPUT_SPECS)
   def serve(self, user_id, history, timestamp):
     del timestamp
     columns = tf.range(1, tf.shape(history)[1] + 1)
     start = _numbers(user_id) + tf.reduce_sum(_numbers(history) * columns[None, :], axis=1)
     item_ids, scores = self._top(start)
     propensities = tf.broadcast_to(1.0 / tf.range(1.0, TOP_K + 1.0), tf.shape(scores))
-    return {signature.ITEM_IDS: item_ids, signature.SCORES: scores,
-            signature.PROPENSITIES: propensities}
+    return {contract.ITEM_IDS: item_ids, contract.SCORES: scores,
+            contract.PROPENSITIES: propensities}
 
-  @tf.function(input_signature=signature.INPUT_SPECS)
+  @tf.function(input_signature=queries.INPUT_SPECS)
   def broken(self, user_id, history, timestamp):
     del history, timestamp
     item_ids = tf.fill([tf.shape(user_id)[0], TOP_K], "i99999")
-    return {signature.ITEM_IDS: item_ids, signature.SCORES: tf.zeros(tf.shape(item_ids))}
+    return {contract.ITEM_IDS: item_ids, contract.SCORES: tf.zeros(tf.shape(item_ids))}
 
 
 def _numbers(ids):
@@ -63,7 +64,7 @@ def save(path: pathlib.Path) -> pathlib.Path:
   """Saves a FakeRecommender with its three signatures to path, a SavedModel version dir."""
   module = FakeRecommender()
   tf.saved_model.save(module, str(path), signatures={
-      signature.SERVING_SIGNATURE: module.serve.get_concrete_function(),
-      signature.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function(),
+      contract.SERVING_SIGNATURE: module.serve.get_concrete_function(),
+      contract.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function(),
       BROKEN_SIGNATURE: module.broken.get_concrete_function()})
   return path

@@ -3,12 +3,12 @@
 Formats (`fmt`):
   * `generic`: a CSV (or `.parquet`) interaction log with columns user_id, item_id, timestamp
     (integer epoch seconds or ISO-8601; ISO dates without an offset are UTC) and optional event
-    (features.EVENT_TYPES), rating, price, category, and the impression-log columns session_id,
+    (contract.EVENT_TYPES), rating, price, category, and the impression-log columns session_id,
     position (slot in the slate, an integer >= 0) and propensity (the logging policy's
     probability, in (0, 1]). A missing event is 'rating' when the file has a rating column, else
     'view'. An optional items CSV (item_id and optional category, price, title) supplies category,
     price and title wherever the interaction log has none (an interaction log may carry title
-    itself). The simulator (components/data/generator.py) writes this format: one row per
+    itself). The simulator (components/simulation/generator.py) writes this format: one row per
     impression, with all three impression-log columns.
   * `movielens`: ml-latest-small's `ratings.csv` (userId,movieId,rating,timestamp) and optional
     `movies.csv` (movieId,title,genres), whose first genre becomes the category.
@@ -20,7 +20,7 @@ The output is TFRecord rather than CSV because TFX's CsvExampleGen infers column
 turn numeric ids such as MovieLens' "1" into integers.
 
 Each output record is one raw event; sessions and histories are built later, in Beam
-(components/sessions.py). Optional columns a source lacks are omitted from its records.
+(components/data/sessions.py). Optional columns a source lacks are omitted from its records.
 
 Ingestion rejects what it cannot read, and ids, positions and propensities of the wrong form,
 with an `InputDataError` naming the file, line (1-based, the header is line 1), field and value.
@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from components import features
+from schemas import contract
 
 EXAMPLES_FILE = "events.tfrecord.gz"
 
@@ -337,42 +337,42 @@ def _iso_seconds(text: str) -> Optional[int]:
 
 def _join_items(events: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
   """Fills each event's absent category, price and title from its item's (the interaction wins)."""
-  items = items.set_index(features.ITEM_ID)
-  for column in (features.CATEGORY, features.PRICE, features.TITLE):
+  items = items.set_index(contract.ITEM_ID)
+  for column in (contract.CATEGORY, contract.PRICE, contract.TITLE):
     own = events[column] if column in events else pd.Series(np.nan, index=events.index)
-    events[column] = own.fillna(events[features.ITEM_ID].map(items[column]))
+    events[column] = own.fillna(events[contract.ITEM_ID].map(items[column]))
   return events
 
 
 def _read_generic(interactions_path: pathlib.Path,
                   items_path: Optional[pathlib.Path]) -> pd.DataFrame:
   table = _read_table(interactions_path)
-  _require(table, (features.USER_ID, features.ITEM_ID, features.TIMESTAMP))
+  _require(table, (contract.USER_ID, contract.ITEM_ID, contract.TIMESTAMP))
   _warn_duplicates(table)
-  default_event = features.RATING_EVENT if features.RATING in table.frame else "view"
+  default_event = contract.RATING_EVENT if contract.RATING in table.frame else "view"
   events = pd.DataFrame({
-      features.USER_ID: _ids(table, features.USER_ID),
-      features.ITEM_ID: _ids(table, features.ITEM_ID),
-      features.TIMESTAMP: _timestamps(table, features.TIMESTAMP),
-      features.EVENT: _strings(table, features.EVENT).fillna(default_event),
-      features.RATING: _numbers(table, features.RATING),
-      features.PRICE: _numbers(table, features.PRICE),
-      features.CATEGORY: _strings(table, features.CATEGORY),
+      contract.USER_ID: _ids(table, contract.USER_ID),
+      contract.ITEM_ID: _ids(table, contract.ITEM_ID),
+      contract.TIMESTAMP: _timestamps(table, contract.TIMESTAMP),
+      contract.EVENT: _strings(table, contract.EVENT).fillna(default_event),
+      contract.RATING: _numbers(table, contract.RATING),
+      contract.PRICE: _numbers(table, contract.PRICE),
+      contract.CATEGORY: _strings(table, contract.CATEGORY),
   })
-  optional_readers = {features.SESSION_ID: _strings, features.POSITION: _positions,
-                      features.PROPENSITY: _propensities, features.TITLE: _strings}
+  optional_readers = {contract.SESSION_ID: _strings, contract.POSITION: _positions,
+                      contract.PROPENSITY: _propensities, contract.TITLE: _strings}
   for column, read in optional_readers.items():
     if column in table.frame:
       events[column] = read(table, column)
   if items_path is None:
     return events
   items = _read_table(items_path)
-  _require(items, (features.ITEM_ID,))
+  _require(items, (contract.ITEM_ID,))
   return _join_items(events, pd.DataFrame({
-      features.ITEM_ID: _unique_ids(items, features.ITEM_ID),
-      features.CATEGORY: _strings(items, features.CATEGORY),
-      features.PRICE: _numbers(items, features.PRICE),
-      features.TITLE: _strings(items, features.TITLE),
+      contract.ITEM_ID: _unique_ids(items, contract.ITEM_ID),
+      contract.CATEGORY: _strings(items, contract.CATEGORY),
+      contract.PRICE: _numbers(items, contract.PRICE),
+      contract.TITLE: _strings(items, contract.TITLE),
   }))
 
 
@@ -381,19 +381,19 @@ def _ratings(table: _Table, user: str, item: str, rating: str, timestamp: str) -
   _require(table, (user, item, rating, timestamp))
   _warn_duplicates(table)
   return pd.DataFrame({
-      features.USER_ID: _ids(table, user),
-      features.ITEM_ID: _ids(table, item),
-      features.TIMESTAMP: _timestamps(table, timestamp),
-      features.EVENT: features.RATING_EVENT,
-      features.RATING: _numbers(table, rating, required=True),
-      features.PRICE: np.nan,
-      features.CATEGORY: np.nan,
+      contract.USER_ID: _ids(table, user),
+      contract.ITEM_ID: _ids(table, item),
+      contract.TIMESTAMP: _timestamps(table, timestamp),
+      contract.EVENT: contract.RATING_EVENT,
+      contract.RATING: _numbers(table, rating, required=True),
+      contract.PRICE: np.nan,
+      contract.CATEGORY: np.nan,
   })
 
 
 def _movies(ids: pd.Series, first_genre: pd.Series, titles: pd.Series) -> pd.DataFrame:
-  return pd.DataFrame({features.ITEM_ID: ids, features.CATEGORY: first_genre,
-                       features.PRICE: np.nan, features.TITLE: titles})
+  return pd.DataFrame({contract.ITEM_ID: ids, contract.CATEGORY: first_genre,
+                       contract.PRICE: np.nan, contract.TITLE: titles})
 
 
 def _read_movielens(interactions_path: pathlib.Path,
@@ -435,7 +435,7 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
                       fmt: str = "generic") -> pd.DataFrame:
   """Reads interactions (and item attributes) into the event columns, absent values defaulted.
 
-  Returns features.REQUIRED_EVENT_COLUMNS, then whichever OPTIONAL_EVENT_COLUMNS the source has.
+  Returns contract.REQUIRED_EVENT_COLUMNS, then whichever OPTIONAL_EVENT_COLUMNS the source has.
   Ids, event, category, session_id and title are str, timestamp int64, rating, price and propensity
   float64, position nullable Int64; an optional field a row leaves empty is NaN (NA for
   position). Rows keep file order. Raises InputDataError for anything unreadable; domain checks
@@ -445,16 +445,16 @@ def load_interactions(interactions_path: os.PathLike, items_path: Optional[os.Pa
     raise InputDataError(f"unknown format '{fmt}'; expected one of {', '.join(FORMATS)}")
   events = _READERS[fmt](pathlib.Path(interactions_path),
                          None if items_path is None else pathlib.Path(items_path))
-  events = events.fillna({features.RATING: 0.0, features.PRICE: 0.0,
-                          features.CATEGORY: features.UNKNOWN_CATEGORY})
+  events = events.fillna({contract.RATING: 0.0, contract.PRICE: 0.0,
+                          contract.CATEGORY: contract.UNKNOWN_CATEGORY})
   events = events.astype({
-      features.USER_ID: str, features.ITEM_ID: str, features.TIMESTAMP: np.int64,
-      features.EVENT: str, features.RATING: np.float64, features.PRICE: np.float64,
-      features.CATEGORY: str,
+      contract.USER_ID: str, contract.ITEM_ID: str, contract.TIMESTAMP: np.int64,
+      contract.EVENT: str, contract.RATING: np.float64, contract.PRICE: np.float64,
+      contract.CATEGORY: str,
   })
   # An optional column without a single value is dropped: the source does not have that field.
-  columns = [column for column in features.EVENT_COLUMNS if column in events and (
-      column in features.REQUIRED_EVENT_COLUMNS or events[column].notna().any())]
+  columns = [column for column in contract.EVENT_COLUMNS if column in events and (
+      column in contract.REQUIRED_EVENT_COLUMNS or events[column].notna().any())]
   return events[columns].reset_index(drop=True)
 
 
@@ -530,6 +530,6 @@ def prepare_dataset(interactions_path: os.PathLike, items_path: Optional[os.Path
   out_dir = pathlib.Path(out_dir)
   wrote = write_examples(events, out_dir / EXAMPLES_FILE)
   logging.info("Ingested %d events of %d users on %d items from %s: %s %s", len(events),
-               events[features.USER_ID].nunique(), events[features.ITEM_ID].nunique(),
+               events[contract.USER_ID].nunique(), events[contract.ITEM_ID].nunique(),
                interactions_path, "wrote" if wrote else "unchanged", out_dir / EXAMPLES_FILE)
   return out_dir

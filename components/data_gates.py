@@ -1,0 +1,89 @@
+"""Thin TFX wrappers around the data gates; the logic lives in components/data/validation.py.
+
+`DataValidationGate` stops the run on any anomaly ExampleValidator found; `DriftGate` stops it
+when the span drifted from the last accepted one.
+"""
+import logging
+import os
+from typing import List, Optional
+
+from tfx import v1 as tfx
+from tfx.components.schema_gen import executor as schema_gen_executor
+from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from components import artifact_properties
+from components.data import validation as data_validation
+
+
+@component
+def DataValidationGate(
+    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+) -> None:
+  """Fails the run when ExampleValidator found any anomaly in any split."""
+  splits = artifact_utils.decode_split_names(anomalies.split_names)
+  data_validation.check_split_anomalies(anomalies, splits)
+
+
+def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.ExampleStatistics]:
+  """The statistics the newest accepted run was judged on, from its DriftGate output.
+
+  Only runs that passed both gates publish a drift artifact, so data a gate stopped never
+  becomes the baseline: after a rejected feed, the next run is compared with the last good one.
+  """
+  if not accepted:
+    return None
+  newest = max(accepted, key=lambda artifact: artifact.id)
+  baseline = tfx.types.standard_artifacts.ExampleStatistics()
+  baseline.uri = newest.get_string_custom_property(artifact_properties.STATISTICS_URI)
+  baseline.split_names = newest.split_names
+  return baseline
+
+
+@component
+def DriftGate(
+    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    accepted: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.ExampleAnomalies]] = None,
+    allow_drift: tfx.dsl.components.Parameter[int] = 0,
+) -> None:
+  """Fails the run when its data drifted from the last accepted run's, unless allow_drift is set.
+
+  `accepted` are earlier runs' outputs of this gate (a resolver's output); each records the
+  statistics it passed, the newest of which is the baseline. The first run has none and passes.
+  The findings are written as TFDV anomalies, one `SchemaDiff.pb` per split as ExampleValidator
+  writes them; an override is recorded both as this execution's `allow_drift` property and as
+  the output's `drift_overridden` property in ML Metadata.
+  """
+  drift.split_names = statistics.split_names
+  baseline = accepted_baseline(accepted)
+  detected = []
+  if baseline is not None:
+    drift.set_string_custom_property(artifact_properties.BASELINE_STATISTICS_URI, baseline.uri)
+    curated = data_validation.load_schema(
+        os.path.join(schema.uri, schema_gen_executor.DEFAULT_FILE_NAME))
+    for split in artifact_utils.decode_split_names(statistics.split_names):
+      found = data_validation.drift_anomalies(
+          stats_artifact_utils.load_statistics(statistics, split).proto(),
+          stats_artifact_utils.load_statistics(baseline, split).proto(), curated)
+      io_utils.write_bytes_file(
+          os.path.join(drift.uri, f"Split-{split}", data_validation.ANOMALIES_FILE),
+          found.SerializeToString())
+      detected += [f"[{split}] {message}" for message in data_validation.anomaly_messages(found)]
+  drift.set_string_custom_property(artifact_properties.STATISTICS_URI, statistics.uri)
+  drift.set_int_custom_property(artifact_properties.DRIFT_DETECTED, int(bool(detected)))
+  drift.set_int_custom_property(artifact_properties.DRIFT_OVERRIDDEN,
+                               int(bool(detected and allow_drift)))
+  if detected and allow_drift:
+    logging.warning("Drift from the last accepted data overridden by allow_drift:\n  %s",
+                    "\n  ".join(detected))
+  elif detected:
+    raise data_validation.DataDriftError(
+        "The data drifted from the last accepted run's data beyond the thresholds in "
+        "schemas/events/schema.pbtxt; the run stops before the model is trained. If the change "
+        "is expected, re-run with --allow-drift (the override is recorded in ML Metadata):\n  "
+        + "\n  ".join(detected))

@@ -1,0 +1,75 @@
+"""The evaluator's whole job, without TFX: evaluate candidate and baseline, judge, write the record.
+
+The candidate and the baseline (the latest blessed model) are evaluated on the same eval data by
+components/evaluation/model_evaluation.py and judged by components/evaluation/release_gate.py. The
+outcome is written to an output directory as `evaluation.json` (the machine-readable record: both
+models' metrics, slices, off-policy estimates, the verdict and the gate configuration) and
+`report.html` (components/evaluation/report.py).
+"""
+import dataclasses
+import json
+import os
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+
+from components.evaluation import model_evaluation
+from components.evaluation import release_gate
+from components.evaluation import report as evaluation_report
+
+EVALUATION_FILE = "evaluation.json"
+REPORT_FILE = "report.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+  candidate: model_evaluation.ModelReport
+  baseline: Optional[model_evaluation.ModelReport]
+  verdict: release_gate.Verdict
+  gate: release_gate.GateConfig
+  # Earlier blessed models' metrics, oldest first, each {"name": ..., "metrics": {...}}: the
+  # report plots them; they were measured on their own runs' data.
+  past_models: List[Dict] = dataclasses.field(default_factory=list)
+
+  def to_dict(self) -> Dict:
+    return {"candidate": self.candidate.to_dict(),
+            "baseline": None if self.baseline is None else self.baseline.to_dict(),
+            "verdict": self.verdict.to_dict(),
+            "gate": self.gate.to_yaml(),
+            "past_models": self.past_models}
+
+
+def evaluate_candidate(candidate_dir: str, baseline_dir: Optional[str],
+                       data: model_evaluation.EvalData, gate: release_gate.GateConfig,
+                       config: model_evaluation.EvaluationConfig,
+                       past_models: Optional[List[Dict]] = None) -> EvaluationResult:
+  config = config.covering([rule.name for rule in gate.rules])
+  vectors = model_evaluation.item_factors(data.train_engagements, data.catalog,
+                                          config.item_factors)
+  candidate = model_evaluation.evaluate(candidate_dir, data, vectors, config)
+  baseline = (model_evaluation.evaluate(baseline_dir, data, vectors, config)
+              if baseline_dir else None)
+  verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics)
+  return EvaluationResult(candidate=candidate, baseline=baseline, verdict=verdict, gate=gate,
+                          past_models=list(past_models or []))
+
+
+def write(result: EvaluationResult, output_dir: str) -> None:
+  """evaluation.json and report.html in output_dir (local or remote), each whole or not at all."""
+  tf.io.gfile.makedirs(output_dir)
+  _write_atomically(os.path.join(output_dir, EVALUATION_FILE),
+                    json.dumps(result.to_dict(), indent=2, sort_keys=True))
+  _write_atomically(os.path.join(output_dir, REPORT_FILE),
+                    evaluation_report.render(result.to_dict()))
+
+
+def read(output_dir: str) -> Dict:
+  with tf.io.gfile.GFile(os.path.join(output_dir, EVALUATION_FILE)) as file:
+    return json.load(file)
+
+
+def _write_atomically(path: str, text: str) -> None:
+  partial = path + ".partial"
+  with tf.io.gfile.GFile(partial, "w") as file:
+    file.write(text)
+  tf.io.gfile.rename(partial, path, overwrite=True)

@@ -1,0 +1,263 @@
+"""The release gate: whether a candidate model ships, judged on several metrics at once.
+
+Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all three
+rules hold, checked in this order:
+  1. floors: every configured floor is met;
+  2. no regression: no metric falls behind the baseline (the latest blessed model, evaluated on the
+     same data) by more than its allowance, relative to the baseline's value or absolute;
+  3. Pareto: the baseline does not dominate the candidate on the Pareto set, i.e. it is not at
+     least as good on every Pareto metric and strictly better on one (differences within a
+     metric's `pareto_epsilon` are ties).
+Rule 3 lets a model trade one objective for another (a little accuracy for much more diversity)
+as far as rule 2's allowances go, and refuses one that only gets worse. Without a baseline (the
+first run) only rule 1 applies.
+
+The weighted-sum score, sum over metrics of weight x value with "lower is better" metrics
+negated, is reported for candidate and baseline as the one-number summary a dashboard wants; it
+decides nothing, because a scalarisation hides exactly the trade-offs the rules look at.
+
+Metrics a run did not measure (the simulator's only exist for simulator data) are listed as not
+measured and skip the rules; a name the evaluator never writes is a configuration error.
+"""
+import dataclasses
+import math
+import pathlib
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import yaml
+
+from components.evaluation import model_evaluation
+import schemas
+
+HIGHER, LOWER = "higher", "lower"
+RELATIVE, ABSOLUTE = "relative", "absolute"
+_METRIC_KEYS = {"direction", "floor", "max_regression", "pareto", "pareto_epsilon", "weight"}
+
+
+class GateConfigError(ValueError):
+  """The gate configuration is invalid; the message names the file, metric and key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricRule:
+  name: str
+  direction: str = HIGHER
+  floor: Optional[float] = None
+  # (RELATIVE or ABSOLUTE, allowance), or None for no regression rule.
+  max_regression: Optional[tuple] = None
+  pareto: bool = False
+  pareto_epsilon: float = 0.0
+  weight: float = 0.0
+
+  def better(self, value: float, than: float, by: float = 0.0) -> bool:
+    """Whether `value` beats `than` by more than `by` in this metric's direction."""
+    return value - than > by if self.direction == HIGHER else than - value > by
+
+  def shortfall(self, value: float, target: float) -> float:
+    """How far `value` is on the wrong side of `target` (positive when it is)."""
+    return target - value if self.direction == HIGHER else value - target
+
+  def allowance(self, baseline: float) -> float:
+    kind, amount = self.max_regression
+    return amount * abs(baseline) if kind == RELATIVE else amount
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+  rules: Sequence[MetricRule]
+
+  @classmethod
+  def load(cls, path: pathlib.Path = schemas.DEFAULT_GATE_CONFIG) -> "GateConfig":
+    try:
+      text = pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+      raise GateConfigError(f"{path}: cannot read the gate configuration: {error}") from error
+    return cls.from_yaml(text, source=str(path))
+
+  @classmethod
+  def from_yaml(cls, text: str, source: str = "<gate config>") -> "GateConfig":
+    try:
+      document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+      raise GateConfigError(f"{source}: not valid YAML: {error}") from error
+    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+      raise GateConfigError(f"{source}: expected a top-level 'metrics:' mapping of metric names")
+    unknown_top = set(document) - {"metrics"}
+    if unknown_top:
+      raise GateConfigError(f"{source}: unknown top-level keys {sorted(unknown_top)}")
+    rules = [_parse_rule(name, settings or {}, source)
+             for name, settings in document["metrics"].items()]
+    if not rules:
+      raise GateConfigError(f"{source}: 'metrics' is empty; the gate would judge nothing")
+    return cls(rules=tuple(rules))
+
+  def to_yaml(self) -> str:
+    """The configuration as YAML that `from_yaml` reads back: how it travels as a parameter."""
+    metrics = {}
+    for rule in self.rules:
+      settings = {"direction": rule.direction, "pareto": rule.pareto,
+                  "pareto_epsilon": rule.pareto_epsilon, "weight": rule.weight}
+      if rule.floor is not None:
+        settings["floor"] = rule.floor
+      if rule.max_regression is not None:
+        settings["max_regression"] = {rule.max_regression[0]: rule.max_regression[1]}
+      metrics[rule.name] = settings
+    return yaml.safe_dump({"metrics": metrics}, sort_keys=False)
+
+  @property
+  def pareto_metrics(self) -> List[str]:
+    return [rule.name for rule in self.rules if rule.pareto]
+
+
+def _parse_rule(name: str, settings: Mapping, source: str) -> MetricRule:
+  where = f"{source}: metric {name!r}"
+  if not model_evaluation.is_metric_name(name):
+    raise GateConfigError(f"{where}: the evaluator writes no such metric; it writes "
+                          f"{model_evaluation.METRIC_NAME_PATTERNS}")
+  if not isinstance(settings, dict):
+    raise GateConfigError(f"{where}: expected a mapping of settings, got {settings!r}")
+  unknown = set(settings) - _METRIC_KEYS
+  if unknown:
+    raise GateConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: "
+                          f"{sorted(_METRIC_KEYS)}")
+
+  def number(key: str, default=None, minimum: Optional[float] = None):
+    value = settings.get(key, default)
+    if value is None:
+      return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      raise GateConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+      raise GateConfigError(f"{where}: {key} must be at least {minimum}, got {value!r}")
+    return float(value)
+
+  direction = settings.get("direction", HIGHER)
+  if direction not in (HIGHER, LOWER):
+    raise GateConfigError(f"{where}: direction must be {HIGHER!r} or {LOWER!r}, got {direction!r}")
+  regression = settings.get("max_regression")
+  if regression is not None:
+    if (not isinstance(regression, dict) or len(regression) != 1
+        or next(iter(regression)) not in (RELATIVE, ABSOLUTE)):
+      raise GateConfigError(f"{where}: max_regression must be {{relative: X}} or "
+                            f"{{absolute: X}}, got {regression!r}")
+    kind = next(iter(regression))
+    regression = (kind, _non_negative(regression[kind], f"{where}: max_regression.{kind}"))
+  pareto = settings.get("pareto", False)
+  if not isinstance(pareto, bool):
+    raise GateConfigError(f"{where}: pareto must be true or false, got {pareto!r}")
+  return MetricRule(name=name, direction=direction, floor=number("floor"),
+                    max_regression=regression, pareto=pareto,
+                    pareto_epsilon=number("pareto_epsilon", 0.0, minimum=0.0),
+                    weight=number("weight", 0.0))
+
+
+def _non_negative(value, where: str) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    raise GateConfigError(f"{where} must be a number >= 0, got {value!r}")
+  return float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """One broken rule: which, for which metric, and by how much."""
+  rule: str  # "floor", "regression" or "pareto"
+  metric: str
+  message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+  blessed: bool
+  failures: Sequence[Failure]
+  not_measured: Sequence[str]
+  # The weighted-sum scores, None when no weight is configured (or no baseline).
+  candidate_score: Optional[float]
+  baseline_score: Optional[float]
+  has_baseline: bool = False
+
+  @property
+  def reason(self) -> str:
+    """One readable line: what failed, or that everything held, with the weighted scores."""
+    scores = ""
+    if self.candidate_score is not None:
+      scores = f" (weighted score {self.candidate_score:.4f}"
+      if self.baseline_score is not None:
+        scores += f" vs baseline {self.baseline_score:.4f}"
+      scores += ")"
+    if self.failures:
+      return f"refused: {'; '.join(failure.message for failure in self.failures)}{scores}"
+    checked = ("floors, regressions and Pareto rule" if self.has_baseline
+               else "floors (first model: no baseline)")
+    return f"blessed: {checked} hold{scores}"
+
+  def to_dict(self) -> Dict:
+    return {"blessed": self.blessed, "reason": self.reason,
+            "failures": [dataclasses.asdict(failure) for failure in self.failures],
+            "not_measured": list(self.not_measured),
+            "candidate_score": self.candidate_score, "baseline_score": self.baseline_score,
+            "has_baseline": self.has_baseline}
+
+
+def weighted_score(config: GateConfig, metrics: Mapping[str, float]) -> float:
+  """Sum of weight x value over the measured metrics, 'lower is better' ones negated."""
+  return float(sum(rule.weight * (metrics[rule.name] if rule.direction == HIGHER
+                                  else -metrics[rule.name])
+                   for rule in config.rules if rule.name in metrics))
+
+
+def judge(config: GateConfig, candidate: Mapping[str, float],
+          baseline: Optional[Mapping[str, float]] = None) -> Verdict:
+  """Applies the module docstring's rules to the candidate's (and baseline's) metrics."""
+  measured = [rule for rule in config.rules
+              if rule.name in candidate and (baseline is None or rule.name in baseline)]
+  not_measured = [rule.name for rule in config.rules if rule not in measured]
+  failures = []
+  for rule in measured:
+    value = candidate[rule.name]
+    if rule.floor is not None and rule.shortfall(value, rule.floor) > 0:
+      bound = "floor" if rule.direction == HIGHER else "ceiling"
+      failures.append(Failure("floor", rule.name,
+                              f"{rule.name} = {value:.4f} misses its {bound} {rule.floor:.4f} "
+                              f"by {rule.shortfall(value, rule.floor):.4f}"))
+  if baseline is not None:
+    for rule in measured:
+      if rule.max_regression is None:
+        continue
+      value, reference = candidate[rule.name], baseline[rule.name]
+      allowance = rule.allowance(reference)
+      regression = rule.shortfall(value, reference)
+      if regression > allowance:
+        kind, amount = rule.max_regression
+        allowed = f"{amount:.0%} of it" if kind == RELATIVE else f"{amount:.4f}"
+        failures.append(Failure("regression", rule.name,
+                                f"{rule.name} = {value:.4f} regresses from the baseline's "
+                                f"{reference:.4f} by {regression:.4f}, more than the allowed "
+                                f"{allowed}"))
+    pareto = [rule for rule in measured if rule.pareto]
+    if pareto and _dominates(pareto, baseline, candidate):
+      worse = ", ".join(f"{rule.name} {candidate[rule.name]:.4f} vs {baseline[rule.name]:.4f}"
+                        for rule in pareto
+                        if rule.better(baseline[rule.name], candidate[rule.name],
+                                       rule.pareto_epsilon))
+      failures.append(Failure("pareto", ",".join(rule.name for rule in pareto),
+                              f"the baseline dominates on the Pareto set (worse on {worse}; "
+                              f"no better on the rest)"))
+  weighted = any(rule.weight for rule in measured)
+
+  def score(metrics):
+    return weighted_score(config, {rule.name: metrics[rule.name] for rule in measured})
+
+  return Verdict(blessed=not failures, failures=tuple(failures), not_measured=tuple(not_measured),
+                 candidate_score=score(candidate) if weighted else None,
+                 baseline_score=score(baseline) if weighted and baseline is not None else None,
+                 has_baseline=baseline is not None)
+
+
+def _dominates(rules: Sequence[MetricRule], better: Mapping[str, float],
+               worse: Mapping[str, float]) -> bool:
+  """Whether `better` is no worse on every rule's metric and better (beyond epsilon) on one."""
+  no_worse = all(not rule.better(worse[rule.name], better[rule.name], rule.pareto_epsilon)
+                 for rule in rules)
+  strictly = any(rule.better(better[rule.name], worse[rule.name], rule.pareto_epsilon)
+                 for rule in rules)
+  return no_worse and strictly

@@ -1,0 +1,80 @@
+"""ModelEvaluator: the thin TFX component around components/evaluation/candidate_evaluation.py.
+
+It evaluates the candidate and the latest blessed model on the held-out data, judges the
+candidate by the release gate and writes a standard ModelEvaluation and ModelBlessing, so the
+stock Pusher and TFX's LatestBlessedModelStrategy read its verdict.
+"""
+import logging
+import os
+from typing import List
+
+from tfx import v1 as tfx
+from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.component.experimental.decorators import component
+from tfx.utils import io_utils
+from tfx.utils import path_utils
+
+from components import artifact_properties
+from components.evaluation import candidate_evaluation
+from components.evaluation import model_evaluation
+from components.evaluation import release_gate
+
+
+@component
+def ModelEvaluator(
+    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
+    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    transitions: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    evaluation: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
+    blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
+    baseline_model: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.Model] = None,
+    past_evaluations: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.ModelEvaluation]] = None,
+    gate_config: tfx.dsl.components.Parameter[str] = "",
+    simulator_sessions: tfx.dsl.components.Parameter[int] = 0,
+) -> None:
+  """Evaluates the candidate and the baseline model and blesses the candidate or not.
+
+  `baseline_model` is the latest blessed model (a resolver with LatestBlessedModelStrategy);
+  `past_evaluations` are earlier blessed evaluations, plotted in the report. The logic is
+  components/evaluation/candidate_evaluation.py; `gate_config` is the YAML of
+  schemas/gate/gate.yaml. The blessing carries the stock Evaluator's custom properties (`blessed`,
+  `current_model`,
+  `current_model_id`), so the stock Pusher and LatestBlessedModelStrategy read it.
+  """
+  gate = release_gate.GateConfig.from_yaml(gate_config, source="the gate_config parameter")
+  if baseline_model is not None and baseline_model.id == model.id:
+    # The Trainer's output was reused from the cache: this model is the latest blessed one and
+    # is already pushed. Pushing it again would only make TF Serving load a copy.
+    _bless(blessing, model, False, artifact_properties.UNCHANGED)
+    evaluation.set_int_custom_property(artifact_properties.BLESSED, 0)
+    return
+  data = model_evaluation.load_eval_data(examples.uri, transitions.uri)
+  past_models = [{"name": f"evaluation {past.id}",
+                  "metrics": candidate_evaluation.read(past.uri)["candidate"]["metrics"]}
+                 for past in sorted(past_evaluations or [], key=lambda artifact: artifact.id)]
+  result = candidate_evaluation.evaluate_candidate(
+      path_utils.serving_model_path(model.uri),
+      path_utils.serving_model_path(baseline_model.uri) if baseline_model else None, data, gate,
+      model_evaluation.EvaluationConfig(simulator_sessions=simulator_sessions), past_models)
+  candidate_evaluation.write(result, evaluation.uri)
+  (logging.info if result.verdict.blessed else logging.warning)("Model %s", result.verdict.reason)
+  evaluation.set_int_custom_property(artifact_properties.BLESSED, int(result.verdict.blessed))
+  _bless(blessing, model, result.verdict.blessed, result.verdict.reason)
+
+
+def _bless(blessing, model, blessed: bool, reason: str) -> None:
+  """Writes the blessing as TFX's Evaluator does: a marker file and custom properties."""
+  blessing.set_string_custom_property(
+      evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_URI_KEY, model.uri)
+  blessing.set_int_custom_property(
+      evaluator_constants.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY, model.id)
+  blessing.set_string_custom_property(
+      evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY, reason)
+  if blessed:
+    marker, value = evaluator_constants.BLESSED_FILE_NAME, evaluator_constants.BLESSED_VALUE
+  else:
+    marker, value = evaluator_constants.NOT_BLESSED_FILE_NAME, evaluator_constants.NOT_BLESSED_VALUE
+  io_utils.write_string_file(os.path.join(blessing.uri, marker), "")
+  blessing.set_int_custom_property(evaluator_constants.ARTIFACT_PROPERTY_BLESSED_KEY, value)

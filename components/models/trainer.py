@@ -1,0 +1,82 @@
+"""TFX Trainer module file: `run_fn` trains the two-tower model, then the DQN ranking head on its
+towers, and exports both as one serving graph with its warmup requests.
+
+The pipeline names this function by string (pipeline/configs.py, TRAINER_RUN_FN), as TFX's
+templates do; the steps it runs live in components/models/training.py and the model modules.
+"""
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx import v1 as tfx
+
+from components.models import export
+from components.models import preprocessing
+from components.models import ranker
+from components.models import training
+from components.models import two_tower
+from components.models import warmup
+from components.models.config import MODEL_CONFIG_KEY
+from components.models.config import ModelConfig
+from schemas import contract
+
+# Ids the warmup requests use: the most frequent users and items (vocabularies are by frequency).
+_WARMUP_USERS = 8
+_WARMUP_ITEMS = 10
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+  config = ModelConfig.from_dict(fn_args.custom_config[MODEL_CONFIG_KEY])
+  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+  # In-vocabulary items only: the OOV bucket is not a recommendable item.
+  item_ids = np.array(tf_transform_output.vocabulary_by_name(contract.ITEM_ID), dtype=object)
+  num_items = preprocessing.vocabulary_size(tf_transform_output, contract.ITEM_ID)
+  num_categories = preprocessing.vocabulary_size(tf_transform_output, contract.CATEGORY)
+
+  transitions = training.transitions_dataset(fn_args, fn_args.train_files,
+                                             tf_transform_output).cache()
+  items = training.catalog(transitions, num_items)
+  strategy = training.distribution_strategy()
+  logging.info("Training with %s", type(strategy).__name__)
+
+  with strategy.scope():
+    retrieval = two_tower.TwoTowerModel(
+        num_users=preprocessing.vocabulary_size(tf_transform_output, contract.USER_ID),
+        num_items=num_items, num_categories=num_categories,
+        num_price_buckets=preprocessing.NUM_PRICE_BUCKETS,
+        num_title_words=preprocessing.vocabulary_size(tf_transform_output, contract.TITLE_TOKENS),
+        config=config,
+        item_probability=items.engagement_share)
+    retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+  logging.info("Retrieval loss per epoch: %s",
+               training.train_retrieval(retrieval, training.engagements(transitions), config))
+
+  in_vocabulary = np.arange(len(item_ids))
+  catalog_actions = ranker.Catalog(
+      retrieval.candidate_tower({
+          two_tower.ITEM_XF: tf.constant(in_vocabulary),
+          two_tower.CATEGORY_XF: tf.constant(items.categories[in_vocabulary]),
+          two_tower.PRICE_BUCKET_XF: tf.constant(items.price_buckets[in_vocabulary]),
+          two_tower.TITLE_TOKENS_XF: tf.constant(items.title_tokens[in_vocabulary]),
+      }).numpy(),
+      items.categories[in_vocabulary], items.price_buckets[in_vocabulary])
+  with strategy.scope():
+    dqn = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
+                           ranker.item_novelty(items.engagement_share), num_categories,
+                           preprocessing.NUM_PRICE_BUCKETS, config.ranker)
+    dqn.build_networks(config.embedding_dim)
+    dqn.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
+  history = dqn.fit(transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+                    epochs=config.ranker.epochs, verbose=2)
+  logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
+               history.history["cql_penalty"])
+
+  module = export.RecommenderModule(
+      tf_transform_output.transform_features_layer(), retrieval.query_tower, dqn.q_network,
+      catalog_actions, item_ids.astype(bytes), config.top_k, config.ranker)
+  export.save(module, fn_args.serving_model_dir)
+  # Replayed by TF Serving (and the local server) on load, and sent by infra validation.
+  users = tf_transform_output.vocabulary_by_name(contract.USER_ID)[:_WARMUP_USERS]
+  warmup.write(fn_args.serving_model_dir, warmup.representative_requests(
+      [user.decode() for user in users], [item.decode() for item in item_ids[:_WARMUP_ITEMS]]))
+  logging.info("Exported the serving model to %s", fn_args.serving_model_dir)

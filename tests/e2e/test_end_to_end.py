@@ -1,0 +1,292 @@
+"""The whole product on tiny data: CLI → TFX pipeline → push → gRPC server → client.
+
+One module-scoped home is shared so the pipeline runs once for the success path; the tests after
+it run in file order, each ingesting a new span into the same home: the failure paths check that
+bad or drifted input never reaches the Trainer and the served version keeps serving.
+"""
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+import pandas as pd
+import pytest
+from tfx import v1 as tfx
+
+from components import artifact_properties
+from components.models import warmup
+from components.simulation import generator
+from pipeline import cli
+import schemas
+from serving import client as client_lib
+from serving import model_config
+from serving import server as server_lib
+
+pytestmark = pytest.mark.e2e
+REPORT_ONLY = ("--gate-config", str(schemas.REPORT_ONLY_GATE_CONFIG))
+
+
+def _run(*args):
+  return CliRunner().invoke(cli.main, ["run", *args], catch_exceptions=False)
+
+
+def _versions(home: pathlib.Path):
+  return sorted(path.parent.name for path in home.glob("serving/recommender/*/saved_model.pb"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  home = tmp_path_factory.mktemp("home")
+  dataset = generator.generate_dataset(
+      tmp_path_factory.mktemp("raw"), seed=7, n_users=80, n_items=60, n_events=20000)
+  args = ["--interactions", str(dataset.interactions), "--items", str(dataset.items),
+          "--home", str(home), "--epochs", "2"]
+  result = _run(*args)
+  assert result.exit_code == 0, result.output
+  return home, dataset, args, result.output
+
+
+def test_run_pushes_a_versioned_saved_model(trained):
+  home, _, _, output = trained
+  versions = _versions(home)
+  assert len(versions) == 1 and versions[0].isdigit()
+  assert f"pushed version {versions[0]}" in output
+  # Labelled stable for TF Serving, with the warmup requests infra validation sent.
+  assert model_config.read(home / "serving", "recommender") == (
+      [int(versions[0])], {model_config.STABLE: int(versions[0])})
+  assert len(warmup.read(home / "serving" / "recommender" / versions[0])) == 3
+
+
+def test_pushed_model_answers_over_grpc(trained):
+  home, dataset, _, _ = trained
+  catalog = set(pd.read_csv(dataset.items, dtype=str)["item_id"])
+  user = pd.read_csv(dataset.interactions, dtype=str)["user_id"].iloc[-1]
+  server = server_lib.build_server(home / "serving", port=0)
+  server.start()
+  try:
+    with client_lib.RecommenderClient(f"127.0.0.1:{server.port}", timeout=30) as client:
+      recommendations = client.recommend(user, history=[], k=10)
+      # A user the model never saw, with no history: the cold-start path still answers.
+      cold_start = client.recommend("never-seen-user", history=[], k=10)
+  finally:
+    server.stop(grace=None)
+  assert len(recommendations) == 10 and len(cold_start) == 10
+  assert {r.item_id for r in recommendations + cold_start} <= catalog
+  scores = [r.score for r in recommendations]
+  assert scores == sorted(scores, reverse=True)
+
+
+def test_batch_recommendations_from_the_pushed_model(trained, tmp_path):
+  home, dataset, _, _ = trained
+  (version,) = _versions(home)
+  output = tmp_path / "recs.csv"
+  result = CliRunner().invoke(cli.main, [
+      "recommend", "--model", str(home / "serving" / "recommender" / version), "--users", "all",
+      "--exclude-seen", str(dataset.interactions), "--k", "10", "--output", str(output)])
+  assert result.exit_code == 0, result.output
+  recs = pd.read_csv(output, dtype=str)
+  events = pd.read_csv(dataset.interactions, dtype=str)
+  engaged = events[events["event"] != "impression"]
+  assert set(recs["user_id"]) == set(engaged["user_id"])
+  assert (recs.groupby("user_id").size() == 10).all()
+  seen = set(zip(engaged["user_id"], engaged["item_id"]))
+  assert not seen & set(zip(recs["user_id"], recs["item_id"]))
+
+
+def test_lineage_names_everything_the_pushed_version_came_from(trained):
+  home = trained[0]
+  (version,) = _versions(home)
+  result = CliRunner().invoke(cli.main, ["lineage", "--home", str(home)])  # the stable version
+  assert result.exit_code == 0, result.output
+  assert result.output.startswith(f"Version {version}\n")
+  for artifact, component in [("PushedModel", "Pusher"), ("Model", "Trainer"),
+                              ("TransformGraph", "Transform"), ("Schema", "TransitionsSchemaGen"),
+                              ("Examples", "SessionBuilder"), ("Examples", "ImportExampleGen"),
+                              ("ExampleStatistics", "StatisticsGen"),
+                              ("ModelEvaluation", "ModelEvaluator"),
+                              ("ModelBlessing", "ModelEvaluator"),
+                              ("InfraBlessing", "ServingInfraValidator")]:
+    assert re.search(rf"^  {artifact} +{component} +run ", result.output, re.M), artifact
+  assert "span: 1" in result.output
+  assert re.search(r"metrics: recall@10 0\.\d{4}", result.output)
+  assert "verdict: blessed" in result.output and "verdict: loaded, answered" in result.output
+  unknown = CliRunner().invoke(cli.main, ["lineage", "--home", str(home), "--version", "7"])
+  assert unknown.exit_code != 0 and "no run of this pipeline pushed version 7" in unknown.output
+
+
+def test_second_run_keeps_the_served_version(trained):
+  home, _, args, _ = trained
+  before = _versions(home)
+  result = _run(*args)
+  assert result.exit_code == 0, result.output
+  assert "as span 1 " in result.output  # the same data is the same span
+  assert "Inputs unchanged since the last run" in result.output
+  assert _versions(home) == before
+
+
+def _execution_states(home, node):
+  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      str(home / "metadata" / "recsys.sqlite")))
+  context = store.get_context_by_type_and_name("node", f"recsys.{node}")
+  return [metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+          for execution in sorted(store.get_executions_by_context(context.id),
+                                  key=lambda execution: execution.id)]
+
+
+def test_a_killed_run_completes_when_run_again(trained, tmp_path):
+  _, dataset, args, _ = trained
+  home = tmp_path / "home"
+  run_args = [*args[:4], "--home", str(home), *args[6:]]
+  process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *run_args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+  try:
+    # Killed mid-way: once Transform has started, after ingestion, validation and sessions.
+    deadline = time.monotonic() + 900
+    while not (home / "pipelines" / "recsys" / "Transform").exists():
+      assert process.poll() is None, "the run ended before it could be killed"
+      assert time.monotonic() < deadline, "Transform never started"
+      time.sleep(0.5)
+  finally:
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+  assert _versions(home) == []
+
+  result = _run(*run_args)  # no clean-up in between
+  assert result.exit_code == 0, result.output
+  assert "pushed version" in result.output
+  # What the killed run finished is reused, not redone.
+  assert _execution_states(home, "SessionBuilder") == ["COMPLETE", "CACHED"]
+
+
+def _trained_models(home):
+  return list((home / "pipelines" / "recsys" / "Trainer" / "model").glob("*"))
+
+
+def test_schema_violations_stop_before_training_and_keep_serving(trained, tmp_path):
+  home, dataset, args, _ = trained
+  before = _versions(home)
+  events = pd.read_csv(dataset.interactions, dtype=str, keep_default_na=False)
+  # Some rows get an event type the schema does not know, a negative price, a date in 2300.
+  events.loc[::9, "event"] = "teleport"
+  events.loc[5, "price"] = "-9.5"
+  events.loc[7, "timestamp"] = "10413792000"
+  bad = tmp_path / "bad_events.csv"
+  events.to_csv(bad, index=False)
+  result = _run("--interactions", str(bad), *args[2:])
+  assert result.exit_code != 0
+  assert "feature 'event'" in result.output and "teleport" in result.output
+  assert "feature 'price'" in result.output and "-9.5" in result.output
+  assert "feature 'timestamp'" in result.output
+  assert _versions(home) == before
+  assert len(_trained_models(home)) == 1  # only the good run's model
+
+
+def test_a_refused_model_is_not_pushed_and_the_report_says_why(trained, tmp_path):
+  home, dataset, args, _ = trained
+  before = _versions(home)
+  # New data (a new span) and a gate no model can pass.
+  fewer = tmp_path / "fewer.csv"
+  events = pd.read_csv(dataset.interactions, dtype=str, keep_default_na=False)
+  events.iloc[:-200].to_csv(fewer, index=False)
+  strict = tmp_path / "strict.yaml"
+  strict.write_text("metrics:\n  recall@10: {floor: 0.999}\n  coverage@10: {floor: 0.01}\n")
+  result = _run("--interactions", str(fewer), *args[2:], "--gate-config", str(strict))
+  assert result.exit_code == 0, result.output
+  assert re.search(r"Model not blessed \(refused: recall@10 = 0\.\d+ misses its floor 0\.9990 "
+                   r"by 0\.\d+", result.output), result.output
+  assert _versions(home) == before
+
+  report = CliRunner().invoke(cli.main, ["report", "--home", str(home)],
+                              catch_exceptions=False)
+  assert report.exit_code == 0, report.output
+  reason, path = report.output.strip().splitlines()[-2:]
+  assert "refused: recall@10" in reason
+  page = pathlib.Path(path).read_text()
+  assert "misses its floor 0.9990" in page and page.count("data:image/png;base64,") >= 2
+  listed = CliRunner().invoke(cli.main, ["report", "--list", "--home", str(home)])
+  assert listed.exit_code == 0 and len(listed.output.strip().splitlines()) >= 2
+  assert listed.output.strip().splitlines()[0].split()[1] == "blessed:"
+
+
+def _latest_drift_gate(home):
+  """The newest DriftGate execution's allow_drift and its output's custom properties."""
+  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      str(home / "metadata" / "recsys.sqlite")))
+  execution = max((e for e in store.get_executions()
+                   if store.get_execution_types_by_id([e.type_id])[0].name.endswith("DriftGate")),
+                  key=lambda e: e.id)
+  events = store.get_events_by_execution_ids([execution.id])
+  outputs = store.get_artifacts_by_id(
+      [e.artifact_id for e in events if e.type == metadata_store_pb2.Event.OUTPUT])
+  (drift,) = outputs
+  return (execution.properties["allow_drift"].int_value or
+          execution.custom_properties["allow_drift"].int_value,
+          {key: value.int_value for key, value in drift.custom_properties.items()})
+
+
+def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trained, tmp_path):
+  home, dataset, good_args, _ = trained
+  before, models_before = _versions(home), len(_trained_models(home))
+  # A feed that switched to cents: every price, in the log and in the items file, x100.
+  cents, cents_items = tmp_path / "cents.csv", tmp_path / "cents_items.csv"
+  for source, target in ((dataset.interactions, cents), (dataset.items, cents_items)):
+    frame = pd.read_csv(source, dtype={"price": float}, keep_default_na=False)
+    frame.loc[:, frame.columns == "price"] *= 100
+    frame.to_csv(target, index=False)
+  # Retraining on other data, the second model faces the first under rules that never refuse:
+  # this test is about drift; the gate has its own.
+  good_args = [*good_args, *REPORT_ONLY]
+  args = ["--interactions", str(cents), "--items", str(cents_items), *good_args[4:]]
+
+  result = _run(*args)
+  assert result.exit_code != 0
+  assert "drifted" in result.output and "feature 'price'" in result.output
+  assert "--allow-drift" in result.output
+  assert _versions(home) == before
+  assert len(_trained_models(home)) == models_before
+
+  # Rejected data is not the next run's baseline: the original prices pass the drift gate.
+  result = _run(*good_args)
+  assert result.exit_code == 0, result.output
+  assert _latest_drift_gate(home)[1][artifact_properties.DRIFT_DETECTED] == 0
+  assert len(_versions(home)) == len(before) + 1
+  # The gate found the first model as the baseline and compared the two.
+  assert "Model blessed (blessed: floors, regressions and Pareto rule hold" in result.output
+  assert "vs baseline" in result.output
+
+  result = _run(*args, "--allow-drift")
+  assert result.exit_code == 0, result.output
+  allow_drift, properties = _latest_drift_gate(home)
+  assert allow_drift == 1
+  assert properties[artifact_properties.DRIFT_DETECTED] == 1
+  assert properties[artifact_properties.DRIFT_OVERRIDDEN] == 1
+  assert len(_versions(home)) == len(before) + 2
+
+
+def test_unreadable_file_stops_at_ingestion_naming_the_line(trained, tmp_path):
+  home, dataset, _, _ = trained
+  before = _versions(home)
+  truncated = tmp_path / "truncated.csv"
+  text = dataset.interactions.read_text()
+  truncated.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 5])  # cut the last line
+  result = CliRunner().invoke(cli.main, ["run", "--interactions", str(truncated),
+                                         "--home", str(home)])
+  assert result.exit_code != 0
+  assert "truncated.csv" in result.output and "line" in result.output
+  assert _versions(home) == before
+
+
+def test_runs_on_movielens_latest_small(movielens_dir, tmp_path):
+  result = _run("--interactions", str(movielens_dir / "ratings.csv"),
+                "--items", str(movielens_dir / "movies.csv"), "--format", "movielens",
+                "--home", str(tmp_path), "--epochs", "1", *REPORT_ONLY)
+  assert result.exit_code == 0, result.output
+  assert "pushed version" in result.output
+  assert len(_versions(tmp_path)) == 1

@@ -1,0 +1,246 @@
+"""The evaluator on SavedModels whose rankings are known: metrics, slices, OPE, gate, report."""
+import base64
+import html
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+
+from components.evaluation import candidate_evaluation
+from components.evaluation import model_evaluation
+from components.evaluation import release_gate
+from components.models import queries
+from schemas import contract
+
+N_ITEMS = 1000  # random top-10s hit 1 % of the time: far below the default gate's floor
+TOP_K = 30
+N_USERS = 300
+
+
+def _item(number: int) -> str:
+  return f"i{number:04d}"
+
+
+class _RuleRanker(tf.Module):
+  """Ranks from the number n of the history's last item.
+
+  "next": n+1, n+2, ... (neighbours share a category: ten items per category).
+  "diverse": n+1, then every 37th item after it, across categories.
+  "random": a fresh random permutation per request.
+  """
+
+  def __init__(self, kind: str):
+    super().__init__()
+    self._kind = kind
+
+  @tf.function(input_signature=queries.INPUT_SPECS)
+  def serve(self, user_id, history, timestamp):
+    del timestamp
+    # Clients pad shorter histories with '' at the end.
+    length = tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int32), axis=1)
+    last_item = tf.gather(history, length - 1, batch_dims=1)
+    last = tf.strings.to_number(tf.strings.substr(last_item, 1, 4), tf.int32)
+    if self._kind == "random":
+      items = tf.argsort(tf.random.uniform([tf.shape(user_id)[0], N_ITEMS]))[:, :TOP_K]
+    else:
+      step = 1 if self._kind == "next" else 37
+      offsets = tf.concat([[1], 1 + step * tf.range(1, TOP_K)], axis=0)
+      items = (last[:, None] + offsets[None, :]) % N_ITEMS
+    ids = tf.strings.join(["i", tf.strings.as_string(items, width=4, fill="0")])
+    scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
+    return {contract.ITEM_IDS: ids, contract.SCORES: scores}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+  paths = {}
+  for kind in ("next", "diverse", "random"):
+    path = str(tmp_path_factory.mktemp(kind))
+    module = _RuleRanker(kind)
+    tf.saved_model.save(module, path, signatures={
+        contract.SERVING_SIGNATURE: module.serve.get_concrete_function()})
+    paths[kind] = path
+  return paths
+
+
+def _category(number: int) -> str:
+  return f"c{number // 10 % 20}"
+
+
+def _frame(users, items, histories, sessions, timestamps):
+  return pd.DataFrame({
+      contract.USER_ID: users, contract.ITEM_ID: [_item(n) for n in items],
+      contract.CATEGORY: [_category(n) for n in items], contract.SESSION: sessions,
+      contract.TIMESTAMP: timestamps,
+      contract.HISTORY: [tuple(_item(n) for n in history) for history in histories]})
+
+
+@pytest.fixture(scope="module")
+def data() -> model_evaluation.EvalData:
+  """Each user's eval engagement is the item after their last one, 90 % of the time."""
+  rng = np.random.default_rng(0)
+  users = [f"u{user:03d}" for user in range(N_USERS)]
+  last = rng.integers(0, N_ITEMS, N_USERS)
+  follows = rng.random(N_USERS) < 0.9
+  relevant = np.where(follows, last + 1, last + 2) % N_ITEMS
+  # Users 0..199 also engaged in training (returning); the rest are new.
+  train = _frame(users[:200], last[:200], [()] * 200, [f"{u}/0" for u in users[:200]],
+                 np.arange(200))
+  eval_examples = _frame(users, relevant, [(n,) for n in last],
+                         [f"{u}/1" for u in users], 1000 + np.arange(N_USERS))
+  shown = pd.DataFrame({contract.ITEM_ID: [_item(n) for n in range(N_ITEMS)],
+                        contract.CATEGORY: [_category(n) for n in range(N_ITEMS)]})
+  impressions = eval_examples.assign(**{contract.POSITION: -1, contract.PROPENSITY: -1.0,
+                                        contract.CLICK: 1, contract.PURCHASE: 0,
+                                        contract.REVENUE: 0.0})
+  return model_evaluation.eval_data(train, eval_examples, shown, impressions)
+
+
+CONFIG = model_evaluation.EvaluationConfig(ks=(1, 10), list_ks=(10,))
+
+
+def test_metrics_of_a_known_ranking(models, data):
+  vectors = model_evaluation.item_factors(data.train_engagements, data.catalog, 4)
+  report = model_evaluation.evaluate(models["next"], data, vectors, CONFIG)
+  follows = (data.queries[contract.ITEM_ID].str[1:].astype(int)
+             == (data.queries[contract.HISTORY].str[0].str[1:].astype(int) + 1) % N_ITEMS)
+  # The item after the last is ranked first; otherwise the one after that is second.
+  assert report.metrics["recall@1"] == pytest.approx(follows.mean())
+  assert report.metrics["recall@10"] == 1.0
+  assert report.metrics["mrr@10"] == pytest.approx(follows.mean() + (1 - follows.mean()) / 2)
+  assert report.metrics["precision@10"] == pytest.approx(0.1)
+  # Ten consecutive items span at most two categories of ten: at least 2 x C(5, 2) of their 45
+  # pairs share one.
+  assert report.metrics["category_diversity@10"] <= 1 - 20 / 45 + 1e-9
+  assert 0 < report.metrics["coverage@10"] <= 1
+  assert report.off_policy == {}  # no propensities logged
+  assert (report.queries, report.repeat_queries) == (N_USERS, 0)
+  assert set(report.slices) == {"user", "item_category", "session_length"}
+  assert report.slices["user"]["returning"]["queries"] == 200
+  assert report.slices["user"]["new"]["queries"] == 100
+  assert report.slices["session_length"] == {"1": {
+      "recall@10": 1.0, "ndcg@10": report.metrics["ndcg@10"], "queries": N_USERS}}
+
+
+def test_seen_items_are_removed_from_the_lists(models, data):
+  eval_queries = data.queries.head(3).assign(**{contract.HISTORY: [
+      (_item(5), _item(6)), (_item(7),), (_item(998), _item(999))]})
+  lists = model_evaluation.recommendation_lists(
+      queries.RankingSignature(models["next"]), eval_queries, 3)
+  # The rule ranks from the last history item; its neighbours in the history are skipped.
+  assert lists.groupby(model_evaluation.QUERY)[contract.ITEM_ID].agg(list).tolist() == [
+      [_item(7), _item(8), _item(9)], [_item(8), _item(9), _item(10)],
+      [_item(0), _item(1), _item(2)]]
+
+
+def test_a_random_model_is_refused_naming_the_metric(models, data):
+  gate = release_gate.GateConfig.load()
+  result = candidate_evaluation.evaluate_candidate(
+      models["random"], models["next"], data, gate, CONFIG)
+  assert not result.verdict.blessed
+  failed = {(failure.rule, failure.metric) for failure in result.verdict.failures}
+  assert ("floor", "recall@10") in failed and ("regression", "recall@10") in failed
+  assert re.search(r"recall@10 = 0\.0\d+ misses its floor 0\.0500", result.verdict.reason)
+  # On its own, as a first model, it fails the floors just the same.
+  alone = candidate_evaluation.evaluate_candidate(models["random"], None, data, gate, CONFIG)
+  assert not alone.verdict.blessed and "recall@10" in alone.verdict.reason
+
+
+@pytest.mark.parametrize("allowance, blessed", [(0.15, True), (0.05, False)])
+def test_more_diversity_for_a_little_accuracy_is_judged_as_configured(models, data, allowance,
+                                                                      blessed):
+  gate = release_gate.GateConfig.from_yaml(f"""
+metrics:
+  recall@10: {{floor: 0.05, max_regression: {{relative: {allowance}}}, pareto: true}}
+  category_diversity@10: {{pareto: true}}
+""")
+  result = candidate_evaluation.evaluate_candidate(
+      models["diverse"], models["next"], data, gate, CONFIG)
+  candidate, baseline = result.candidate.metrics, result.baseline.metrics
+  # The diverse list keeps the next item first but drops the second: the 10 % who wanted it.
+  assert candidate["recall@10"] == pytest.approx(baseline["recall@10"] - 0.1, abs=0.04)
+  assert candidate["category_diversity@10"] > baseline["category_diversity@10"] + 0.3
+  assert result.verdict.blessed is blessed, result.verdict.reason
+  if not blessed:
+    assert [failure.rule for failure in result.verdict.failures] == ["regression"]
+
+
+def test_gate_cutoffs_are_measured(models, data):
+  gate = release_gate.GateConfig.from_yaml("metrics:\n  ndcg@3: {}\n  coverage@5: {}\n")
+  result = candidate_evaluation.evaluate_candidate(models["next"], None, data, gate, CONFIG)
+  assert {"ndcg@3", "coverage@5", "recall@10"} <= set(result.candidate.metrics)
+  assert result.verdict.not_measured == ()
+
+
+def test_logged_slates_become_an_off_policy_log(models, data):
+  """Whole slates only; all rewards 1 make the self-normalised estimate exactly 1."""
+  eval_examples = data.queries.head(40)
+  slates = []
+  for slate, (_, query) in enumerate(eval_examples.iterrows()):
+    for position in range(3):
+      slates.append({contract.USER_ID: query[contract.USER_ID],
+                     contract.SESSION: f"s{slate // 2}", contract.TIMESTAMP: 1000 + slate,
+                     contract.ITEM_ID: _item((int(query[contract.HISTORY][0][1:]) + 1 + position)
+                                             % N_ITEMS),
+                     contract.CATEGORY: "c0", contract.HISTORY: query[contract.HISTORY],
+                     contract.POSITION: position, contract.PROPENSITY: 0.5,
+                     contract.CLICK: 1, contract.PURCHASE: 0, contract.REVENUE: 0.0})
+  impressions = pd.DataFrame(slates[:-1])  # the last slate lacks position 2: left out
+  logged = model_evaluation.eval_data(
+      data.train_engagements.assign(**{contract.CATEGORY: "c0"}), eval_examples.assign(**{
+          contract.SESSION: "s", contract.TIMESTAMP: 0}),
+      pd.DataFrame({contract.ITEM_ID: data.catalog, contract.CATEGORY: "c0"}), impressions)
+  assert len(logged.impressions) == 39 * 3
+  assert logged.impressions.groupby(["session", "step"]).size().eq(3).all()
+  model = queries.RankingSignature(models["next"])
+  asked = []
+  rank = model.rank
+  model.rank = lambda users, histories, timestamps: (
+      asked.extend(timestamps) or rank(users, histories, timestamps))
+  estimates = model_evaluation.off_policy_estimates(model, logged, rank_temperature=5.0)
+  # Five estimators over three logs, but each slate's query is ranked once, at its own time.
+  assert sorted(asked) == [1000 + slate for slate in range(39)]
+  assert set(estimates) == set(model_evaluation.OFF_POLICY_METRICS)
+  assert estimates["ope_ctr_snips"]["value"] == pytest.approx(1.0)
+  assert estimates["ope_ctr_ips"]["n_sessions"] == 20
+
+
+def test_the_record_and_report_are_written(models, data, tmp_path):
+  gate = release_gate.GateConfig.load()
+  result = candidate_evaluation.evaluate_candidate(
+      models["diverse"], models["next"], data, gate, CONFIG,
+      past_models=[{"name": "evaluation 1", "metrics": {"recall@10": 0.5, "coverage@10": 0.1}}])
+  candidate_evaluation.write(result, str(tmp_path))
+  record = candidate_evaluation.read(str(tmp_path))
+  assert record["verdict"]["reason"] == result.verdict.reason
+  assert record["baseline"]["metrics"] == result.baseline.metrics
+  page = (tmp_path / candidate_evaluation.REPORT_FILE).read_text()
+  assert html.escape(result.verdict.reason) in page
+  # Gated bars, three Pareto scatters (three Pareto metrics), every image a decodable PNG.
+  images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+  assert len(images) == 4
+  assert all(tf.io.decode_png(base64.b64decode(image)).shape[0] > 100 for image in images)
+  for heading in ("Metrics", "Gated metrics", "Pareto front", "Slices"):
+    assert f"<h2>{heading}</h2>" in page
+  assert not list(tmp_path.glob("*.partial"))
+
+
+def test_re_engagements_with_a_history_item_are_left_out_and_counted(data):
+  raw = data.queries.assign(**{contract.SESSION: "s", contract.TIMESTAMP: 0})
+  repeated = raw.head(5).assign(**{contract.ITEM_ID: raw.head(5)[contract.HISTORY].str[0]})
+  shown = pd.DataFrame({contract.ITEM_ID: data.catalog, contract.CATEGORY: "c0"})
+  impressions = raw.assign(**{contract.POSITION: -1, contract.PROPENSITY: -1.0})
+  mixed = model_evaluation.eval_data(
+      data.train_engagements.assign(**{contract.CATEGORY: "c0"}),
+      pd.concat([repeated, raw], ignore_index=True), shown, impressions)
+  assert mixed.repeat_queries == 5
+  assert len(mixed.queries) == N_USERS
+  assert not any(item in history for item, history in
+                 zip(mixed.queries[contract.ITEM_ID], mixed.queries[contract.HISTORY]))
+  # Session length still counts the repeats: 305 engagements in session "s".
+  assert set(mixed.queries["session_length_bucket"]) == {"8+"}
+  with pytest.raises(ValueError, match="Every eval engagement is with an item of its history"):
+    model_evaluation.eval_data(data.train_engagements.assign(**{contract.CATEGORY: "c0"}),
+                               repeated, shown, impressions)

@@ -1,0 +1,139 @@
+"""The release gate's rules (floors, regression allowances, Pareto) and its configuration file."""
+import pytest
+
+from components.evaluation import release_gate
+import schemas
+
+# A little accuracy against much more diversity: the gate's classic trade.
+ACCURATE = {"recall@10": 0.300, "coverage@10": 0.20, "exposure_gini@10": 0.80}
+DIVERSE = {"recall@10": 0.290, "coverage@10": 0.45, "exposure_gini@10": 0.60}
+
+
+def _gate(text: str) -> release_gate.GateConfig:
+  return release_gate.GateConfig.from_yaml(text, source="gate.yaml")
+
+
+TRADE_GATE = """
+metrics:
+  recall@10: {floor: 0.1, max_regression: {relative: %s}, pareto: true, weight: 1.0}
+  coverage@10: {max_regression: {absolute: 0.05}, pareto: true, weight: 0.5}
+  exposure_gini@10: {direction: lower, weight: 0.25}
+"""
+
+
+def test_the_shipped_configurations_load():
+  gate = release_gate.GateConfig.load()
+  assert "recall@10" in gate.pareto_metrics
+  assert release_gate.GateConfig.load(schemas.REPORT_ONLY_GATE_CONFIG).rules
+
+
+def test_first_model_is_judged_on_floors_only():
+  gate = _gate(TRADE_GATE % 0.0)
+  verdict = release_gate.judge(gate, ACCURATE)
+  assert verdict.blessed
+  assert verdict.reason.startswith("blessed: floors (first model: no baseline) hold")
+  refused = release_gate.judge(gate, dict(ACCURATE, **{"recall@10": 0.04}))
+  assert not refused.blessed
+  assert [(failure.rule, failure.metric) for failure in refused.failures] == [
+      ("floor", "recall@10")]
+  assert "recall@10 = 0.0400 misses its floor 0.1000 by 0.0600" in refused.reason
+
+
+def test_trading_a_little_accuracy_for_diversity_within_the_allowance_is_blessed():
+  # recall falls 3.3 % relative, inside a 5 % allowance; coverage rises: not dominated.
+  verdict = release_gate.judge(_gate(TRADE_GATE % 0.05), DIVERSE, ACCURATE)
+  assert verdict.blessed, verdict.reason
+  assert verdict.reason.startswith("blessed: floors, regressions and Pareto rule hold")
+
+
+def test_the_same_trade_beyond_the_allowance_is_refused_naming_metric_and_amount():
+  verdict = release_gate.judge(_gate(TRADE_GATE % 0.02), DIVERSE, ACCURATE)
+  assert not verdict.blessed
+  (failure,) = verdict.failures
+  assert (failure.rule, failure.metric) == ("regression", "recall@10")
+  assert ("recall@10 = 0.2900 regresses from the baseline's 0.3000 by 0.0100, more than the "
+          "allowed 2% of it") in verdict.reason
+  assert "\n" not in verdict.reason
+
+
+def test_a_candidate_the_baseline_dominates_is_refused_by_the_pareto_rule():
+  worse = {"recall@10": 0.295, "coverage@10": 0.19, "exposure_gini@10": 0.8}
+  verdict = release_gate.judge(_gate(TRADE_GATE % 0.05), worse, ACCURATE)
+  assert [failure.rule for failure in verdict.failures] == ["pareto"]
+  assert "worse on recall@10 0.2950 vs 0.3000, coverage@10 0.1900 vs 0.2000" in verdict.reason
+  # An identical candidate ties everywhere and is not dominated.
+  assert release_gate.judge(_gate(TRADE_GATE % 0.05), ACCURATE, ACCURATE).blessed
+
+
+def test_pareto_epsilon_counts_small_differences_as_ties():
+  gate = _gate("""
+metrics:
+  recall@10: {pareto: true, pareto_epsilon: 0.01}
+  coverage@10: {pareto: true, pareto_epsilon: 0.01}
+""")
+  noisy = {"recall@10": 0.295, "coverage@10": 0.195}
+  assert release_gate.judge(gate, noisy, ACCURATE).blessed
+  assert not release_gate.judge(gate, {"recall@10": 0.28, "coverage@10": 0.195},
+                                ACCURATE).blessed
+
+
+def test_lower_is_better_metrics_regress_upwards_and_have_ceilings():
+  gate = _gate("""
+metrics:
+  exposure_gini@10: {direction: lower, floor: 0.9, max_regression: {absolute: 0.05}}
+""")
+  assert release_gate.judge(gate, {"exposure_gini@10": 0.84}, {"exposure_gini@10": 0.80}).blessed
+  verdict = release_gate.judge(gate, {"exposure_gini@10": 0.95}, {"exposure_gini@10": 0.80})
+  assert [failure.rule for failure in verdict.failures] == ["floor", "regression"]
+  assert "exposure_gini@10 = 0.9500 misses its ceiling 0.9000 by 0.0500" in verdict.reason
+  assert "regresses from the baseline's 0.8000 by 0.1500" in verdict.reason
+
+
+def test_weighted_score_negates_lower_is_better_metrics():
+  gate = _gate(TRADE_GATE % 0.05)
+  verdict = release_gate.judge(gate, DIVERSE, ACCURATE)
+  assert verdict.candidate_score == pytest.approx(0.29 + 0.5 * 0.45 - 0.25 * 0.60)
+  assert verdict.baseline_score == pytest.approx(0.30 + 0.5 * 0.20 - 0.25 * 0.80)
+  assert "weighted score 0.3650 vs baseline 0.2000" in verdict.reason
+
+
+def test_metrics_a_run_cannot_measure_are_listed_not_failed():
+  gate = _gate("""
+metrics:
+  recall@10: {floor: 0.1}
+  simulator_ctr: {floor: 0.5}
+""")
+  verdict = release_gate.judge(gate, {"recall@10": 0.2})
+  assert verdict.blessed and verdict.not_measured == ("simulator_ctr",)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("metrics:\n  recal@10: {floor: 0.1}\n", "metric 'recal@10': the evaluator writes no such"),
+    ("metrics:\n  recall@10: {flor: 0.1}\n", "metric 'recall@10': unknown keys \\['flor'\\]"),
+    ("metrics:\n  recall@10: {floor: high}\n", "floor must be a finite number, got 'high'"),
+    ("metrics:\n  recall@10: {direction: up}\n", "direction must be 'higher' or 'lower'"),
+    ("metrics:\n  recall@10: {max_regression: 0.1}\n", "max_regression must be {relative: X}"),
+    ("metrics:\n  recall@10: {max_regression: {relative: -1}}\n",
+     "max_regression.relative must be a number >= 0, got -1"),
+    ("metrics:\n  recall@10: {pareto: 1}\n", "pareto must be true or false"),
+    ("metrics: {}\n", "'metrics' is empty"),
+    ("objectives: []\n", "expected a top-level 'metrics:' mapping"),
+    ("metrics: [\n", "not valid YAML"),
+])
+def test_invalid_configurations_name_the_file_metric_and_key(text, message):
+  with pytest.raises(release_gate.GateConfigError, match=f"gate.yaml: .*{message}"):
+    _gate(text)
+
+
+def test_an_unreadable_configuration_names_the_path(tmp_path):
+  with pytest.raises(release_gate.GateConfigError, match="missing.yaml: cannot read"):
+    release_gate.GateConfig.load(tmp_path / "missing.yaml")
+
+
+def test_without_weights_the_reason_has_no_score():
+  gate = _gate("metrics:\n  recall@10: {floor: 0.5}\n")
+  verdict = release_gate.judge(gate, {"recall@10": 0.4}, {"recall@10": 0.6})
+  assert verdict.reason == "refused: recall@10 = 0.4000 misses its floor 0.5000 by 0.1000"
+  assert verdict.candidate_score is None and verdict.baseline_score is None
+  assert release_gate.judge(gate, {"recall@10": 0.6}, {"recall@10": 0.6}).reason == (
+      "blessed: floors, regressions and Pareto rule hold")

@@ -1,0 +1,347 @@
+"""The two towers, the retrieval loss, and the exported serving graph."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.models import export
+from components.models import preprocessing
+from components.models import ranker
+from components.models import two_tower
+from components.models.config import ModelConfig
+from components.models.config import RankerConfig
+from schemas import contract
+
+PAD = preprocessing.PADDING
+CONFIG = ModelConfig(embedding_dim=8)
+PRICE_BUCKETS = 3
+TITLE_WORDS = 5
+
+
+def _batch(users, items, categories, histories, price_buckets=None, titles=None, hours=None):
+  return {
+      two_tower.HOUR_OF_WEEK_XF: tf.constant(
+          np.full(len(users), PAD) if hours is None else hours, tf.int64),
+      two_tower.USER_XF: tf.constant(users, tf.int64),
+      two_tower.ITEM_XF: tf.constant(items, tf.int64),
+      two_tower.CATEGORY_XF: tf.constant(categories, tf.int64),
+      two_tower.PRICE_BUCKET_XF: tf.constant(
+          np.zeros(len(items)) if price_buckets is None else price_buckets, tf.int64),
+      two_tower.TITLE_TOKENS_XF: tf.constant(
+          np.full((len(items), 2), PAD) if titles is None else titles, tf.int64),
+      two_tower.HISTORY_XF: tf.constant(histories, tf.int64),
+  }
+
+
+def _two_tower(num_users, num_items, num_categories, config=CONFIG):
+  return two_tower.TwoTowerModel(num_users, num_items, num_categories, PRICE_BUCKETS,
+                                 TITLE_WORDS, config)
+
+
+def test_towers_embed_into_one_space():
+  model = _two_tower(num_users=5, num_items=7, num_categories=3)
+  batch = _batch([0, 4], [1, 6], [0, 2], [[1, 2, PAD], [PAD, PAD, PAD]])
+  assert model.query_tower(batch).shape == (2, 8)
+  assert model.candidate_tower(batch).shape == (2, 8)
+  # The history reads the candidate tower's item table: one variable, not a copy.
+  assert model.query_tower.item_embedding is model.candidate_tower.item_embedding
+
+
+def test_padding_does_not_change_the_query():
+  tower = _two_tower(3, 7, 2).query_tower
+  short = tower(_batch([1], [0], [0], [[3, PAD, PAD, PAD]]))
+  padded_differently = tower(_batch([1], [0], [0], [[3, PAD, PAD, PAD, PAD, PAD]]))
+  other_item = tower(_batch([1], [0], [0], [[4, PAD, PAD, PAD]]))
+  np.testing.assert_allclose(short.numpy(), padded_differently.numpy(), rtol=1e-6)
+  assert not np.allclose(short.numpy(), other_item.numpy())
+
+
+def test_the_order_of_the_history_matters():
+  tower = _two_tower(3, 7, 2).query_tower
+  forward = tower(_batch([1], [0], [0], [[3, 4, 5, PAD]]))
+  backward = tower(_batch([1], [0], [0], [[5, 4, 3, PAD]]))
+  assert not np.allclose(forward.numpy(), backward.numpy(), atol=1e-6)
+
+
+def test_empty_history_is_finite():
+  tower = _two_tower(3, 7, 2).query_tower
+  assert np.isfinite(tower(_batch([0], [0], [0], [[PAD, PAD]])).numpy()).all()
+
+
+def test_title_words_are_a_bag_and_padding_does_not_count():
+  tower = _two_tower(3, 7, 2).candidate_tower
+  def embed(titles):
+    return tower(_batch([0] * len(titles), [1] * len(titles), [0] * len(titles),
+                        [[PAD]] * len(titles), titles=titles)).numpy()
+  star_wars, reversed_padded, untitled, other = embed(
+      [[1, 2, PAD, PAD], [2, 1, PAD, PAD], [PAD] * 4, [3, 4, PAD, PAD]])
+  np.testing.assert_allclose(star_wars, reversed_padded, rtol=1e-6)
+  assert not np.allclose(star_wars, untitled)
+  assert not np.allclose(star_wars, other)
+  # Without a title only the id, category and price speak.
+  assert np.isfinite(untitled).all()
+
+
+def test_shared_title_words_carry_what_one_item_learnt_to_another():
+  # Users 0..1 take item 2 + u; items 2 and 4 share a title word, items 3 and 5 another. Items 4
+  # and 5 are never trained on: only their titles can place them near the trained items.
+  tf.keras.utils.set_random_seed(0)
+  users = np.repeat(np.arange(2), 64)
+  titles = np.array([[1, PAD], [2, PAD]])
+  data = tf.data.Dataset.from_tensor_slices(
+      _batch(users, users + 2, np.zeros_like(users), np.full((len(users), 2), PAD),
+             titles=titles[users])).shuffle(128).batch(32)
+  model = _two_tower(2, 6, 1)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
+  model.fit(data, epochs=8, verbose=0)
+  queries = model.query_tower(_batch(np.arange(2), np.zeros(2), np.zeros(2), np.full((2, 2), PAD)))
+  unseen = model.candidate_tower(_batch(np.zeros(2), [4, 5], np.zeros(2), np.full((2, 2), PAD),
+                                        titles=titles)).numpy()
+  scores = tf.matmul(queries, unseen, transpose_b=True).numpy()
+  # User 0 prefers item 4 (its item's word), user 1 item 5.
+  assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0]
+
+
+def test_training_learns_user_item_affinity():
+  # Users 0..3 each always take item u+4 (category u % 2): a retrieval model must rank it first.
+  tf.keras.utils.set_random_seed(0)
+  users = np.repeat(np.arange(4), 64)
+  data = tf.data.Dataset.from_tensor_slices(
+      _batch(users, users + 4, users % 2, np.full((len(users), 2), PAD))).shuffle(256).batch(32)
+  model = _two_tower(4, 8, 2)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.2))
+  losses = model.fit(data, epochs=8, verbose=0).history["loss"]
+  assert losses[-1] < losses[0]
+  queries = model.query_tower(_batch(np.arange(4), np.zeros(4), np.zeros(4), np.full((4, 2), PAD)))
+  candidates = model.candidate_tower(_batch(np.zeros(8), np.arange(8), np.arange(8) % 2,
+                                            np.full((8, 2), PAD)))
+  best = tf.argmax(tf.matmul(queries, candidates, transpose_b=True), axis=1).numpy()
+  assert list(best) == [4, 5, 6, 7]
+
+
+def _loss(model, batch):
+  return float(model.compute_loss(batch))
+
+
+def test_rows_with_the_same_item_are_not_negatives_of_each_other():
+  model = _two_tower(4, 8, 2)
+  same_item = _batch(np.arange(4), np.full(4, 5), np.zeros(4), np.full((4, 2), PAD))
+  assert _loss(model, same_item) == pytest.approx(0.0, abs=1e-5)
+  distinct = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
+  assert _loss(model, distinct) > 0.1
+
+
+def test_log_q_correction_depends_only_on_relative_sampling_probabilities():
+  tf.keras.utils.set_random_seed(1)
+  model = _two_tower(4, 8, 2)
+  batch = _batch(np.arange(4), np.arange(4), np.zeros(4), np.full((4, 2), PAD))
+  uncorrected = _loss(model, batch)
+  model.item_probability = tf.constant(np.full(8, 0.3), tf.float32)  # uniform: a constant shift
+  assert _loss(model, batch) == pytest.approx(uncorrected, rel=1e-5)
+  model.item_probability = tf.constant([0.9, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01, 0.04],
+                                       tf.float32)
+  # Skewed probabilities move the items' logits against each other, so the loss changes.
+  assert _loss(model, batch) != pytest.approx(uncorrected, rel=1e-3)
+
+
+class _IdentityTransform(tf.keras.layers.Layer):
+  """Stands in for the Transform layer: users and items are already small integers as strings."""
+
+  def call(self, inputs):
+    history = tf.sparse.to_dense(inputs["history"], default_value="-1")
+    history = tf.pad(history, [[0, 0], [0, 3]], constant_values="-1")[:, :3]
+    timestamp = inputs["timestamp"]
+    return {two_tower.USER_XF: tf.strings.to_number(inputs["user_id"], tf.int64),
+            two_tower.HISTORY_XF: tf.strings.to_number(history, tf.int64),
+            # Hours since the epoch, mod a week: enough to tell times apart.
+            two_tower.HOUR_OF_WEEK_XF: tf.where(timestamp > 0, timestamp // 3600 % 168,
+                                                tf.constant(PAD, tf.int64))}
+
+
+def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0.0,
+                      epsilon=0.0):
+  """An untrained serving graph over len(item_ids) items, for users "0".."2"; returns the module.
+
+  History ids are item indices as strings (what _IdentityTransform reads).
+  """
+  model = _two_tower(3, len(item_ids), 2)
+  items = np.arange(len(item_ids))
+  categories, price_buckets = items % 2, items % PRICE_BUCKETS
+  catalog = ranker.Catalog(
+      model.candidate_tower(_batch([0] * len(items), items, categories, [[PAD]] * len(items),
+                                   price_buckets)).numpy(),
+      categories, price_buckets)
+  q_network = ranker.QNetwork(2, PRICE_BUCKETS, hidden_units=(8,))
+  q_network((tf.zeros([1, CONFIG.embedding_dim]), catalog.actions(tf.zeros([1, 1], tf.int64))))
+  module = export.RecommenderModule(
+      _IdentityTransform(), model.query_tower, q_network, catalog,
+      np.array([str(item).encode() for item in item_ids], dtype=object), top_k,
+      RankerConfig(serve_candidates=serve_candidates, temperature=temperature,
+                          epsilon=epsilon))
+  export.save(module, str(path))
+  return module
+
+
+ITEM_IDS = [f"item{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  path = tmp_path_factory.mktemp("export")
+  return export_tiny_model(path, ITEM_IDS, top_k=3, serve_candidates=4), str(path)
+
+
+A_TIME = 1_700_000_000
+
+
+def _inputs():
+  return dict(user_id=tf.constant(["1", "2"]), history=tf.constant([["0", ""], ["", ""]]),
+              timestamp=tf.constant([A_TIME, contract.UNKNOWN_TIME], tf.int64))
+
+
+def _times(count):
+  return tf.fill([count], tf.constant(A_TIME, tf.int64))
+
+
+def test_saved_model_round_trip_gives_the_same_answer(exported):
+  module, path = exported
+  loaded = tf.saved_model.load(path).signatures
+  for name, method in ((contract.SERVING_SIGNATURE, module.serve),
+                       (contract.RETRIEVE_SIGNATURE, module.retrieve),
+                       (contract.RANK_CATALOG_SIGNATURE, module.rank_catalog)):
+    before, after = method(**_inputs()), loaded[name](**_inputs())
+    assert set(before) == set(after)
+    for key in before:
+      if key == contract.ITEM_IDS:
+        np.testing.assert_array_equal(before[key].numpy(), after[key].numpy())
+      else:
+        np.testing.assert_allclose(before[key].numpy(), after[key].numpy(), rtol=1e-5)
+
+
+def test_serving_graph_reranks_the_retrieved_candidates_by_q_value(exported):
+  module, path = exported
+  loaded = tf.saved_model.load(path).signatures
+  served = loaded[contract.SERVING_SIGNATURE](**_inputs())
+  retrieved = loaded[contract.RETRIEVE_SIGNATURE](**_inputs())
+  assert served[contract.ITEM_IDS].shape == retrieved[contract.ITEM_IDS].shape == (2, 3)
+  rank_catalog = loaded[contract.RANK_CATALOG_SIGNATURE](**_inputs())[contract.ITEM_IDS]
+  for row in range(2):
+    # The served items come from the retrieval top-4, best Q first.
+    assert set(served[contract.ITEM_IDS].numpy()[row]) <= set(rank_catalog.numpy()[row][:4])
+  assert (np.diff(served[contract.SCORES].numpy(), axis=1) <= 0).all()
+  assert (np.diff(retrieved[contract.SCORES].numpy(), axis=1) <= 0).all()
+  # Greedy ranking: every propensity is 1.
+  np.testing.assert_array_equal(served[contract.PROPENSITIES].numpy(), np.ones((2, 3)))
+  # The Q-values are the QNetwork's for those items in the query's state.
+  states = module._states(**_inputs())  # pylint: disable=protected-access
+  indices = tf.constant([[ITEM_IDS.index(item.decode()) for item in row]
+                         for row in served[contract.ITEM_IDS].numpy()], tf.int64)
+  np.testing.assert_allclose(
+      module.q_network((states, module.catalog.actions(indices))).numpy(),
+      served[contract.SCORES].numpy(), rtol=1e-5)
+
+
+def test_exploring_serving_graph_samples_slates_and_reports_their_propensities(tmp_path):
+  # Also: k = 100 is clipped to the six-item catalog when exported, as tf.math.top_k would fail
+  # at serving time if asked for more items than there are.
+  export_tiny_model(tmp_path, ITEM_IDS, top_k=100, serve_candidates=4, temperature=0.5)
+  loaded = tf.saved_model.load(str(tmp_path)).signatures
+  assert loaded[contract.RETRIEVE_SIGNATURE](**_inputs())[contract.ITEM_IDS].shape == (2, 6)
+  inputs = dict(user_id=tf.constant(["1"] * 400), history=tf.constant([["0"]] * 400),
+                timestamp=_times(400))
+  served = loaded[contract.SERVING_SIGNATURE](**inputs)
+  assert served[contract.ITEM_IDS].shape == (400, 6)
+  slates = {tuple(row) for row in served[contract.ITEM_IDS].numpy()}
+  assert len(slates) > 1  # sampled, not one fixed ranking
+  propensities = served[contract.PROPENSITIES].numpy()
+  assert ((propensities > 0) & (propensities <= 1)).all()
+  # The last position has one candidate left: it is certain.
+  np.testing.assert_allclose(propensities[:, -1], 1.0, rtol=1e-5)
+  # The first position's propensity is the softmax of Q / temperature over all six candidates.
+  first = served[contract.ITEM_IDS].numpy()[:, 0]
+  for item in set(first):
+    share = np.mean(first == item)
+    logged = propensities[first == item, 0]
+    np.testing.assert_allclose(logged, logged[0], rtol=1e-5)  # the same for every request
+    assert share == pytest.approx(logged[0], abs=0.08)
+
+
+def test_epsilon_greedy_serving_graph_explores_outside_the_greedy_slate(tmp_path):
+  export_tiny_model(tmp_path, ITEM_IDS, top_k=2, serve_candidates=6, epsilon=0.2)
+  loaded = tf.saved_model.load(str(tmp_path)).signatures
+  inputs = dict(user_id=tf.constant(["1"] * 2000), history=tf.constant([["0"]] * 2000),
+                timestamp=_times(2000))
+  served = loaded[contract.SERVING_SIGNATURE](**inputs)
+  items = served[contract.ITEM_IDS].numpy().astype(str)
+  propensities = served[contract.PROPENSITIES].numpy()
+  # The greedy slate is the most common one; the other slots were explored.
+  slates, counts = np.unique(items, axis=0, return_counts=True)
+  greedy_slate = slates[np.argmax(counts)]
+  kept = items == greedy_slate
+  np.testing.assert_allclose(1.0 - kept.mean(axis=0), [0.2, 0.2], atol=0.04)
+  np.testing.assert_allclose(propensities[kept], 0.8, rtol=1e-5)
+  # Four candidates outside the greedy two: an explored first slot had 0.2 / 4.
+  np.testing.assert_allclose(propensities[~kept[:, 0], 0], 0.05, rtol=1e-5)
+  assert not set(items[~kept]) & set(greedy_slate)
+
+
+def test_rank_catalog_ranks_every_item_like_retrieve(exported):
+  _, path = exported
+  loaded = tf.saved_model.load(path).signatures
+  top = loaded[contract.RETRIEVE_SIGNATURE](**_inputs())
+  everything = loaded[contract.RANK_CATALOG_SIGNATURE](**_inputs())
+  assert top["item_ids"].shape == (2, 3) and everything["item_ids"].shape == (2, 6)
+  np.testing.assert_array_equal(everything["item_ids"].numpy()[:, :3], top["item_ids"].numpy())
+  assert all(sorted(row.astype(str)) == ITEM_IDS for row in everything["item_ids"].numpy())
+
+
+def test_empty_history_input_is_accepted(exported):
+  _, path = exported
+  serve = tf.saved_model.load(path).signatures["serving_default"]
+  out = serve(user_id=tf.constant(["0"]), history=tf.zeros([1, 0], tf.string),
+              timestamp=_times(1))
+  assert out["item_ids"].shape == (1, 3)
+
+
+def test_the_request_time_reaches_the_query_and_unknown_time_is_served(exported):
+  _, path = exported
+  rank_catalog = tf.saved_model.load(path).signatures[contract.RANK_CATALOG_SIGNATURE]
+  def scores(timestamp):
+    return rank_catalog(user_id=tf.constant(["1"]), history=tf.constant([["0"]]),
+                        timestamp=tf.constant([timestamp], tf.int64))[contract.SCORES].numpy()
+  monday, monday_later, tuesday = A_TIME, A_TIME + 60, A_TIME + 24 * 3600
+  np.testing.assert_allclose(scores(monday), scores(monday_later), rtol=1e-6)  # same hour
+  assert not np.allclose(scores(monday), scores(tuesday))
+  unknown = scores(contract.UNKNOWN_TIME)
+  assert np.isfinite(unknown).all() and not np.allclose(unknown, scores(monday))
+  # A negative time is unknown too.
+  np.testing.assert_allclose(scores(-5), unknown, rtol=1e-6)
+
+
+def test_context_dropout_hides_the_hour_in_training_only():
+  tower = two_tower.QueryTower(3, tf.keras.layers.Embedding(7, 8), 8, context_dropout=0.5)
+  batch = _batch([1] * 400, [0] * 400, [0] * 400, [[PAD]] * 400, hours=[5] * 400)
+  unknown = tower(dict(batch, **{two_tower.HOUR_OF_WEEK_XF: tf.fill([400], tf.constant(PAD,
+                                                                                      tf.int64))}))
+  served = tower(batch).numpy()
+  assert not np.allclose(served[0], unknown[0])
+  np.testing.assert_allclose(served, served[:1].repeat(400, axis=0), rtol=1e-6)
+  trained = tower(batch, training=True).numpy()
+  hidden = np.isclose(trained, unknown.numpy()).all(axis=1)
+  assert 0.4 < hidden.mean() < 0.6
+  np.testing.assert_allclose(trained[~hidden], served[~hidden], rtol=1e-6)
+
+
+def test_saved_model_uses_stock_ops_only(exported):
+  from tensorflow.python.framework import op_def_registry
+  from tensorflow.python.saved_model import loader_impl
+
+  _, path = exported
+  graph = loader_impl.parse_saved_model(path).meta_graphs[0].graph_def
+  ops = {node.op for node in graph.node}
+  for function in graph.library.function:
+    ops |= {node.op for node in function.node_def}
+  called_functions = {function.signature.name for function in graph.library.function}
+  unknown = {op for op in ops - called_functions if op_def_registry.get(op) is None}
+  assert not unknown
+  assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
+

@@ -1,0 +1,229 @@
+"""The DQN ranking head: rewards, Bellman targets, Double DQN, CQL, training and the serving policy."""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.models import ranker
+from components.models import two_tower
+from components.models.config import ModelConfig
+from components.models.config import RankerConfig
+from components.models.config import RewardConfig
+from components.simulation import policies
+from schemas import contract
+
+PAD = -1
+
+
+def test_reward_is_the_configured_weighted_sum():
+  batch = {contract.CLICK: tf.constant([1, 1, 0]), contract.PURCHASE: tf.constant([0, 1, 0]),
+           contract.REVENUE: tf.constant([0.0, 40.0, 0.0])}
+  config = RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5)
+  novelty = tf.constant([0.2, 1.0, 1.0])
+  # 1 + 0.5 * 0.2; 1 + 2 + 0.4 + 0.5 * 1.0; nothing for an unclicked item, however novel.
+  np.testing.assert_allclose(ranker.rewards(batch, novelty, config).numpy(), [1.1, 3.9, 0.0],
+                             rtol=1e-6)
+
+
+def test_item_novelty_is_scaled_self_information():
+  novelty = ranker.item_novelty(np.array([0.5, 0.25, 0.25, 0.0]))
+  # -log2: 1, 2, 2 bits; the never-engaged item counts as the rarest; divided by the largest, 2.
+  np.testing.assert_allclose(novelty, [0.5, 1.0, 1.0, 1.0])
+
+
+def test_bellman_target_by_hand():
+  rewards = tf.constant([1.0, 0.0, 2.0])
+  next_values = tf.constant([3.0, 5.0, 7.0])
+  done = tf.constant([0, 0, 1])
+  # 1 + 0.9 * 3 = 3.7; 0 + 0.9 * 5 = 4.5; a last step has no future: 2.
+  np.testing.assert_allclose(ranker.bellman_targets(rewards, next_values, done, 0.9).numpy(),
+                             [3.7, 4.5, 2.0], rtol=1e-6)
+
+
+def test_double_dqn_values_the_online_choice_with_the_target_network():
+  online = tf.constant([[1.0, 5.0, 2.0], [9.0, 0.0, 1.0]])
+  target = tf.constant([[10.0, 3.0, 20.0], [4.0, 30.0, 6.0]])
+  # Online picks items 1 and 0; the target values them 3 and 4, not its own maxima 20 and 30.
+  np.testing.assert_allclose(ranker.double_dqn_next_values(online, target).numpy(), [3.0, 4.0])
+
+
+def test_cql_penalty_by_hand():
+  candidate_q = tf.constant([[0.0, -np.inf], [np.log(3.0), np.log(3.0)]])
+  logged_q = tf.constant([0.0, 0.0])
+  # Row 1: log(e^0 + e^0) - 0 = log 2 (the -inf slot is the logged action, not counted twice).
+  # Row 2: log(3 + 3 + 1) - 0 = log 7.
+  assert float(ranker.cql_penalty(candidate_q, logged_q)) == pytest.approx(
+      (np.log(2.0) + np.log(7.0)) / 2, rel=1e-6)
+
+
+def test_cql_penalty_is_smallest_when_the_logged_action_dominates():
+  logged_q = tf.constant([0.0])
+  assert (float(ranker.cql_penalty(tf.constant([[-5.0, -5.0]]), logged_q))
+          < float(ranker.cql_penalty(tf.constant([[5.0, 5.0]]), logged_q)))
+
+
+def test_greedy_rerank_orders_by_q_with_propensity_one():
+  order, propensities = ranker.rerank(tf.constant([[0.1, 0.9, 0.5], [3.0, 1.0, 2.0]]), 2, 0.0)
+  np.testing.assert_array_equal(order.numpy(), [[1, 2], [0, 2]])
+  np.testing.assert_array_equal(propensities.numpy(), np.ones((2, 2)))
+
+
+def test_plackett_luce_propensities_match_the_simulator():
+  logits = np.array([[0.3, -1.2, 2.0, 0.0, 0.7]])
+  order = np.array([[2, 0, 4]])
+  # By hand: w = exp(logits); each position's item over the items not placed above it.
+  w = np.exp(logits[0])
+  by_hand = [w[2] / w.sum(), w[0] / (w.sum() - w[2]), w[4] / (w.sum() - w[2] - w[0])]
+  np.testing.assert_allclose(
+      ranker.plackett_luce_propensities(tf.constant(logits), tf.constant(order)).numpy()[0],
+      by_hand, rtol=1e-6)
+  # The simulator's logging policy uses the same definition.
+  slate = policies.plackett_luce(logits, 3, np.random.default_rng(0))
+  np.testing.assert_allclose(
+      ranker.plackett_luce_propensities(tf.constant(logits), tf.constant(slate.items)).numpy(),
+      slate.propensities, rtol=1e-6)
+
+
+def test_sampled_rerank_follows_the_softmax():
+  tf.random.set_seed(0)
+  q_values = tf.constant([[1.0, 0.0, -1.0]] * 20_000)
+  order, propensities = ranker.rerank(q_values, 1, temperature=1.0)
+  first = np.bincount(order.numpy()[:, 0], minlength=3) / 20_000
+  expected = np.exp([1.0, 0.0, -1.0]) / np.exp([1.0, 0.0, -1.0]).sum()
+  np.testing.assert_allclose(first, expected, atol=0.015)
+  # Each logged propensity is that item's probability of being drawn first.
+  np.testing.assert_allclose(propensities.numpy()[:, 0], expected[order.numpy()[:, 0]],
+                             rtol=1e-5)
+
+
+def test_epsilon_greedy_replaces_slots_with_outside_candidates_at_their_logged_probability():
+  tf.random.set_seed(0)
+  epsilon, rows = 0.3, 20_000
+  # Candidates 5, 4 are the greedy top-2; 0..3 are outside it.
+  q_values = tf.constant([[0.0, 1.0, 2.0, 3.0, 5.0, 6.0]] * rows)
+  order, propensities = ranker.rerank(q_values, 2, epsilon=epsilon)
+  order, propensities = order.numpy(), propensities.numpy()
+  greedy = order == np.array([5, 4])
+  # Each slot explores with probability epsilon, and never repeats a candidate.
+  np.testing.assert_allclose(1.0 - greedy.mean(axis=0), [epsilon, epsilon], atol=0.015)
+  assert (order[:, 0] != order[:, 1]).all()
+  assert set(order[~greedy]) == {0, 1, 2, 3}
+  # The greedy item had probability 1 - epsilon; an explored one epsilon over the outside
+  # candidates still unshown: 4 in the first slot, 3 in the second after an explored first.
+  np.testing.assert_allclose(propensities[greedy], 1.0 - epsilon)
+  np.testing.assert_allclose(propensities[~greedy[:, 0], 0], epsilon / 4)
+  both = ~greedy.any(axis=1)
+  np.testing.assert_allclose(propensities[both, 1], epsilon / 3)
+  np.testing.assert_allclose(propensities[greedy[:, 0] & ~greedy[:, 1], 1], epsilon / 4)
+  # Explored items are uniform over the outside candidates.
+  np.testing.assert_allclose(np.bincount(order[~greedy[:, 0], 0], minlength=4)[:4]
+                             / (~greedy[:, 0]).sum(), [0.25] * 4, atol=0.03)
+
+
+def test_epsilon_greedy_stays_greedy_once_every_outside_candidate_is_shown():
+  order, propensities = ranker.rerank(tf.constant([[0.0, 2.0, 1.0]] * 50), 2, epsilon=1.0)
+  # One outside candidate (0): the first slot shows it in place of the best (1), the second has
+  # nothing left to explore and shows its own greedy item (2), with certainty.
+  np.testing.assert_array_equal(order.numpy(), [[0, 2]] * 50)
+  np.testing.assert_allclose(propensities.numpy(), [[1.0, 1.0]] * 50)
+
+
+def test_exploration_is_one_kind_at_a_time():
+  with pytest.raises(ValueError, match="temperature or with epsilon"):
+    RankerConfig(temperature=1.0, epsilon=0.1)
+  with pytest.raises(ValueError, match="epsilon must be in"):
+    RankerConfig(epsilon=1.5)
+
+
+def _world(num_items=6, embedding_dim=4):
+  """Two-tower model and catalog for users 0..3 and items 0..5 (categories alternate)."""
+  config = ModelConfig(embedding_dim=embedding_dim)
+  retrieval = two_tower.TwoTowerModel(4, num_items, 2, 3, 1, config)
+  items = np.arange(num_items)
+  categories, price_buckets = items % 2, items % 3
+  embeddings = retrieval.candidate_tower({
+      two_tower.ITEM_XF: tf.constant(items), two_tower.CATEGORY_XF: tf.constant(categories),
+      two_tower.PRICE_BUCKET_XF: tf.constant(price_buckets),
+      two_tower.TITLE_TOKENS_XF: tf.fill([num_items, 1], tf.constant(PAD, tf.int64))}).numpy()
+  return retrieval, ranker.Catalog(embeddings, categories, price_buckets)
+
+
+def _user_states(retrieval):
+  """The query tower's states of users 0..3, with empty histories and no hour."""
+  return retrieval.query_tower({
+      two_tower.USER_XF: tf.range(4, dtype=tf.int64),
+      two_tower.HISTORY_XF: tf.fill([4, 2], tf.constant(PAD, tf.int64)),
+      two_tower.HOUR_OF_WEEK_XF: tf.fill([4], tf.constant(PAD, tf.int64))})
+
+
+def _transitions(users, items, clicks, done):
+  n = len(users)
+  return {
+      two_tower.USER_XF: tf.constant(users, tf.int64),
+      two_tower.ITEM_XF: tf.constant(items, tf.int64),
+      two_tower.HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
+      two_tower.HOUR_OF_WEEK_XF: tf.fill([n], tf.constant(PAD, tf.int64)),
+      two_tower.NEXT_HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
+      contract.CLICK: tf.constant(clicks, tf.int64),
+      contract.PURCHASE: tf.zeros([n], tf.int64),
+      contract.REVENUE: tf.zeros([n], tf.float32),
+      contract.DONE: tf.constant(done, tf.int64),
+  }
+
+
+def test_dqn_learns_which_shown_item_is_clicked():
+  # Every user is shown all six items; only even items are ever clicked. One-step sessions, so
+  # Q is the click probability: after training the even items must rank above the odd ones.
+  tf.keras.utils.set_random_seed(0)
+  retrieval, catalog = _world()
+  users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
+  data = tf.data.Dataset.from_tensor_slices(
+      _transitions(users, items, (items % 2 == 0).astype(int), np.ones(24, int)))
+  config = RankerConfig(hidden_units=(16,), train_candidates=6, cql_weight=0.1)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+  dqn.build_networks(4)
+  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["td_loss"])
+  history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
+  assert history["td_loss"][-1] < untrained_loss / 10
+  states = _user_states(retrieval)
+  q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
+  assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
+
+
+def test_untrained_q_network_ranks_as_retrieval_does():
+  retrieval, catalog = _world()
+  states = _user_states(retrieval)
+  q_network = ranker.QNetwork(2, 3, hidden_units=(8,))
+  candidates = tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1])
+  q_values = q_network((states, catalog.actions(candidates))).numpy()
+  scores = tf.matmul(states, catalog.embeddings, transpose_b=True).numpy()
+  np.testing.assert_array_equal(np.argsort(-q_values, axis=1), np.argsort(-scores, axis=1))
+  assert len(set(np.round(q_values.ravel(), 6))) > 1  # not a constant
+
+
+def test_target_network_starts_equal_and_follows_softly():
+  retrieval, catalog = _world()
+  config = RankerConfig(hidden_units=(8,), target_update_rate=0.25)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+  dqn.build_networks(4)
+  for online, target in zip(dqn.q_network.get_weights(), dqn.target_network.get_weights()):
+    np.testing.assert_array_equal(online, target)
+  before = dqn.target_network.get_weights()
+  online = [w + 1.0 for w in dqn.q_network.get_weights()]
+  dqn.q_network.set_weights(online)
+  dqn.update_target_network()
+  for old, new, moved in zip(before, online, dqn.target_network.get_weights()):
+    np.testing.assert_allclose(moved, 0.75 * old + 0.25 * new, rtol=1e-6)
+
+
+def test_config_round_trips_through_a_dict():
+  config = ModelConfig(ranker=RankerConfig(
+      hidden_units=(8, 4), gamma=0.5, reward=RewardConfig(novelty=0.2)))
+  assert ModelConfig.from_dict(dataclasses.asdict(config)) == config
+
+
+def test_config_rejects_a_discount_of_one():
+  with pytest.raises(ValueError, match="gamma"):
+    RankerConfig(gamma=1.0)

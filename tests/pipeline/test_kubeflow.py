@@ -1,0 +1,131 @@
+"""The Kubeflow Pipelines compile path and recurring runs, as far as they go without a cluster."""
+import dataclasses
+import json
+import types
+
+from click.testing import CliRunner
+import pytest
+
+from components.evaluation import release_gate
+from pipeline import cli
+from pipeline import configs
+from pipeline import kubeflow_runner
+from pipeline import pipeline as pipeline_lib
+import schemas
+
+KUBEFLOW = dataclasses.replace(
+    configs.KubeflowConfig(), image="registry.example/recsys-pipeline:7",
+    pipeline_root="gs://bucket/pipelines", input_base="gs://bucket/spans",
+    serving_root="gs://bucket/serving",
+    beam_pipeline_args=("--runner=DirectRunner", "--direct_num_workers=4"))
+CONFIG = dataclasses.replace(configs.PipelineConfig(), kubeflow=KUBEFLOW)
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory) -> dict:
+  path = kubeflow_runner.compile_pipeline(CONFIG, tmp_path_factory.mktemp("kfp") / "p.json")
+  return json.loads(path.read_text())["pipelineSpec"]
+
+
+def _parameters(spec: dict, task: str) -> dict:
+  """The task's constant parameters, e.g. {"input_base": "gs://..."}; integers as int."""
+  inputs = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
+  parameters = {}
+  for name, value in inputs.items():
+    if "runtimeValue" in value:
+      (kind, constant), = value["runtimeValue"]["constantValue"].items()
+      parameters[name] = int(constant) if kind == "intValue" else constant
+  return parameters
+
+
+def test_the_spec_has_every_component_of_the_local_pipeline(spec, tmp_path):
+  local = pipeline_lib.create_pipeline(
+      configs.PipelineConfig(home=tmp_path), pipeline_lib.PipelinePaths.local(
+          configs.PipelineConfig(home=tmp_path), tmp_path / "spans"))
+  tasks = set(spec["root"]["dag"]["tasks"])
+  # The latest-blessed-model resolver compiles into two query tasks.
+  expected = {component.id for component in local.components} - {"LatestBlessedModel"}
+  assert expected <= tasks
+  assert {"LatestBlessedModel-model-resolver", "LatestBlessedModel-model-blessing-resolver"} <= tasks
+
+
+def test_every_step_runs_in_the_pipeline_image_with_the_beam_args(spec):
+  containers = {name: executor["container"] for name, executor in
+                spec["deploymentSpec"]["executors"].items() if "container" in executor}
+  assert containers
+  assert {container["image"] for container in containers.values()} == {KUBEFLOW.image}
+  session_builder = containers["SessionBuilder_executor"]
+  assert session_builder["args"][-2:] == list(KUBEFLOW.beam_pipeline_args)
+
+
+def test_the_model_steps_request_a_gpu(spec):
+  executors = spec["deploymentSpec"]["executors"]
+  for name in KUBEFLOW.gpu_components:
+    accelerator = executors[f"{name}_executor"]["container"]["resources"]["accelerator"]
+    assert accelerator == {"type": KUBEFLOW.gpu_type, "count": str(KUBEFLOW.gpu_count)}
+  assert "resources" not in executors["SessionBuilder_executor"]["container"]
+
+
+def test_paths_and_parameters_are_the_cluster_s(spec):
+  assert _parameters(spec, "ImportExampleGen")["input_base"] == KUBEFLOW.input_base
+  assert _parameters(spec, "EventsSchemaGen")["schema_file"] == (
+      f"{KUBEFLOW.repo_dir}/schemas/events/schema.pbtxt")
+  assert schemas.EVENTS_SCHEMA_PATH.relative_to(schemas.SCHEMA_DIR).as_posix() == (
+      "events/schema.pbtxt")
+  push_destination = json.loads(_parameters(spec, "Pusher")["push_destination"])
+  assert push_destination["filesystem"]["base_directory"] == (
+      f"{KUBEFLOW.serving_root}/{CONFIG.model_name}")
+  evaluator = _parameters(spec, "ModelEvaluator")
+  assert evaluator["gate_config"] == release_gate.GateConfig.load(CONFIG.gate_config).to_yaml()
+  assert evaluator["simulator_sessions"] == CONFIG.simulator_sessions
+  assert _parameters(spec, "ServingInfraValidator")["latency_budget_ms"] == (
+      CONFIG.serving_latency_budget_ms)
+
+
+def test_an_unknown_gpu_component_is_refused(tmp_path):
+  config = dataclasses.replace(CONFIG, kubeflow=dataclasses.replace(
+      KUBEFLOW, gpu_components=("Trainer", "Traner")))
+  with pytest.raises(ValueError, match=r"names \['Traner'\]"):
+    kubeflow_runner.compile_pipeline(config, tmp_path / "p.json")
+
+
+def test_recsys_compile_writes_the_spec(tmp_path):
+  output = tmp_path / "out" / "pipeline.json"
+  result = CliRunner().invoke(cli.main, [
+      "compile", "--kubeflow", str(output), "--image", "img:1", "--pipeline-root", "gs://b/p",
+      "--beam-preset", "dataflow", "--beam-arg=--project=p1"])
+  assert result.exit_code == 0, result.output
+  spec = json.loads(output.read_text())
+  assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://b/p"
+  args = spec["pipelineSpec"]["deploymentSpec"]["executors"]["Transform_executor"]["container"][
+      "args"]
+  assert "--runner=DataflowRunner" in args and args[-1] == "--project=p1"
+
+
+def test_cron_becomes_kfp_s_six_fields():
+  assert kubeflow_runner.kfp_cron("0 3 * * *") == "0 0 3 * * *"
+  with pytest.raises(ValueError, match="five-field"):
+    kubeflow_runner.kfp_cron("0 0 3 * * *")
+
+
+def test_a_recurring_run_is_created_without_overlap_or_catch_up(tmp_path):
+  calls = {}
+
+  class FakeClient:
+    """Records what kfp.Client would send to the cluster."""
+
+    def create_experiment(self, name):
+      calls["experiment"] = name
+      return types.SimpleNamespace(experiment_id="e-1")
+
+    def create_recurring_run(self, **kwargs):
+      calls["recurring_run"] = kwargs
+      return types.SimpleNamespace(recurring_run_id="r-1")
+
+  spec = tmp_path / "p.json"
+  job = kubeflow_runner.create_recurring_run(FakeClient(), spec, "30 2 * * 1", "recsys", "nightly")
+  assert job.recurring_run_id == "r-1"
+  assert calls == {"experiment": "recsys", "recurring_run": {
+      "experiment_id": "e-1", "job_name": "nightly", "cron_expression": "0 30 2 * * 1",
+      "pipeline_package_path": str(spec), "max_concurrency": 1, "no_catchup": True,
+      "enabled": True}}

@@ -60,6 +60,12 @@ class Lineage:
     return "\n".join(lines)
 
 
+# Inputs a step compares the model with rather than makes it from: the evaluator's baseline (the
+# previous blessed model) and the earlier evaluations its report plots. Following them would
+# pull every earlier run's model, spans and statistics into this version's lineage.
+_COMPARED_WITH = {EVALUATOR_NODE: ("baseline_model", "past_evaluations")}
+
+
 class _Store:
   """The few ML Metadata queries the walk needs."""
 
@@ -78,9 +84,11 @@ class _Store:
         [artifact_id]) if event.type in _OUTPUT_EVENTS]
     return min(executions, default=None)
 
-  def events(self, execution_id: int, types) -> List[int]:
+  def events(self, execution_id: int, types, skip_keys=()) -> List[int]:
+    """The artifacts the execution read (or wrote), but not those under the `skip_keys`."""
     return [event.artifact_id for event in self.store.get_events_by_execution_ids([execution_id])
-            if event.type in types]
+            if event.type in types
+            and not (event.path.steps and event.path.steps[0].key in skip_keys)]
 
   def consumers(self, artifact_id: int) -> List[int]:
     return [event.execution_id for event in self.store.get_events_by_artifact_ids([artifact_id])
@@ -151,7 +159,7 @@ def lineage(config: PipelineConfig, version: Optional[int] = None) -> Lineage:
       examples_ids.append(artifact.id)
     if execution_id is None:
       continue
-    related = store.events(execution_id, _INPUT_EVENTS)
+    related = store.events(execution_id, _INPUT_EVENTS, _COMPARED_WITH.get(node, ()))
     if node == EVALUATOR_NODE:  # the evaluation the blessing was decided on
       related += store.events(execution_id, _OUTPUT_EVENTS)
     inputs = [artifact_id for artifact_id in related if artifact_id not in seen]

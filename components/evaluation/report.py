@@ -43,7 +43,7 @@ def render(record: Dict) -> str:
       f"{candidate['repeat_queries']} re-engagements with an item of the history are left out, "
       "as seen items are removed from the lists.</p>"
       + _metric_table(gate, candidate, baseline, verdict),
-      "<h2>Gated metrics</h2>" + _image(_gated_bars(gate, candidate, baseline)),
+      "<h2>Gated metrics</h2>" + _gated_section(gate, candidate, baseline),
   ]
   pareto = [name for name in gate.pareto_metrics if name in candidate["metrics"]]
   if len(pareto) >= 2:
@@ -98,8 +98,18 @@ def _number(value: Optional[float]) -> str:
   return "" if value is None else f"{value:.4f}"
 
 
-def _gated_bars(gate: release_gate.GateConfig, candidate: Dict, baseline: Optional[Dict]):
+def _gated_section(gate: release_gate.GateConfig, candidate: Dict,
+                   baseline: Optional[Dict]) -> str:
+  """Bars of the gated metrics that were measured; a sentence when none was (e.g. a gate of
+  simulator metrics on a user's own data, which the simulator does not know)."""
   names = [rule.name for rule in gate.rules if rule.name in candidate["metrics"]]
+  if not names:
+    return "<p>None of the gated metrics was measured on these data.</p>"
+  return _image(_gated_bars(gate, names, candidate, baseline))
+
+
+def _gated_bars(gate: release_gate.GateConfig, names: List[str], candidate: Dict,
+                baseline: Optional[Dict]):
   figure, axes = pyplot.subplots(1, len(names), figsize=(2.2 * len(names), 3), squeeze=False)
   for axis, name in zip(axes[0], names):
     labels, values, colors = ["candidate"], [candidate["metrics"][name]], [CANDIDATE_COLOR]
@@ -174,6 +184,8 @@ def _off_policy_plot(candidate: Dict, baseline: Optional[Dict]):
 def _slice_tables(candidate: Dict, baseline: Optional[Dict]) -> str:
   parts = []
   for slice_name, values in candidate["slices"].items():
+    if not values:  # e.g. no eval query of a new user
+      continue
     metric_names = [name for name in next(iter(values.values())) if name != "queries"]
     header = "".join(f"<th>{name} candidate</th><th>{name} baseline</th>"
                      for name in metric_names)

@@ -1,4 +1,8 @@
-"""SessionBuilder: the TFX component around components/data/sessions.py (the logic lives there)."""
+"""SessionBuilder: the TFX component around components/data/sessions.py (the logic lives there).
+
+It also stops the run when the time split leaves nothing to train or evaluate on
+(components/data/validation.py, `check_split_counts`), before Transform and the Trainer run.
+"""
 import os
 
 from absl import logging
@@ -10,6 +14,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
 from components.data import sessions
+from components.data import validation as data_validation
 from components.data.config import SessionConfig
 
 # ExampleGen's one split of raw events (pipeline/pipeline.py).
@@ -39,7 +44,10 @@ def SessionBuilder(
   events_pattern = os.path.join(artifact_utils.get_split_uri([events], EVENTS_SPLIT), "*")
   with beam_pipeline as pipeline:
     sessions.build_sessions(pipeline, events_pattern, examples.uri, transitions.uri, config)
-  for counter in pipeline.result.metrics().query()["counters"]:
-    logging.info("SessionBuilder %s: %d", counter.key.metric.name, counter.committed)
+  counts = {counter.key.metric.name: counter.committed
+            for counter in pipeline.result.metrics().query()["counters"]}
+  for name, count in sorted(counts.items()):
+    logging.info("SessionBuilder %s: %d", name, count)
   _mark_as_examples(examples)
   _mark_as_examples(transitions)
+  data_validation.check_split_counts(counts, eval_fraction)

@@ -5,8 +5,8 @@ answer `--help` at once: at start-up it imports only click and the plain-valued 
 each command imports the stages it runs (TensorFlow, TFX, Beam) in its own body. These are the
 project's only function-level imports, and they are there for start-up time alone.
 """
+import os
 import pathlib
-import subprocess
 import sys
 from typing import Optional, Sequence
 import warnings
@@ -21,11 +21,17 @@ from pipeline import configs
 from pipeline import scheduler
 
 FORMATS = ("generic", "movielens", "movielens-100k")
+# How much of an unexpected error's first line a refusal quotes; the log file has all of it.
+_REASON_CHARACTERS = 300
 DEFAULT_DATASET = "default"
 
 
 class UsageError(click.ClickException):
   """A problem with the user's input, reported without a traceback."""
+
+
+class RunFailedError(click.ClickException):
+  """A stage of the run stopped on an error it did not expect; reported in one line."""
 
 
 class RunInProgressError(click.ClickException):
@@ -72,10 +78,53 @@ def main() -> None:
 @click.option("--beam-preset", type=click.Choice(sorted(configs.BEAM_PRESETS)),
               help="A documented Beam runner argument set (pipeline/beam_args.py) to start "
               "from; --beam-arg options override it.")
+@click.option("--min-users", type=int, help="Fewest distinct users with an engagement to train "
+              f"on (default {configs.PipelineConfig.minimums.users}).")
+@click.option("--min-items", type=int, help="Fewest distinct items engaged with (default "
+              f"{configs.PipelineConfig.minimums.items}).")
+@click.option("--min-engagements", type=int, help="Fewest engagements (default "
+              f"{configs.PipelineConfig.minimums.engagements}).")
+@click.option("--verbose", is_flag=True,
+              help="Show the libraries' logs on the terminal too, not only in the run's log file.")
 def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_drift,
-        beam_args, beam_preset) -> None:
+        beam_args, beam_preset, min_users, min_items, min_engagements, verbose) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   import dataclasses
+
+  from pipeline import run_output
+
+  config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
+                   enable_cache=False if no_cache else None, allow_drift=allow_drift or None,
+                   beam_pipeline_args=_beam_args(beam_preset, beam_args))
+  minimums = {name: value for name, value in (
+      ("users", min_users), ("items", min_items), ("engagements", min_engagements))
+               if value is not None}
+  try:
+    config = dataclasses.replace(config,
+                                 minimums=dataclasses.replace(config.minimums, **minimums))
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+  if epochs is not None:
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
+  # One run at a time per home: two would write data, spans and versions over each other.
+  try:
+    with scheduler.run_lock(config.home), run_output.captured(
+        config.home, verbose, click.echo, sys.stdout.isatty()) as output:
+      click.echo(f"Logs: {output.log_path}")
+      _run_pipeline(config, interactions, items, fmt, output)
+  except scheduler.RunInProgress as error:
+    raise RunInProgressError(str(error)) from error
+
+
+def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
+                  items: Optional[str], fmt: str, output) -> None:
+  """Ingests the files as a new span, runs the pipeline, prints what it did.
+
+  Anything that stops the run ends in one line naming the stage and the reason, with the
+  version being served; the traceback of an unexpected error goes to the run's log file.
+  """
+  import dataclasses
+  import logging
 
   from components.data import ingest
   from components.data import spans
@@ -84,41 +133,39 @@ def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_dri
   from pipeline import local_runner
   from pipeline import run_report
 
-  config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
-                   enable_cache=False if no_cache else None, allow_drift=allow_drift or None,
-                   beam_pipeline_args=_beam_args(beam_preset, beam_args))
   try:
     release_gate.GateConfig.load(config.gate_config)
   except release_gate.GateConfigError as error:
     raise UsageError(str(error)) from error
-  if epochs is not None:
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=epochs))
-  # One run at a time per home: two would write data, spans and versions over each other.
+  if interactions is None:
+    dataset = _default_dataset(config)
+    interactions, items, fmt = dataset.interactions, dataset.items, "generic"
+  else:
+    # The simulator's world holds the built-in dataset's users, not these.
+    config = dataclasses.replace(config, simulator_sessions=0)
+  input_base = config.input_base
   try:
-    with scheduler.run_lock(config.home):
-      if interactions is None:
-        dataset = _default_dataset(config)
-        interactions, items, fmt = dataset.interactions, dataset.items, "generic"
-      else:
-        # The simulator's world holds the built-in dataset's users, not these.
-        config = dataclasses.replace(config, simulator_sessions=0)
-      input_base = config.input_base
-      try:
-        staged = ingest.prepare_dataset(interactions, items, fmt=fmt,
-                                        out_dir=input_base / ".staging")
-      except ingest.InputDataError as error:
-        raise UsageError(str(error)) from error
-      span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
-      click.echo(f"Ingested {interactions} as span {span} of {input_base}")
+    staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging",
+                                    minimums=config.minimums)
+  except ingest.InputDataError as error:
+    raise UsageError(f"{error}; {run_report.serving_status(config)}") from error
+  span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
+  click.echo(f"Ingested {interactions} as span {span} of {input_base}")
 
-      versions_before = run_report.pushed_versions(config)
-      try:
-        local_runner.run(config, input_base)
-      except data_validation.DataValidationError as error:
-        raise UsageError(str(error)) from error
-      click.echo(run_report.describe(config, versions_before))
-  except scheduler.RunInProgress as error:
-    raise RunInProgressError(str(error)) from error
+  versions_before = run_report.pushed_versions(config)
+  try:
+    local_runner.run(config, input_base)
+  except data_validation.DataValidationError as error:
+    output.progress.failed()
+    raise UsageError(f"{error}\n{run_report.serving_status(config)}") from error
+  except Exception as error:  # pylint: disable=broad-except
+    stage = output.progress.failed() or "The pipeline"
+    logging.exception("%s failed", stage)
+    reason = (str(error).strip().splitlines() or [""])[0][:_REASON_CHARACTERS]
+    raise RunFailedError(f"{stage} failed: {type(error).__name__}: {reason}; nothing was pushed "
+                         f"and {run_report.serving_status(config)} (the traceback is in "
+                         f"{output.log_path})") from error
+  click.echo(run_report.describe(config, versions_before))
 
 
 @main.command()
@@ -260,8 +307,12 @@ def serve(home, host, port, rest_port) -> None:
   from serving import server as server_lib
 
   config = _config(home)
-  subprocess.run(server_lib.command(config.serving_root, config.model_name, host, port,
-                                    rest_port), check=True)
+  command = server_lib.command(config.serving_root, config.model_name, host, port, rest_port)
+  # The server replaces this process rather than running as its child: the signals systemd,
+  # Docker or Kubernetes send to the main process (SIGTERM) then reach the server itself, which
+  # finishes the requests in flight and stops. A child would outlive a terminated parent.
+  sys.stdout.flush()
+  os.execv(command[0], command)
 
 
 @main.command()

@@ -10,6 +10,7 @@ import os
 import pathlib
 from typing import Dict, Tuple
 
+from components.data.config import DataMinimums
 from components.data.config import SessionConfig
 from components.models.config import ModelConfig
 import schemas
@@ -75,6 +76,8 @@ class PipelineConfig:
   model: ModelConfig = ModelConfig()
   # Session cuts, history length and the time-based train/eval split (components/data/sessions.py).
   sessions: SessionConfig = SessionConfig()
+  # The least data a run trains on; less is refused at ingestion (components/data/config.py).
+  minimums: DataMinimums = DataMinimums()
   # Let a run whose data drifted past the schema's thresholds go on; recorded in ML Metadata.
   allow_drift: bool = False
   # The release gate's rules (components/evaluation/release_gate.py): floors, allowed regressions

@@ -80,10 +80,16 @@ def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
     outcome = f"Model blessed ({reason}) but not servable: {infra_reason}"
   else:
     outcome = f"Model not blessed ({reason})"
+  return f"{outcome}; {serving_status(config)}"
+
+
+def serving_status(config: PipelineConfig) -> str:
+  """Which version keeps serving after a run that pushed nothing, in words."""
+  versions = pushed_versions(config)
   serving = stable_version(config) or (max(versions, key=int) if versions else None)
   if serving:
-    return f"{outcome}; version {serving} keeps serving from {config.model_base_path / serving}"
-  return f"{outcome}; no model is pushed yet"
+    return f"version {serving} keeps serving from {config.model_base_path / serving}"
+  return "no model is pushed yet"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,8 @@ requests into tensorflow-serving-api protos and call these functions, so they va
 answer identically, with the status codes and messages TF Serving uses.
 """
 import dataclasses
+import logging
+import re
 from typing import Dict, List, Optional
 
 import grpc
@@ -143,7 +145,32 @@ def _to_tensors(request: predict_pb2.PredictRequest, signature_def: meta_graph_p
                          f"input '{key}' is not a valid TensorProto: {error}") from error
     _check_limits(key, tf.TensorShape(tensor.tensor_shape), array, limits)
     tensors[key] = tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(tensor.dtype))
+  _check_batch_sizes(tensors)
   return tensors
+
+
+def _check_batch_sizes(tensors: Dict[str, tf.Tensor]) -> None:
+  """Every input holds one row per query: refused before the graph runs when they disagree."""
+  sizes = {key: int(tensor.shape[0]) for key, tensor in sorted(tensors.items())
+           if tensor.shape.rank}
+  if len(set(sizes.values())) > 1:
+    raise ServingError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "inputs disagree on the batch size (their first dimension, one row per query): "
+        + ", ".join(f"'{key}' has {size}" for key, size in sizes.items()))
+
+
+def model_error_message(error: tf.errors.OpError) -> str:
+  """The part of a model's error a client can act on, without TensorFlow's graph stack text.
+
+  A graph execution error reads "Graph execution error: / Detected at node ... defined at (most
+  recent call last): / <Python stack of the model's code> / <the error> [[{{node ...}}]]
+  [Op:...]"; only the error itself is the client's business (the server logs the rest).
+  """
+  last_paragraph = re.split(r"\n\s*\n", error.message.strip())[-1]
+  lines = [line.strip() for line in last_paragraph.splitlines()
+           if line.strip() and not line.strip().startswith("[[")]
+  return re.sub(r"\s*\[Op:[^\]]*\]$", "", " ".join(lines)) or type(error).__name__
 
 
 def _output_keys(request: predict_pb2.PredictRequest, signature_def: meta_graph_pb2.SignatureDef,
@@ -177,8 +204,10 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
     outputs = servable.model.signatures[signature_name](**inputs)
   except tf.errors.OpError as error:
     # Raised by the model itself, e.g. an InvalidArgumentError from an assertion on the inputs.
+    logging.warning("Model %s version %d failed on a request: %s", servable.name,
+                    servable.version, error.message)
     raise ServingError(GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL),
-                       error.message) from error
+                       model_error_message(error)) from error
   response = predict_pb2.PredictResponse()
   response.model_spec.name = servable.name
   response.model_spec.version.value = servable.version

@@ -21,3 +21,24 @@ class SessionConfig:
       raise ValueError(f"history_length must be positive, got {self.history_length}")
     if not 0.0 < self.eval_fraction < 1.0:
       raise ValueError(f"eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataMinimums:
+  """The least data `recsys run` trains and evaluates on; less is refused at ingestion.
+
+  Below these a time split leaves too little to learn from or to judge, and the run would fail
+  late, inside Transform, the Trainer or the evaluator, or ship a model nobody could assess.
+  Engagements are the events that say what a user chose (views, clicks, purchases, ratings):
+  impressions alone teach retrieval nothing. Lower them for a pilot; the split check after
+  SessionBuilder still refuses data with nothing left to evaluate.
+  """
+  users: int = 10  # distinct users with an engagement: collaborative filtering learns across them
+  items: int = 10  # distinct items engaged with: below this there is little to rank
+  engagements: int = 100
+
+  def __post_init__(self):
+    for name in ("users", "items", "engagements"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"the minimum number of {name} must be at least 1, "
+                         f"got {getattr(self, name)}")

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from components.data.config import DataMinimums
 from schemas import contract
 
 EXAMPLES_FILE = "events.tfrecord.gz"
@@ -159,11 +160,35 @@ def _records(name: str, text: str, layout: _Layout) -> Iterator[Tuple[int, List[
 
 def _decode(path: pathlib.Path, layout: _Layout) -> str:
   data = path.read_bytes()
+  _refuse_binary(path.name, data)
   try:
     text = data.decode(layout.encoding)
   except UnicodeDecodeError as error:
     raise _undecodable(path.name, data, error, layout) from None
   return text.removeprefix("\ufeff")  # the byte-order mark some spreadsheet programs write
+
+
+# Leading bytes of the archive formats a user may hand over instead of the file inside them.
+_ARCHIVES = ((b"\x1f\x8b", "a gzip archive"), (b"PK\x03\x04", "a zip archive"),
+             (b"PAR1", "a Parquet file without the .parquet suffix"))
+# Text never holds NUL; the share of other control characters in the first block that makes a
+# file binary (tabs, newlines, carriage returns and form feeds are text).
+_BINARY_SNIFF_BYTES = 8192
+_BINARY_CONTROL_SHARE = 0.1
+
+
+def _refuse_binary(name: str, data: bytes) -> None:
+  """Names a file that is not text at all, before any line of it is parsed as a row."""
+  for magic, what in _ARCHIVES:
+    if data.startswith(magic):
+      raise InputDataError(f"{name}: not a text file but {what}; extract the CSV from it")
+  head = data[:_BINARY_SNIFF_BYTES]
+  control = sum(byte < 32 and byte not in b"\t\n\r\f" for byte in head)
+  if b"\x00" in head or (head and control / len(head) > _BINARY_CONTROL_SHARE):
+    where = f"a NUL byte at offset {head.index(0)}" if b"\x00" in head else (
+        f"{control} control characters in its first {len(head)} bytes")
+    raise InputDataError(f"{name}: not a text file (binary data: {where}); expected a "
+                         "delimited text file such as CSV")
 
 
 def _undecodable(name: str, data: bytes, error: UnicodeDecodeError,
@@ -520,13 +545,48 @@ def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
     temp.unlink(missing_ok=True)
 
 
+def require_trainable(events: pd.DataFrame, minimums: DataMinimums, source: str) -> None:
+  """Refuses events too few or too uniform to train and evaluate a recommender on, saying why.
+
+  What is counted is engagements (contract.ENGAGEMENT_EVENTS): the users who engaged, the items
+  engaged with, and the engagements themselves; DataMinimums says why each minimum.
+  """
+  engaged = events[events[contract.EVENT].isin(contract.ENGAGEMENT_EVENTS)]
+  if engaged.empty:
+    kinds = ", ".join(sorted(events[contract.EVENT].unique()))
+    raise InputDataError(
+        f"{source}: none of its {len(events)} events is an engagement (event types: {kinds}); "
+        "the recommender learns from what users chose, so give views, clicks, purchases or "
+        "ratings too")
+  found = {"users": engaged[contract.USER_ID], "items": engaged[contract.ITEM_ID]}
+  for name, values in found.items():
+    distinct = values.unique()
+    needed = getattr(minimums, name)
+    if len(distinct) < needed:
+      shown = ", ".join(repr(value) for value in sorted(distinct)[:3])
+      field = contract.USER_ID if name == "users" else contract.ITEM_ID
+      raise InputDataError(
+          f"{source}: the engagements have {len(distinct)} distinct {field} value"
+          f"{'s' if len(distinct) != 1 else ''} ({shown}{', ...' if len(distinct) > 3 else ''}); "
+          f"training and evaluating a recommender needs at least {needed} {name} "
+          f"(--min-{name} lowers the minimum)")
+  if len(engaged) < minimums.engagements:
+    raise InputDataError(
+        f"{source}: {len(engaged)} engagements, fewer than the {minimums.engagements} needed to "
+        "train a model and hold some back to evaluate it (--min-engagements lowers the minimum)")
+
+
 def prepare_dataset(interactions_path: os.PathLike, items_path: Optional[os.PathLike] = None,
-                    fmt: str = "generic", *, out_dir: os.PathLike) -> pathlib.Path:
+                    fmt: str = "generic", *, out_dir: os.PathLike,
+                    minimums: Optional[DataMinimums] = None) -> pathlib.Path:
   """Ingests the files into out_dir/EXAMPLES_FILE; returns out_dir, for ImportExampleGen.
 
   out_dir becomes the ExampleGen's input_base, so it should hold nothing but the examples file.
+  With `minimums`, data too small to train and evaluate on is refused (`require_trainable`).
   """
   events = load_interactions(interactions_path, items_path, fmt)
+  if minimums is not None:
+    require_trainable(events, minimums, pathlib.Path(interactions_path).name)
   out_dir = pathlib.Path(out_dir)
   wrote = write_examples(events, out_dir / EXAMPLES_FILE)
   logging.info("Ingested %d events of %d users on %d items from %s: %s %s", len(events),

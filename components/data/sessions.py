@@ -43,8 +43,16 @@ _CUTOFF_QUANTILES = 201
 
 EXAMPLES_PREFIX = "data_tfrecord"
 # Reported in the runner's metrics, and logged by the component.
+# Counted as the records are built; SessionBuilder reads them back (`split_counts`).
+EVAL_EXAMPLES = "eval_examples"  # engagements in the eval split
+# Eval engagements with an item not in their history: what remains to evaluate once seen items
+# are removed from the lists (components/evaluation/model_evaluation.py).
+EVALUABLE_EVAL_EXAMPLES = "evaluable_eval_examples"
+TRAIN_EXAMPLES = "train_examples"  # engagements in the train split: what retrieval learns from
+SESSIONS = "sessions"
 _METRICS = {name: beam.metrics.Metrics.counter("sessions", name)
-            for name in ("sessions", "duplicate_events_dropped")}
+            for name in (SESSIONS, "duplicate_events_dropped", TRAIN_EXAMPLES, EVAL_EXAMPLES,
+                         EVALUABLE_EVAL_EXAMPLES)}
 
 
 class Event(NamedTuple):
@@ -188,22 +196,24 @@ def transition(step: _Step) -> tf.train.Example:
 
 
 def user_records(user_id: str, events: Iterable[Event], config: SessionConfig
-                 ) -> Iterator[Tuple[str, int, bytes]]:
-  """(kind, timestamp, serialized Example) for every record of one user's timeline.
+                 ) -> Iterator[Tuple[str, int, bytes, bool]]:
+  """(kind, timestamp, serialized Example, seen) for every record of one user's timeline.
 
-  kind is "examples" (retrieval, engagements only) or "transitions" (every event).
+  kind is "examples" (retrieval, engagements only) or "transitions" (every event); `seen` is
+  whether an example's item is in its history (always False for transitions).
   """
   events = list(events)
   ordered = timeline(events)
   _METRICS["duplicate_events_dropped"].inc(len(events) - len(ordered))
   sessions = split_sessions(ordered, config.session_gap_seconds)
-  _METRICS["sessions"].inc(len(sessions))
+  _METRICS[SESSIONS].inc(len(sessions))
   for step in _steps(user_id, sessions, config.history_length):
     serialized_transition = transition(step).SerializeToString(deterministic=True)
-    yield TRANSITIONS, step.event.timestamp, serialized_transition
+    yield TRANSITIONS, step.event.timestamp, serialized_transition, False
     if step.event.engaged:
       yield (EXAMPLES, step.event.timestamp,
-             retrieval_example(step).SerializeToString(deterministic=True))
+             retrieval_example(step).SerializeToString(deterministic=True),
+             step.event.item_id in step.history)
 
 
 def time_cutoff(quantiles: Sequence[int], eval_fraction: float) -> int:
@@ -218,6 +228,19 @@ def time_cutoff(quantiles: Sequence[int], eval_fraction: float) -> int:
 
 
 _OUTPUTS = tuple((kind, split) for kind in (EXAMPLES, TRANSITIONS) for split in SPLITS)
+
+
+def _split(record: Tuple[str, int, bytes, bool], cutoff: int) -> Tuple[Tuple[str, str], bytes]:
+  """((kind, split), serialized record), counting the examples of each split."""
+  kind, timestamp, serialized, seen = record
+  split = TRAIN_SPLIT if timestamp < cutoff else EVAL_SPLIT
+  if kind == EXAMPLES and split == TRAIN_SPLIT:
+    _METRICS[TRAIN_EXAMPLES].inc()
+  elif kind == EXAMPLES:
+    _METRICS[EVAL_EXAMPLES].inc()
+    if not seen:
+      _METRICS[EVALUABLE_EVAL_EXAMPLES].inc()
+  return (kind, split), serialized
 
 
 class BuildSessions(beam.PTransform):
@@ -240,10 +263,8 @@ class BuildSessions(beam.PTransform):
         | "KeyByUser" >> beam.Map(lambda event: (event.user_id, event))
         | "GroupByUser" >> beam.GroupByKey()
         | "Timelines" >> beam.FlatMap(lambda kv: user_records(kv[0], kv[1], config)))
-    split_records = records | "Split" >> beam.Map(
-        lambda record, cutoff: ((record[0], TRAIN_SPLIT if record[1] < cutoff else EVAL_SPLIT),
-                                record[2]),
-        cutoff=beam.pvalue.AsSingleton(cutoff))
+    split_records = records | "Split" >> beam.Map(_split,
+                                                  cutoff=beam.pvalue.AsSingleton(cutoff))
     outputs = split_records | "ByOutput" >> beam.Partition(
         lambda record, _: _OUTPUTS.index(record[0]), len(_OUTPUTS))
     return {output: partition | f"Values{output[0]}{output[1]}" >> beam.Values()

@@ -5,8 +5,9 @@ schema must not happen, so the pipeline stops here and says which feature and wh
 Drift is judged the same way: TFDV compares a span's statistics with the previous span's using the
 drift comparators and thresholds of the curated schema (schemas/events/schema.pbtxt).
 """
+import collections
 import os
-from typing import List, Sequence
+from typing import List, Mapping, Sequence
 
 import tensorflow_data_validation as tfdv
 from tensorflow_data_validation.utils import anomalies_util
@@ -15,6 +16,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tensorflow_metadata.proto.v0 import statistics_pb2
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
+
+from components.data import sessions
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
@@ -37,6 +40,10 @@ class DataValidationError(RuntimeError):
 
 class DataDriftError(DataValidationError):
   """A span's distributions moved past the schema's drift thresholds since the previous span."""
+
+
+class DegenerateSplitError(DataValidationError):
+  """The time split leaves nothing to train on or nothing to evaluate on."""
 
 
 def anomaly_messages(anomalies: anomalies_pb2.Anomalies) -> List[str]:
@@ -82,3 +89,30 @@ def drift_anomalies(statistics: statistics_pb2.DatasetFeatureStatisticsList,
   drift.ClearField("dataset_anomaly_info")
   return drift
 
+
+def check_split_counts(counts: Mapping[str, int], eval_fraction: float) -> None:
+  """Stops the run before Transform when the time split leaves nothing to train or evaluate on.
+
+  `counts` are SessionBuilder's counters (components/data/sessions.py; Beam reports a counter only
+  once it was incremented, so an absent one is 0). A runner that reports no counters at all is
+  not judged here, and the evaluator's own checks still stand.
+  """
+  if sessions.SESSIONS not in counts:
+    return
+  counts = collections.Counter(counts)
+  split = (f"the latest {eval_fraction:.0%} of the events by time are the evaluation split, the "
+           "rest the training split")
+  if counts[sessions.TRAIN_EXAMPLES] == 0:
+    raise DegenerateSplitError(
+        f"SessionBuilder: the training split holds no engagement ({split}); give data with "
+        "engagements before the latest ones")
+  if counts[sessions.EVAL_EXAMPLES] == 0:
+    raise DegenerateSplitError(
+        f"SessionBuilder: the evaluation split holds no engagement ({split}); give data with "
+        "engagements among the latest events")
+  if counts[sessions.EVALUABLE_EVAL_EXAMPLES] == 0:
+    raise DegenerateSplitError(
+        f"SessionBuilder: each of the {counts[sessions.EVAL_EXAMPLES]} engagements of the "
+        f"evaluation split ({split}) is with an item already in that user's recent history, so "
+        "with seen items removed from the lists there is nothing to evaluate; give data where "
+        "users also engage with items new to them")

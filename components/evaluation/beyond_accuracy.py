@@ -16,6 +16,10 @@ Definitions follow the Microsoft Recommenders evaluation module where it has the
     items counted as zero: 0 when all items are shown equally often, (n - 1) / n when one of n
     items takes every slot.
 Users with fewer than two listed items have no pairs and are left out of the diversity means.
+
+Degenerate input is defined, not an error, so that an evaluation on a tiny or odd dataset gives
+numbers the release gate can judge: over no recommendations at all, coverage, novelty and the
+exposure Gini are 0; when no user has two listed items, both diversities are 0 (nothing differs).
 """
 from typing import Collection, Mapping, Union
 
@@ -54,7 +58,7 @@ def category_diversity(recommended: pd.DataFrame,
   pairs = listed * (listed - 1) / 2
   has_pairs = listed >= 2
   if not has_pairs.any():
-    raise ValueError("no user has two listed items to compare")
+    return 0.0
   return float(np.mean(1.0 - same_pairs[has_pairs] / pairs[has_pairs]))
 
 
@@ -71,6 +75,8 @@ def embedding_diversity(recommended: pd.DataFrame, item_vectors: Mapping[object,
     k: Cut-off.
   """
   top = _top(recommended, k)
+  if top.empty:
+    return 0.0
   item_codes, items = pd.factorize(top[ITEM_ID])
   missing = [item for item in items if item not in item_vectors]
   if missing:
@@ -86,7 +92,7 @@ def embedding_diversity(recommended: pd.DataFrame, item_vectors: Mapping[object,
   listed = np.bincount(user_codes, minlength=len(users))
   has_pairs = listed >= 2
   if not has_pairs.any():
-    raise ValueError("no user has two listed items to compare")
+    return 0.0
   n = listed[has_pairs]
   mean_cosine = ((sums[has_pairs] ** 2).sum(axis=1) - n) / (n * (n - 1))
   return float(np.mean(1.0 - mean_cosine))
@@ -109,6 +115,8 @@ def novelty(recommended: pd.DataFrame, train_interactions: pd.DataFrame, k: int)
   if share.isna().any():
     raise ValueError(f"{shown[share.isna()].nunique()} recommended items never occur in "
                      f"training, so their novelty is unbounded")
+  if shown.empty:
+    return 0.0
   return float(np.mean(-np.log2(share.to_numpy(dtype=float))))
 
 
@@ -118,6 +126,8 @@ def exposure_gini(recommended: pd.DataFrame, catalog: Collection, k: int) -> flo
   _check_in_catalog(shown.unique(), catalog)
   exposure = np.sort(shown.value_counts().reindex(list(set(catalog)), fill_value=0).to_numpy())
   n = len(exposure)
+  if not exposure.sum():
+    return 0.0
   # The standard closed form over values sorted ascending, ranks i = 1..n.
   return float(np.sum((2 * np.arange(1, n + 1) - n - 1) * exposure) / (n * exposure.sum()))
 
@@ -125,10 +135,7 @@ def exposure_gini(recommended: pd.DataFrame, catalog: Collection, k: int) -> flo
 def _top(recommended: pd.DataFrame, k: int) -> pd.DataFrame:
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
-  top = recommended[recommended[RANK] <= k][[USER_ID, ITEM_ID]]
-  if top.empty:
-    raise ValueError("no recommendations in the top k")
-  return top
+  return recommended[recommended[RANK] <= k][[USER_ID, ITEM_ID]]
 
 
 def _check_in_catalog(shown: np.ndarray, catalog: Collection) -> None:

@@ -290,11 +290,10 @@ def recommendation_lists(model: model_queries.RankingSignature, queries: pd.Data
   rows = []
   for query, history, items in zip(queries[QUERY], queries[contract.HISTORY], item_ids):
     seen = set(history)
+    # Shorter than k when the model returns fewer unseen items (a catalog smaller than k plus the
+    # history): the missing ranks count as misses, as an empty slot would.
     unseen = [item for item in items if item not in seen][:k]
-    if len(unseen) < k:
-      raise ValueError(f"{model.model_dir} returns {items.shape[0]} items; with the "
-                       f"{len(history)} seen items removed fewer than k = {k} remain")
-    rows.append(pd.DataFrame({QUERY: query, ranking_metrics.RANK: np.arange(1, k + 1),
+    rows.append(pd.DataFrame({QUERY: query, ranking_metrics.RANK: np.arange(1, len(unseen) + 1),
                               ranking_metrics.ITEM_ID: unseen}))
   return pd.concat(rows, ignore_index=True)
 

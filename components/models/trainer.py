@@ -67,7 +67,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     dqn.build_networks(config.embedding_dim)
     dqn.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
   history = dqn.fit(transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
-                    epochs=config.ranker.epochs, verbose=2)
+                    epochs=config.ranker.epochs, verbose=0,
+                    callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
   logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
                history.history["cql_penalty"])
 

@@ -5,6 +5,7 @@ graph holds) and cached; the catalog's item features and the retrieval task's en
 out of them, and `train_retrieval` fits the two-tower model on those (components/models/trainer.py
 runs it all).
 """
+import logging as python_logging
 from typing import Dict, List, NamedTuple
 
 from absl import logging
@@ -28,9 +29,29 @@ _RAW_FIELDS = (contract.CLICK, contract.PURCHASE, contract.REVENUE, contract.DON
 _READ_BATCH = 1024
 # Transitions are read in file order, a user's together; this mixes users within a batch.
 SHUFFLE_BUFFER = 50_000
+_EPOCH_LOGGER = python_logging.getLogger(__name__)
 _RETRIEVAL_INPUTS = (two_tower.USER_XF, two_tower.ITEM_XF, two_tower.CATEGORY_XF,
                      two_tower.PRICE_BUCKET_XF, two_tower.TITLE_TOKENS_XF, two_tower.HISTORY_XF,
                      two_tower.HOUR_OF_WEEK_XF, contract.EVENT)
+
+
+class EpochLog(tf.keras.callbacks.Callback):
+  """Logs each finished epoch as one record whose `model`, `epoch`, `epochs` and `loss`
+  attributes say where training is: the command line shows them as a progress bar
+  (pipeline/run_output.py), and any other orchestrator keeps them in its logs."""
+
+  def __init__(self, model_name: str, epochs: int, loss_key: str = "loss"):
+    super().__init__()
+    self._model_name = model_name
+    self._epochs = epochs
+    self._loss_key = loss_key
+
+  def on_epoch_end(self, epoch, logs=None):
+    loss = float((logs or {}).get(self._loss_key, float("nan")))
+    _EPOCH_LOGGER.info("%s epoch %d/%d, %s %.4f", self._model_name, epoch + 1, self._epochs,
+                       self._loss_key, loss, extra={"model": self._model_name,
+                                                    "epoch": epoch + 1, "epochs": self._epochs,
+                                                    "loss": loss})
 
 
 class CatalogFeatures(NamedTuple):
@@ -127,6 +148,7 @@ def train_retrieval(retrieval: two_tower.TwoTowerModel, inputs: Dict[str, np.nda
           inputs[two_tower.USER_XF], inputs[two_tower.ITEM_XF], contract.HISTORY_LENGTH, rng)
     dataset = tf.data.Dataset.from_tensor_slices(epoch_inputs).shuffle(
         SHUFFLE_BUFFER, seed=config.seed + epoch).batch(config.batch_size)
-    history = retrieval.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=2)
+    history = retrieval.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+                            callbacks=[EpochLog("retrieval", config.epochs)])
     losses += history.history["loss"]
   return losses

@@ -59,6 +59,12 @@ class QueryTower(tf.keras.Model):
     self.attention_norm = tf.keras.layers.LayerNormalization()
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
+  def get_config(self):
+    """Its sizes and context dropout; the shared item embedding is passed in (CandidateTower)."""
+    return {"num_users": self.user_embedding.input_dim,
+            "embedding_dim": self.user_embedding.output_dim,
+            "context_dropout": self.context_dropout}
+
   def call(self, inputs, training=False):
     history = inputs[HISTORY_XF]
     present, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
@@ -113,6 +119,14 @@ class CandidateTower(tf.keras.Model):
     self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, embedding_dim)
     self.title_embedding = tf.keras.layers.Embedding(num_title_words, embedding_dim)
     self.projection = tf.keras.layers.Dense(embedding_dim)
+
+  def get_config(self):
+    """Its sizes. The item embedding it shares with the query tower is not config: the two-tower
+    model passes it in, and the towers are saved inside the serving graph, not from config."""
+    return {"num_categories": self.category_embedding.input_dim,
+            "num_price_buckets": self.price_embedding.input_dim,
+            "num_title_words": self.title_embedding.input_dim,
+            "embedding_dim": self.category_embedding.output_dim}
 
   def call(self, inputs):
     _, weights, title_words = _padded_embeddings(self.title_embedding, inputs[TITLE_TOKENS_XF])

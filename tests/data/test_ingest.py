@@ -1,5 +1,6 @@
 """Ingestion: every format round-trips to Examples, unreadable input is named precisely."""
 import datetime
+import gzip
 import os
 import re
 
@@ -10,6 +11,7 @@ import tensorflow as tf
 
 from components.data import ingest
 from components.data import sessions
+from components.data.config import DataMinimums
 from components.simulation import generator
 from schemas import contract
 
@@ -473,3 +475,53 @@ def test_prepare_dataset_is_idempotent(tmp_path):
   mtime = (out / ingest.EXAMPLES_FILE).stat().st_mtime_ns
   ingest.prepare_dataset(interactions, out_dir=tmp_path / "out")
   assert (out / ingest.EXAMPLES_FILE).stat().st_mtime_ns == mtime
+
+
+def test_random_bytes_are_named_as_binary_not_as_an_empty_table(tmp_path):
+  noise = tmp_path / "events.csv"
+  noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+  with pytest.raises(ingest.InputDataError,
+                     match=r"^events\.csv: not a text file \(binary data: a NUL byte at offset"):
+    ingest.load_interactions(noise)
+
+
+def test_an_archive_is_named_with_what_to_do(tmp_path):
+  archive = tmp_path / "events.csv"
+  archive.write_bytes(gzip.compress(b"user_id,item_id,timestamp\nu1,i1,1700000000\n"))
+  with pytest.raises(ingest.InputDataError,
+                     match="events.csv: not a text file but a gzip archive; extract the CSV"):
+    ingest.load_interactions(archive)
+
+
+def _engagements(n_users: int, n_items: int, n_events: int, event: str = "click"):
+  rows = [f"u{n % n_users},i{n % n_items},{1_700_000_000 + n},{event}" for n in range(n_events)]
+  return "user_id,item_id,timestamp,event\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("text, message", [
+    (_engagements(1, 50, 3000),
+     "events.csv: the engagements have 1 distinct user_id value ('u0'); training and "
+     "evaluating a recommender needs at least 10 users (--min-users lowers the minimum)"),
+    (_engagements(40, 1, 3000),
+     "events.csv: the engagements have 1 distinct item_id value ('i0'); training and "
+     "evaluating a recommender needs at least 10 items (--min-items lowers the minimum)"),
+    (_engagements(40, 50, 3000, event="impression"),
+     "events.csv: none of its 3000 events is an engagement (event types: impression)"),
+    (_engagements(20, 20, 60),
+     "events.csv: 60 engagements, fewer than the 100 needed to train a model"),
+], ids=["one user", "one item", "impressions only", "too few engagements"])
+def test_data_too_small_or_uniform_to_train_on_is_refused_and_nothing_written(tmp_path, text,
+                                                                              message):
+  events = _write(tmp_path / "events.csv", text)
+  with pytest.raises(ingest.InputDataError) as refused:
+    ingest.prepare_dataset(events, out_dir=tmp_path / "out",
+                           minimums=DataMinimums())
+  assert str(refused.value).startswith(message)
+  assert not (tmp_path / "out").exists()
+
+
+def test_the_minimums_are_configurable(tmp_path):
+  events = _write(tmp_path / "events.csv", _engagements(3, 50, 300))
+  out = ingest.prepare_dataset(events, out_dir=tmp_path / "out",
+                               minimums=DataMinimums(users=3))
+  assert (out / ingest.EXAMPLES_FILE).exists()

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from components.data import sessions
+from components.data import validation as data_validation
 from components.data.config import SessionConfig
 from components.data.sessions import Event
 from schemas import contract
@@ -47,7 +48,8 @@ def _parse(serialized: bytes):
 def _records(user_events, config=SessionConfig()):
   """{kind: [parsed record, ...]} of one user's timeline."""
   out = {sessions.EXAMPLES: [], sessions.TRANSITIONS: []}
-  for kind, _, serialized in sessions.user_records(user_events[0].user_id, user_events, config):
+  for kind, _, serialized, _ in sessions.user_records(user_events[0].user_id, user_events,
+                                                       config):
     out[kind].append(_parse(serialized))
   return out
 
@@ -156,7 +158,8 @@ def _run(tmp_path, events, runner_args):
   with beam.Pipeline(options=PipelineOptions(runner_args)) as pipeline:
     sessions.build_sessions(pipeline, str(source), out[sessions.EXAMPLES],
                             out[sessions.TRANSITIONS], SessionConfig())
-  result = {}
+  result = {"counts": {counter.key.metric.name: counter.committed
+                       for counter in pipeline.result.metrics().query()["counters"]}}
   for kind, uri in out.items():
     for split in sessions.SPLITS:
       files = glob.glob(os.path.join(sessions.split_dir(uri, split), "*.gz"))
@@ -186,6 +189,9 @@ def test_beam_split_is_by_time_with_past_history_in_eval(tmp_path):
   # Eval records see the users' earlier history, which happened in the train period.
   first_eval = min(evaluation, key=lambda r: r[contract.TIMESTAMP])
   assert first_eval[contract.HISTORY]
+  eval_examples = [_parse(r) for r in result[sessions.EXAMPLES, "eval"]]
+  assert result["counts"][sessions.EVALUABLE_EVAL_EXAMPLES] == sum(
+      r[contract.ITEM_ID] not in r[contract.HISTORY] for r in eval_examples) > 0
 
 
 def test_multi_process_runner_gives_the_same_records(tmp_path):
@@ -196,3 +202,18 @@ def test_multi_process_runner_gives_the_same_records(tmp_path):
       "--runner=DirectRunner", "--direct_num_workers=2",
       "--direct_running_mode=multi_processing"])
   assert multi_process == in_memory
+
+
+def test_the_split_counts_say_what_there_is_to_train_and_evaluate_on(tmp_path):
+  # Each user clicks i0..i9 twice over: the eval period's clicks repeat items of their history.
+  events = [_event(f"u{user}", f"i{step % 10}", 1_700_000_000 + 3600 * step)
+            for user in range(5) for step in range(20)]
+  result = _run(tmp_path, events, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+  counts = result["counts"]
+  evaluation = [_parse(r) for r in result[sessions.EXAMPLES, "eval"]]
+  assert counts[sessions.TRAIN_EXAMPLES] == len(result[sessions.EXAMPLES, "train"]) > 0
+  assert counts[sessions.EVAL_EXAMPLES] == len(evaluation) > 0
+  assert counts.get(sessions.EVALUABLE_EVAL_EXAMPLES, 0) == sum(
+      r[contract.ITEM_ID] not in r[contract.HISTORY] for r in evaluation) == 0
+  with pytest.raises(data_validation.DegenerateSplitError, match="nothing to evaluate"):
+    data_validation.check_split_counts(counts, eval_fraction=0.2)

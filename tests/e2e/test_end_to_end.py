@@ -20,6 +20,7 @@ import pytest
 from tfx import v1 as tfx
 
 from components import artifact_properties
+from components.data import sessions
 from components.models import warmup
 from components.simulation import generator
 from pipeline import cli
@@ -281,6 +282,91 @@ def test_unreadable_file_stops_at_ingestion_naming_the_line(trained, tmp_path):
   assert result.exit_code != 0
   assert "truncated.csv" in result.output and "line" in result.output
   assert _versions(home) == before
+
+
+def _refusal(result) -> str:
+  """The one line a refused run ends with; the output holds no traceback."""
+  assert result.exit_code != 0
+  assert "Traceback" not in result.output and "ERROR:absl" not in result.output
+  lines = [line for line in result.output.splitlines() if line.strip()]
+  assert lines[-1].startswith("Error: "), result.output
+  return lines[-1]
+
+
+def _serving_state(home):
+  return _versions(home), model_config.read_labels(home / "serving", "recommender")
+
+
+def _engagement_rows(users: int, items_per_user: int, events_per_user: int,
+                     shared: bool = False) -> str:
+  """Users clicking their own few items (or, `shared`, the same few) over and over, hourly."""
+  rows = [f"u{user},i{(0 if shared else user * items_per_user) + step % items_per_user},"
+          f"{1_700_000_000 + 3600 * (user + users * step)},click"
+          for user in range(users) for step in range(events_per_user)]
+  return "user_id,item_id,timestamp,event\n" + "\n".join(rows) + "\n"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("one_user.csv", _engagement_rows(1, 50, 3000),
+     "one_user.csv: the engagements have 1 distinct user_id value ('u0'); training and "
+     "evaluating a recommender needs at least 10 users"),
+    ("one_item.csv", _engagement_rows(40, 1, 75, shared=True),
+     "one_item.csv: the engagements have 1 distinct item_id value ('i0'); training and "
+     "evaluating a recommender needs at least 10 items"),
+    ("noise.csv", bytes(range(256)) * 20, "noise.csv: not a text file (binary data: a NUL byte"),
+], ids=["one user", "one item", "random bytes"])
+def test_degenerate_data_is_refused_in_one_line_and_the_served_version_keeps_serving(
+    trained, tmp_path, name, content, message):
+  home, _, _, _ = trained
+  before = _serving_state(home)
+  path = tmp_path / name
+  if isinstance(content, bytes):
+    path.write_bytes(content)
+  else:
+    path.write_text(content)
+  refusal = _refusal(_run("--interactions", str(path), "--home", str(home)))
+  assert message in refusal
+  assert refusal.endswith(f"keeps serving from {home / 'serving' / 'recommender' / before[0][-1]}")
+  assert _serving_state(home) == before
+
+
+def test_data_with_nothing_left_to_evaluate_stops_after_session_building(trained, tmp_path):
+  home, _, _, _ = trained
+  before, models_before = _serving_state(home), len(_trained_models(home))
+  # Every user re-clicks the same 5 items: each eval engagement is with an item of its history.
+  repeats = tmp_path / "repeats.csv"
+  repeats.write_text(_engagement_rows(40, 5, 60))
+  result = _run("--interactions", str(repeats), "--home", str(home), "--allow-drift")
+  assert result.exit_code != 0 and "Traceback" not in result.output
+  assert ("SessionBuilder: each of the" in result.output
+          and "is with an item already in that user's recent history" in result.output)
+  assert re.search(r"SessionBuilder +FAILED", result.output)
+  assert _serving_state(home) == before
+  assert _execution_states(home, "SessionBuilder")[-1] == "FAILED"
+  assert len(_trained_models(home)) == models_before  # stopped before the Trainer
+
+
+def test_an_unexpected_error_in_a_component_is_one_line_and_recorded_as_failed(
+    trained, tmp_path, monkeypatch):
+  home, dataset, _, _ = trained
+  before = _serving_state(home)
+  fewer = tmp_path / "fewer.csv"  # new data, so SessionBuilder runs instead of being cached
+  pd.read_csv(dataset.interactions, dtype=str, keep_default_na=False).iloc[:-50].to_csv(
+      fewer, index=False)
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("the disk is full\nand more detail on a second line")
+
+  monkeypatch.setattr(sessions, "build_sessions", broken)
+  # --allow-drift: the previous test's odd data passed the drift gate and is its baseline now.
+  refusal = _refusal(_run("--interactions", str(fewer), "--items", str(dataset.items),
+                          "--home", str(home), "--allow-drift"))
+  assert refusal.startswith("Error: SessionBuilder failed: RuntimeError: the disk is full; "
+                            "nothing was pushed and version ")
+  log_path = pathlib.Path(re.search(r"the traceback is in (\S+)\)$", refusal).group(1))
+  assert "Traceback" in log_path.read_text() and "and more detail" in log_path.read_text()
+  assert _serving_state(home) == before
+  assert _execution_states(home, "SessionBuilder")[-1] == "FAILED"
 
 
 def test_runs_on_movielens_latest_small(movielens_dir, tmp_path):

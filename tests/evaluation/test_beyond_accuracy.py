@@ -73,3 +73,18 @@ def test_exposure_gini_over_the_catalog():
 def test_k_below_one_is_refused():
   with pytest.raises(ValueError, match="at least 1"):
     beyond_accuracy.catalog_coverage(LISTS, CATALOG, k=0)
+
+
+def test_over_no_lists_or_single_item_lists_every_metric_is_defined():
+  none = _recommended({})
+  single = _recommended({"u1": ["a"], "u2": ["b"]})
+  category = dict(zip(CATALOG, ["books", "toys", "toys", "garden", "garden"]))
+  vectors = {item: np.eye(5)[index] for index, item in enumerate(CATALOG)}
+  train = pd.DataFrame({"item_id": CATALOG})
+  assert beyond_accuracy.catalog_coverage(none, CATALOG, k=10) == 0.0
+  assert beyond_accuracy.novelty(none, train, k=10) == 0.0
+  assert beyond_accuracy.exposure_gini(none, CATALOG, k=10) == 0.0
+  for lists in (none, single):  # no list has two items to compare
+    assert beyond_accuracy.category_diversity(lists, category, k=10) == 0.0
+    assert beyond_accuracy.embedding_diversity(lists, vectors, k=10) == 0.0
+  assert beyond_accuracy.catalog_coverage(single, CATALOG, k=10) == pytest.approx(2 / 5)

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from components.evaluation import candidate_evaluation
 from components.evaluation import model_evaluation
+from components.evaluation import ranking_metrics
 from components.evaluation import release_gate
 from components.models import queries
 from schemas import contract
@@ -122,6 +123,17 @@ def test_metrics_of_a_known_ranking(models, data):
   assert report.slices["user"]["new"]["queries"] == 100
   assert report.slices["session_length"] == {"1": {
       "recall@10": 1.0, "ndcg@10": report.metrics["ndcg@10"], "queries": N_USERS}}
+
+
+def test_a_list_with_fewer_unseen_items_than_k_is_shorter_not_an_error(models, data):
+  # The rule returns the TOP_K items after the last one (8..37); 9 is seen, so TOP_K - 1 remain,
+  # fewer than k.
+  eval_queries = data.queries.head(1).assign(**{contract.HISTORY: [(_item(9), _item(7))]})
+  lists = model_evaluation.recommendation_lists(
+      queries.RankingSignature(models["next"]), eval_queries, TOP_K + 5)
+  assert lists[ranking_metrics.ITEM_ID].tolist() == [
+      _item(n) for n in range(8, 8 + TOP_K) if n != 9]
+  assert lists[ranking_metrics.RANK].tolist() == list(range(1, TOP_K))
 
 
 def test_seen_items_are_removed_from_the_lists(models, data):

@@ -1,4 +1,6 @@
 """The two towers, the retrieval loss, and the exported serving graph."""
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -345,3 +347,16 @@ def test_saved_model_uses_stock_ops_only(exported):
   assert not unknown
   assert not ops & {"PyFunc", "PyFuncStateless", "EagerPyFunc"}
 
+
+
+def test_the_towers_say_their_config_so_saving_them_warns_of_nothing(tmp_path, caplog):
+  model = _two_tower(3, 6, 2)
+  assert model.query_tower.get_config() == {
+      "num_users": 3, "embedding_dim": CONFIG.embedding_dim,
+      "context_dropout": CONFIG.context_dropout}
+  assert model.candidate_tower.get_config() == {
+      "num_categories": 2, "num_price_buckets": PRICE_BUCKETS, "num_title_words": TITLE_WORDS,
+      "embedding_dim": CONFIG.embedding_dim}
+  with caplog.at_level(logging.WARNING):
+    export_tiny_model(tmp_path, ITEM_IDS, top_k=3, serve_candidates=4)
+  assert "non-serializable" not in caplog.text

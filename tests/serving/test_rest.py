@@ -87,6 +87,10 @@ def test_predict_in_the_columnar_format_by_version_and_label(server):
     (f"/v1/models/{MODEL}:predict", {"inputs": {"user_id": ["u"], "history": [["a"], []]}}, 400,
      "ragged"),
     (f"/v1/models/{MODEL}:predict", {"instances": [], "inputs": {}}, 400, "exactly one of"),
+    (f"/v1/models/{MODEL}:predict",
+     {"inputs": {"user_id": ["u", "v"], "history": [["a"]], "timestamp": [0, 0]}}, 400,
+     "inputs disagree on the batch size (their first dimension, one row per query): "
+     "'history' has 1, 'timestamp' has 2, 'user_id' has 2"),
     (f"/v1/models/{MODEL}/versions/9:predict", {"inputs": {"user_id": ["u"],
                                                            "history": [[]]}}, 404,
      "Servable not found"),

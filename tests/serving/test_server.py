@@ -197,15 +197,18 @@ def test_predict_returns_only_the_filtered_outputs(predictions):
     (dict(output_filter=["logits"]), grpc.StatusCode.INVALID_ARGUMENT,
      "output_filter names 'logits'"),
     (dict(inputs={**GOOD_INPUTS, contract.USER_ID: USERS[:1]}),
-     grpc.StatusCode.INVALID_ARGUMENT, "user_id and history differ in batch size"),
+     grpc.StatusCode.INVALID_ARGUMENT,
+     "inputs disagree on the batch size (their first dimension, one row per query): "
+     "'history' has 2, 'timestamp' has 2, 'user_id' has 1"),
 ], ids=["unknown model", "unknown version", "version label", "unknown signature",
         "missing input", "extra input", "wrong dtype", "wrong rank", "unknown output",
-        "error in the model"])
+        "batch sizes disagree"])
 def test_predict_rejects_bad_requests_and_keeps_serving(predictions, request_args, code,
                                                         message):
   error = rpc_error(predictions.Predict, predict_request(**request_args))
   assert error.code() == code
   assert message in error.details()
+  assert "Traceback" not in error.details() and "File " not in error.details()
   assert predictions.Predict(predict_request(), timeout=RPC_TIMEOUT).outputs
 
 
@@ -286,3 +289,18 @@ def test_empty_serving_root_answers_not_found(tmp_path):
 
   assert [error.code() for error in errors] == [grpc.StatusCode.NOT_FOUND] * 4
   assert errors[2].details() == f"Could not find any versions of model {MODEL}"
+
+
+def test_a_model_s_own_error_reaches_the_client_without_tensorflow_s_stack_text():
+  @tf.function
+  def model(user_id, history):
+    tf.debugging.assert_equal(tf.shape(user_id)[0], tf.shape(history)[0],
+                              message="user_id and history differ in batch size")
+    return user_id
+
+  with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+    model(tf.constant(["a"]), tf.constant([["x"], ["y"]]))
+  assert "defined at (most recent call last)" in raised.value.message  # what TF says
+  message = handlers.model_error_message(raised.value)
+  assert "user_id and history differ in batch size" in message
+  assert "File " not in message and "[Op:" not in message and "\n" not in message

@@ -1,0 +1,62 @@
+"""`recsys serve` under a process manager: SIGTERM to the command stops the server itself.
+
+systemd, Docker and Kubernetes signal the main process; a server running as its child would
+outlive it, still bound to the ports (found running, parentless, an hour later).
+"""
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from serving import client as client_lib
+from serving import push
+from serving import server as server_lib
+from tests.conftest import REPO_ROOT
+from tests.serving.test_server import save_model
+
+# The grace period for requests in flight, plus the process exit (TensorFlow's teardown takes
+# seconds on a loaded 2-core machine).
+STOP_WITHIN_SECONDS = server_lib.SHUTDOWN_GRACE_SECONDS + 25
+
+
+def _port_is_free(port: int) -> bool:
+  with socket.socket() as probe:
+    try:
+      probe.bind(("127.0.0.1", port))
+    except OSError:
+      return False
+  return True
+
+
+@pytest.fixture
+def home(tmp_path):
+  save_model(tmp_path / "model")
+  push.push(tmp_path / "model", tmp_path / "serving")
+  return tmp_path
+
+
+def test_sigterm_to_recsys_serve_stops_the_server_and_frees_its_ports(home):
+  port, rest_port = server_lib.free_loopback_port(), server_lib.free_loopback_port()
+  serve = subprocess.Popen(
+      [sys.executable, "-m", "pipeline.cli", "serve", "--home", str(home), "--port", str(port),
+       "--rest-port", str(rest_port)], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  try:
+    with client_lib.RecommenderClient(f"127.0.0.1:{port}") as client:
+      client.wait_until_available(timeout=120)
+    serve.send_signal(signal.SIGTERM)
+    assert serve.wait(timeout=STOP_WITHIN_SECONDS) == 0
+    deadline = time.monotonic() + STOP_WITHIN_SECONDS
+    while not (_port_is_free(port) and _port_is_free(rest_port)):
+      assert time.monotonic() < deadline, "a process still holds the serving ports"
+      time.sleep(0.2)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+      with pytest.raises(grpc.FutureTimeoutError):
+        grpc.channel_ready_future(channel).result(timeout=1)
+  finally:
+    serve.kill()
+    serve.wait()

@@ -18,8 +18,10 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+# Before TensorFlow loads: Keras 2 and TensorFlow's log level (components/__init__.py).
+import components  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
 
 import apache_beam as beam  # pylint: disable=g-import-not-at-top
 from apache_beam.options.pipeline_options import PipelineOptions

@@ -20,13 +20,11 @@ the user's latest 10 training ratings as history. Results go to bench/results/mo
 """
 import argparse
 import json
-import os
 import pathlib
 import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 

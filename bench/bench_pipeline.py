@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top

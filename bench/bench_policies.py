@@ -32,7 +32,6 @@ import tempfile
 import time
 from typing import Dict, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from click.testing import CliRunner

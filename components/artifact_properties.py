@@ -7,8 +7,12 @@ properties and files back, so their names live in one place.
 # Custom properties of DriftGate's output: what it found and whether a person overrode it.
 DRIFT_DETECTED = "drift_detected"
 DRIFT_OVERRIDDEN = "drift_overridden"
-STATISTICS_URI = "statistics_uri"  # the statistics this run was judged on
 BASELINE_STATISTICS_URI = "baseline_statistics_uri"
+# The statistics a run's data was judged on (DriftGate's output), and on SessionBuilder's
+# `examples`, with their split names, once the data passed every check: the next run's drift
+# baseline, so data any check stopped never becomes it.
+STATISTICS_URI = "statistics_uri"
+STATISTICS_SPLIT_NAMES = "statistics_split_names"
 # Custom property of ModelEvaluator's evaluation: whether the gate blessed the model it judged.
 BLESSED = "blessed"
 # What TFX's InfraValidator writes into an InfraBlessing (private names in its executor), with

@@ -28,17 +28,19 @@ def DataValidationGate(
 
 
 def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.ExampleStatistics]:
-  """The statistics the newest accepted run was judged on, from its DriftGate output.
+  """The statistics the newest accepted run was judged on, from its SessionBuilder output.
 
-  Only runs that passed both gates publish a drift artifact, so data a gate stopped never
-  becomes the baseline: after a rejected feed, the next run is compared with the last good one.
+  Only runs whose data passed every check (both gates, and the split check after the sessions
+  are built) publish SessionBuilder's examples, so data a check stopped never becomes the
+  baseline: after a rejected feed, the next run is compared with the last good one.
   """
   if not accepted:
     return None
   newest = max(accepted, key=lambda artifact: artifact.id)
   baseline = tfx.types.standard_artifacts.ExampleStatistics()
   baseline.uri = newest.get_string_custom_property(artifact_properties.STATISTICS_URI)
-  baseline.split_names = newest.split_names
+  baseline.split_names = newest.get_string_custom_property(
+      artifact_properties.STATISTICS_SPLIT_NAMES)
   return baseline
 
 
@@ -48,13 +50,13 @@ def DriftGate(
     schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
     drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     accepted: tfx.dsl.components.InputArtifact[
-        List[tfx.types.standard_artifacts.ExampleAnomalies]] = None,
+        List[tfx.types.standard_artifacts.Examples]] = None,
     allow_drift: tfx.dsl.components.Parameter[int] = 0,
 ) -> None:
   """Fails the run when its data drifted from the last accepted run's, unless allow_drift is set.
 
-  `accepted` are earlier runs' outputs of this gate (a resolver's output); each records the
-  statistics it passed, the newest of which is the baseline. The first run has none and passes.
+  `accepted` are earlier runs' SessionBuilder examples (a resolver's output); each records the
+  statistics its data passed, the newest of which is the baseline. The first run has none and passes.
   The findings are written as TFDV anomalies, one `SchemaDiff.pb` per split as ExampleValidator
   writes them; an override is recorded both as this execution's `allow_drift` property and as
   the output's `drift_overridden` property in ML Metadata.

@@ -13,6 +13,7 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 
+from components import artifact_properties
 from components.data import sessions
 from components.data import validation as data_validation
 from components.data.config import SessionConfig
@@ -33,12 +34,18 @@ def SessionBuilder(
     events: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     examples: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
     transitions: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
+    statistics: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.ExampleStatistics] = None,
     session_gap_seconds: tfx.dsl.components.Parameter[int] = 1800,
     history_length: tfx.dsl.components.Parameter[int] = 10,
     eval_fraction: tfx.dsl.components.Parameter[float] = 0.2,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-  """Builds retrieval `examples` and RL `transitions`, each split train/eval by time."""
+  """Builds retrieval `examples` and RL `transitions`, each split train/eval by time.
+
+  `statistics` are the span's, which the data gates passed; once the split check passes too,
+  `examples` records them: the next run's drift baseline (components/data_gates.py).
+  """
   config = SessionConfig(session_gap_seconds=session_gap_seconds,
                                   history_length=history_length, eval_fraction=eval_fraction)
   events_pattern = os.path.join(artifact_utils.get_split_uri([events], EVENTS_SPLIT), "*")
@@ -51,3 +58,7 @@ def SessionBuilder(
   _mark_as_examples(examples)
   _mark_as_examples(transitions)
   data_validation.check_split_counts(counts, eval_fraction)
+  if statistics is not None:
+    examples.set_string_custom_property(artifact_properties.STATISTICS_URI, statistics.uri)
+    examples.set_string_custom_property(artifact_properties.STATISTICS_SPLIT_NAMES,
+                                        statistics.split_names)

@@ -80,14 +80,14 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
   data_gate = data_gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
-  # Earlier runs' DriftGate outputs, each naming the statistics that passed: a plain channel
-  # (not the gate's own output), so the resolver sees only earlier runs.
+  # Earlier runs' SessionBuilder examples, each naming the statistics of data that passed every
+  # check: a plain channel (not the node's own output), so the resolver sees only earlier runs.
   accepted_runs = _recent_artifacts(
       1, "", latest_only_resolvers,
       accepted=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ExampleAnomalies,
-          producer_component_id="DriftGate",
-          output_key="drift")).with_id("LastAcceptedRun")
+          type=tfx.types.standard_artifacts.Examples,
+          producer_component_id="SessionBuilder",
+          output_key="examples")).with_id("LastAcceptedRun")
   drift_gate = data_gates.DriftGate(
       statistics=statistics_gen.outputs["statistics"],
       accepted=accepted_runs.outputs["accepted"],
@@ -98,6 +98,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
 
   session_builder = SessionBuilder(
       events=example_gen.outputs["examples"],
+      statistics=statistics_gen.outputs["statistics"],
       session_gap_seconds=config.sessions.session_gap_seconds,
       history_length=config.sessions.history_length,
       eval_fraction=config.sessions.eval_fraction)

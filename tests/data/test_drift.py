@@ -68,10 +68,12 @@ def test_schema_violations_are_left_to_the_example_validator(schema):
 
 def test_the_baseline_is_what_the_newest_accepted_run_passed():
   def accepted(artifact_id, statistics_uri):
-    artifact = standard_artifacts.ExampleAnomalies()
+    """An earlier run's SessionBuilder examples, as it records the statistics it was judged on."""
+    artifact = standard_artifacts.Examples()
     artifact.id = artifact_id
-    artifact.split_names = '["events"]'
+    artifact.split_names = '["train", "eval"]'  # the examples' own splits, not the statistics'
     artifact.set_string_custom_property(artifact_properties.STATISTICS_URI, statistics_uri)
+    artifact.set_string_custom_property(artifact_properties.STATISTICS_SPLIT_NAMES, '["events"]')
     return artifact
 
   baseline = data_gates.accepted_baseline([accepted(3, "/stats/3"), accepted(9, "/stats/9")])

@@ -297,6 +297,17 @@ def _serving_state(home):
   return _versions(home), model_config.read_labels(home / "serving", "recommender")
 
 
+def _drift_baseline(home) -> str:
+  """The statistics the next run's drift is judged against: the newest accepted data's."""
+  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      str(home / "metadata" / "recsys.sqlite")))
+  accepted = [artifact for artifact in store.get_artifacts_by_type(
+      tfx.types.standard_artifacts.Examples.TYPE_NAME)
+              if artifact_properties.STATISTICS_URI in artifact.custom_properties]
+  newest = max(accepted, key=lambda artifact: artifact.id)
+  return newest.custom_properties[artifact_properties.STATISTICS_URI].string_value
+
+
 def _engagement_rows(users: int, items_per_user: int, events_per_user: int,
                      shared: bool = False) -> str:
   """Users clicking their own few items (or, `shared`, the same few) over and over, hourly."""
@@ -333,6 +344,7 @@ def test_degenerate_data_is_refused_in_one_line_and_the_served_version_keeps_ser
 def test_data_with_nothing_left_to_evaluate_stops_after_session_building(trained, tmp_path):
   home, _, _, _ = trained
   before, models_before = _serving_state(home), len(_trained_models(home))
+  baseline_before = _drift_baseline(home)
   # Every user re-clicks the same 5 items: each eval engagement is with an item of its history.
   repeats = tmp_path / "repeats.csv"
   repeats.write_text(_engagement_rows(40, 5, 60))
@@ -344,6 +356,8 @@ def test_data_with_nothing_left_to_evaluate_stops_after_session_building(trained
   assert _serving_state(home) == before
   assert _execution_states(home, "SessionBuilder")[-1] == "FAILED"
   assert len(_trained_models(home)) == models_before  # stopped before the Trainer
+  # It passed the drift gate (--allow-drift) but not the split check: not the next baseline.
+  assert _drift_baseline(home) == baseline_before
 
 
 def test_an_unexpected_error_in_a_component_is_one_line_and_recorded_as_failed(
@@ -358,7 +372,8 @@ def test_an_unexpected_error_in_a_component_is_one_line_and_recorded_as_failed(
     raise RuntimeError("the disk is full\nand more detail on a second line")
 
   monkeypatch.setattr(sessions, "build_sessions", broken)
-  # --allow-drift: the previous test's odd data passed the drift gate and is its baseline now.
+  # --allow-drift: the drift test above accepted its drifted prices with an override, so they are
+  # the drift baseline now.
   refusal = _refusal(_run("--interactions", str(fewer), "--items", str(dataset.items),
                           "--home", str(home), "--allow-drift"))
   assert refusal.startswith("Error: SessionBuilder failed: RuntimeError: the disk is full; "

@@ -5,6 +5,8 @@ answer `--help` at once: at start-up it imports only click and the plain-valued 
 each command imports the stages it runs (TensorFlow, TFX, Beam) in its own body. These are the
 project's only function-level imports, and they are there for start-up time alone.
 """
+import dataclasses
+import logging
 import os
 import pathlib
 import sys
@@ -89,8 +91,6 @@ def main() -> None:
 def run(interactions, items, fmt, home, epochs, gate_config, no_cache, allow_drift,
         beam_args, beam_preset, min_users, min_items, min_engagements, verbose) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
-  import dataclasses
-
   from pipeline import run_output
 
   config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
@@ -123,9 +123,6 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
   Anything that stops the run ends in one line naming the stage and the reason, with the
   version being served; the traceback of an unexpected error goes to the run's log file.
   """
-  import dataclasses
-  import logging
-
   from components.data import ingest
   from components.data import spans
   from components.data import validation as data_validation
@@ -229,8 +226,6 @@ def lineage(home, version) -> None:
 def compile_command(output, image, pipeline_root, input_base, serving_root, gpu_type, gpu_count,
                     beam_args, beam_preset) -> None:
   """Compile the pipeline for Kubeflow Pipelines (TFX's KubeflowV2DagRunner)."""
-  import dataclasses
-
   from pipeline import kubeflow_runner
 
   config = _config(None)

@@ -558,13 +558,11 @@ def require_trainable(events: pd.DataFrame, minimums: DataMinimums, source: str)
         f"{source}: none of its {len(events)} events is an engagement (event types: {kinds}); "
         "the recommender learns from what users chose, so give views, clicks, purchases or "
         "ratings too")
-  found = {"users": engaged[contract.USER_ID], "items": engaged[contract.ITEM_ID]}
-  for name, values in found.items():
-    distinct = values.unique()
+  for name, field in (("users", contract.USER_ID), ("items", contract.ITEM_ID)):
+    distinct = engaged[field].unique()
     needed = getattr(minimums, name)
     if len(distinct) < needed:
       shown = ", ".join(repr(value) for value in sorted(distinct)[:3])
-      field = contract.USER_ID if name == "users" else contract.ITEM_ID
       raise InputDataError(
           f"{source}: the engagements have {len(distinct)} distinct {field} value"
           f"{'s' if len(distinct) != 1 else ''} ({shown}{', ...' if len(distinct) > 3 else ''}); "

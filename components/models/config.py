@@ -9,11 +9,24 @@ import hashlib
 import pathlib
 from typing import Dict, Tuple
 
+from schemas import contract
+
 # The history each retrieval example is trained with (components/models/histories.py says why).
 RECENT_HISTORY = "recent"  # the items engaged with just before it
 SAMPLED_HISTORY = "sampled"  # a random sample of the user's other engagements, redrawn per epoch
 AUTO_HISTORY = "auto"  # sampled when the engagements are explicit ratings, recent otherwise
 HISTORY_MODES = (RECENT_HISTORY, SAMPLED_HISTORY, AUTO_HISTORY)
+
+# How the query tower reads the most recent items in order (components/models/two_tower.py).
+ATTENTION_ENCODER = "attention"  # one self-attention layer (SASRec-style)
+GRU_ENCODER = "gru"  # a GRU (GRU4Rec-style)
+CNN_ENCODER = "cnn"  # causal 1-D convolutions (Caser/NextItNet-style)
+SEQUENCE_ENCODERS = (ATTENTION_ENCODER, GRU_ENCODER, CNN_ENCODER)
+
+# The retrieval softmax's negatives (components/models/two_tower.py says why).
+FULL_SOFTMAX = "full"  # every catalog item
+MIXED_NEGATIVES = "mixed"  # the batch's items plus uniformly drawn catalog items, log-Q corrected
+NEGATIVES = (FULL_SOFTMAX, MIXED_NEGATIVES)
 
 # Keys of the custom_config Transform and Trainer get.
 MODEL_CONFIG_KEY = "model_config"
@@ -97,9 +110,19 @@ class ModelConfig:
   # (the items just before it), "sampled" (a new random sample of the user's other engagements each
   # epoch), or "auto": sampled when the engagements are explicit ratings, recent otherwise.
   retrieval_history: str = AUTO_HISTORY
+  # The softmax's negatives (NEGATIVES), how many uniform catalog items a mixed batch adds
+  # (0: the batch's items only, what the defaults were validated with), and the temperature
+  # that divides its logits.
+  negatives: str = MIXED_NEGATIVES
+  mixed_negatives: int = 0
+  temperature: float = 1.0
   # Share of training examples whose hour of the week is hidden, so the query tower also learns
   # to serve clients that do not send the time (and the simulator, whose world has no clock).
   context_dropout: float = 0.2
+  # The encoder of the most recent items (SEQUENCE_ENCODERS), and how many it reads; the profile
+  # mean reads the whole history (up to contract.HISTORY_LENGTH).
+  sequence_encoder: str = ATTENTION_ENCODER
+  recent_length: int = contract.RECENT_LENGTH
   # Seeds the sampled histories and the order of the retrieval examples.
   seed: int = 0
   # How many items the serving signatures return per user.
@@ -111,6 +134,18 @@ class ModelConfig:
     if self.retrieval_history not in HISTORY_MODES:
       raise ValueError(f"retrieval_history must be one of {HISTORY_MODES}, got "
                        f"{self.retrieval_history!r}")
+    if self.negatives not in NEGATIVES:
+      raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
+    if self.mixed_negatives < 0:
+      raise ValueError(f"mixed_negatives must be >= 0, got {self.mixed_negatives}")
+    if self.temperature <= 0.0:
+      raise ValueError(f"temperature must be positive, got {self.temperature}")
+    if self.sequence_encoder not in SEQUENCE_ENCODERS:
+      raise ValueError(f"sequence_encoder must be one of {SEQUENCE_ENCODERS}, got "
+                       f"{self.sequence_encoder!r}")
+    if not 1 <= self.recent_length <= contract.HISTORY_LENGTH:
+      raise ValueError(f"recent_length must be in [1, {contract.HISTORY_LENGTH}], got "
+                       f"{self.recent_length}")
     if not 0.0 <= self.context_dropout < 1.0:
       raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
 

@@ -38,6 +38,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   items = training.catalog(transitions, num_items)
   strategy = training.distribution_strategy()
   logging.info("Training with %s", type(strategy).__name__)
+  in_vocabulary = np.arange(len(item_ids))
+  catalog_inputs = {
+      two_tower.ITEM_XF: in_vocabulary,
+      two_tower.CATEGORY_XF: items.categories[in_vocabulary],
+      two_tower.PRICE_BUCKET_XF: items.price_buckets[in_vocabulary],
+      two_tower.TITLE_TOKENS_XF: items.title_tokens[in_vocabulary],
+  }
 
   with strategy.scope():
     retrieval = two_tower.TwoTowerModel(
@@ -46,19 +53,14 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         num_price_buckets=preprocessing.NUM_PRICE_BUCKETS,
         num_title_words=preprocessing.vocabulary_size(tf_transform_output, contract.TITLE_TOKENS),
         config=config,
-        item_probability=items.engagement_share)
+        item_probability=items.engagement_share, catalog=catalog_inputs)
     retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
   logging.info("Retrieval loss per epoch: %s",
                training.train_retrieval(retrieval, training.engagements(transitions), config))
 
-  in_vocabulary = np.arange(len(item_ids))
   catalog_actions = ranker.Catalog(
-      retrieval.candidate_tower({
-          two_tower.ITEM_XF: tf.constant(in_vocabulary),
-          two_tower.CATEGORY_XF: tf.constant(items.categories[in_vocabulary]),
-          two_tower.PRICE_BUCKET_XF: tf.constant(items.price_buckets[in_vocabulary]),
-          two_tower.TITLE_TOKENS_XF: tf.constant(items.title_tokens[in_vocabulary]),
-      }).numpy(),
+      retrieval.candidate_tower({key: tf.constant(values)
+                                 for key, values in catalog_inputs.items()}).numpy(),
       items.categories[in_vocabulary], items.price_buckets[in_vocabulary])
   with strategy.scope():
     dqn = ranker.DQNRanker(retrieval.query_tower, catalog_actions,

@@ -1,24 +1,38 @@
 """The two-tower retrieval model (TensorFlow Recommenders on tf-keras).
 
-The query tower embeds who the user is, what they touched last, in order, and when they ask (the
-hour of the week); the candidate tower embeds an item from its id, category, price bucket and
-title words. Training pulls a user's next item towards the query embedding and pushes the other
-items of the batch away (in-batch negatives, `tfrs.tasks.Retrieval`).
+The query tower embeds who the user is, their profile, what they touched last, in order, and when
+they ask (the hour of the week); the candidate tower embeds an item from its id, category, price
+bucket and title words. Training pulls a user's next item towards the query embedding and pushes
+other items away.
 
-In-batch negatives are sampled by popularity: a popular item is a negative far more often than
-a rare one, which teaches the model to rank popular items too low. The loss subtracts each
-candidate's log sampling probability from its logit (the log-Q correction of Yi et al., 2019,
-"Sampling-bias-corrected neural modeling"), and a batch's other rows that hold the same item are
-not counted as negatives (accidental hits).
+Which other items (`ModelConfig.negatives`):
+  * FULL_SOFTMAX, every item of the catalog: the exact likelihood, with no sampling and so no
+    sampling bias; for a catalog of 10k items it is one matrix product per batch.
+  * MIXED_NEGATIVES: the batch's other positives plus `mixed_negatives` items drawn uniformly
+    from the catalog (Yang et al., 2020), for catalogs too large to score whole. In-batch negatives are drawn by
+    popularity, so each candidate's logit is corrected by the log of how often it is expected in
+    the pool (the log-Q correction of Yi et al., 2019), and rows whose positive is the same item
+    are not counted as negatives (accidental hits). The uniform ones give rare items, which the
+    batch almost never holds, negatives too. With none, it is the classic in-batch softmax.
+The loss is summed over the batch, as TensorFlow Recommenders' Retrieval task does: the default
+Adagrad's initial accumulator is tuned to gradients of that scale.
+`temperature` divides the logits in both: below 1 it sharpens the softmax, which the scale of dot
+products between embeddings may need.
 """
-from typing import Optional
+
+from typing import Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from components.models import preprocessing
+from components.models.config import ATTENTION_ENCODER
+from components.models.config import CNN_ENCODER
+from components.models.config import FULL_SOFTMAX
+from components.models.config import GRU_ENCODER
 from components.models.config import ModelConfig
+from components.models.config import SEQUENCE_ENCODERS
 from schemas import contract
 
 USER_XF = contract.transformed_name(contract.USER_ID)
@@ -30,53 +44,52 @@ HISTORY_XF = contract.transformed_name(contract.HISTORY)
 HOUR_OF_WEEK_XF = contract.transformed_name(contract.HOUR_OF_WEEK)
 NEXT_HISTORY_XF = contract.transformed_name(contract.NEXT_HISTORY)
 _ATTENTION_HEADS = 2
+_CANDIDATE_INPUTS = (ITEM_XF, CATEGORY_XF, PRICE_BUCKET_XF, TITLE_TOKENS_XF)
 
 
 class QueryTower(tf.keras.Model):
-  """User id embedding, the recent items as a set (mean) and as a sequence (self-attention), and
-  the hour of the week.
+  """User id embedding, the whole profile as a set (masked mean), the most recent items as a
+  sequence, and the hour of the week.
 
-  The mean says what the user likes. The self-attention block (SASRec-style: one layer, each item
-  attending to the others, with an embedding of how recent it is) says where the session is
-  heading, which a mean cannot tell apart from its reverse. Padding is masked out of both. The
-  history shares the item embedding table with the candidate tower, so an item a user just saw
-  pulls the query towards items like it from the first training step on. The hour of the week is
-  context: an unknown hour contributes a zero vector, and training hides it for a
-  `context_dropout` share of examples so that the query without it is trained too.
+  The profile mean says what the user likes, from up to HISTORY_LENGTH items: on ratings data
+  the whole profile is what predicts the held-out items (EASE, Mult-VAE read all of it). The
+  sequence encoder reads the last `recent_length` of them, in order, and says where the session
+  is heading, which a mean cannot tell apart from its reverse (SEQUENCE_ENCODERS). Padding is
+  masked out of every part. The history shares the item embedding table with the candidate
+  tower, so an item a user just saw pulls the query towards items like it from the first
+  training step on. The hour of the week is context: an unknown hour contributes a zero vector,
+  and training hides it for a `context_dropout` share of examples so that the query without it
+  is trained too.
   """
 
   def __init__(self, num_users: int, item_embedding: tf.keras.layers.Embedding,
-               embedding_dim: int, context_dropout: float = 0.0):
+               embedding_dim: int, context_dropout: float = 0.0,
+               sequence_encoder: str = ATTENTION_ENCODER,
+               recent_length: int = contract.RECENT_LENGTH):
     super().__init__()
     self.user_embedding = tf.keras.layers.Embedding(num_users, embedding_dim)
     self.hour_embedding = tf.keras.layers.Embedding(contract.HOURS_PER_WEEK, embedding_dim)
     self.context_dropout = context_dropout
     self.item_embedding = item_embedding
-    # Recency 0 is the latest item; histories are cut to HISTORY_LENGTH by Transform.
-    self.recency_embedding = tf.keras.layers.Embedding(contract.HISTORY_LENGTH, embedding_dim)
-    self.attention = tf.keras.layers.MultiHeadAttention(
-        num_heads=_ATTENTION_HEADS, key_dim=embedding_dim // _ATTENTION_HEADS)
-    self.attention_norm = tf.keras.layers.LayerNormalization()
+    self.recent_length = recent_length
+    self.sequence_encoder = sequence_encoder
+    self.encoder = _sequence_encoder(sequence_encoder, embedding_dim, recent_length)
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
   def get_config(self):
-    """Its sizes and context dropout; the shared item embedding is passed in (CandidateTower)."""
+    """Its sizes, encoder and context dropout; the shared item embedding is passed in
+    (CandidateTower)."""
     return {"num_users": self.user_embedding.input_dim,
             "embedding_dim": self.user_embedding.output_dim,
-            "context_dropout": self.context_dropout}
+            "context_dropout": self.context_dropout,
+            "sequence_encoder": self.sequence_encoder,
+            "recent_length": self.recent_length}
 
   def call(self, inputs, training=False):
     history = inputs[HISTORY_XF]
-    present, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
-    history_mean = _masked_mean(history_embeddings, weights)
-    # Histories are oldest first and padded at the end: an item's recency is counted from the
-    # last present one.
-    lengths = tf.reduce_sum(tf.cast(present, tf.int64), axis=1, keepdims=True)
-    recency = tf.clip_by_value(lengths - 1 - tf.range(tf.shape(history, out_type=tf.int64)[1]),
-                               0, contract.HISTORY_LENGTH - 1)
-    sequence = history_embeddings + self.recency_embedding(recency) * weights
-    attended = self.attention_norm(sequence + self.attention(
-        sequence, sequence, attention_mask=present[:, None, :]))
+    _, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
+    recent_present, recent_weights, recent_embeddings = _padded_embeddings(
+        self.item_embedding, recent_items(history, self.recent_length))
     user = self.user_embedding(inputs[USER_XF])
     hour = inputs[HOUR_OF_WEEK_XF]
     if training and self.context_dropout:
@@ -84,7 +97,91 @@ class QueryTower(tf.keras.Model):
       hour = tf.where(hidden, tf.constant(preprocessing.PADDING, tf.int64), hour)
     _, _, context = _padded_embeddings(self.hour_embedding, hour)
     return self.projection(tf.concat(
-        [user, history_mean, _masked_mean(attended * weights, weights), context], axis=1))
+        [user, _masked_mean(history_embeddings, weights),
+         self.encoder(recent_embeddings, recent_present, recent_weights), context], axis=1))
+
+
+def recent_items(history: tf.Tensor, length: int) -> tf.Tensor:
+  """The last `length` present items of left-aligned, PADDING-padded histories [batch, width],
+  left-aligned in a [batch, length] tensor with PADDING after them (oldest first)."""
+  lengths = tf.reduce_sum(tf.cast(tf.not_equal(history, preprocessing.PADDING), tf.int32),
+                          axis=1, keepdims=True)
+  width = tf.shape(history)[1]
+  slots = tf.range(length)[None, :]
+  positions = tf.minimum(tf.maximum(lengths - length, 0) + slots, tf.maximum(width - 1, 0))
+  # A width-0 history (allowed at serving) has nothing to gather from.
+  padded = tf.concat([history, tf.fill([tf.shape(history)[0], 1],
+                                       tf.constant(preprocessing.PADDING, history.dtype))], 1)
+  gathered = tf.gather(padded, positions, batch_dims=1)
+  return tf.where(slots < tf.minimum(lengths, length), gathered,
+                  tf.constant(preprocessing.PADDING, history.dtype))
+
+
+class AttentionEncoder(tf.keras.layers.Layer):
+  """SASRec-style: one self-attention layer over the items, each with an embedding of how recent
+  it is, then the masked mean of the attended items."""
+
+  def __init__(self, embedding_dim: int, recent_length: int):
+    super().__init__()
+    # Recency 0 is the latest item.
+    self.recency_embedding = tf.keras.layers.Embedding(recent_length, embedding_dim)
+    self.attention = tf.keras.layers.MultiHeadAttention(
+        num_heads=_ATTENTION_HEADS, key_dim=embedding_dim // _ATTENTION_HEADS)
+    self.attention_norm = tf.keras.layers.LayerNormalization()
+    self.recent_length = recent_length
+
+  def call(self, embeddings, present, weights):
+    lengths = tf.reduce_sum(tf.cast(present, tf.int32), axis=1, keepdims=True)
+    recency = tf.clip_by_value(lengths - 1 - tf.range(tf.shape(present)[1]), 0,
+                               self.recent_length - 1)
+    sequence = embeddings + self.recency_embedding(recency) * weights
+    attended = self.attention_norm(sequence + self.attention(
+        sequence, sequence, attention_mask=present[:, None, :]))
+    return _masked_mean(attended * weights, weights)
+
+
+class GRUEncoder(tf.keras.layers.Layer):
+  """A GRU over the items, oldest first; its state after the latest present item (the mask makes
+  it skip the padding after it). An empty history gives the zero initial state."""
+
+  def __init__(self, embedding_dim: int):
+    super().__init__()
+    self.gru = tf.keras.layers.GRU(embedding_dim)
+
+  def call(self, embeddings, present, weights):
+    del weights  # the mask skips padded steps
+    return self.gru(embeddings, mask=present)
+
+
+class CNNEncoder(tf.keras.layers.Layer):
+  """Causal 1-D convolutions over the items (Caser/NextItNet-style): each output reads an item
+  and the ones just before it; the masked max over the present outputs. Causal padding means a
+  present item's output never reads the padding after the sequence."""
+
+  def __init__(self, embedding_dim: int, kernel_size: int = 3, layers: int = 2):
+    super().__init__()
+    self.convolutions = [
+        tf.keras.layers.Conv1D(embedding_dim, kernel_size, padding="causal",
+                               dilation_rate=2 ** layer, activation="relu")
+        for layer in range(layers)]
+
+  def call(self, embeddings, present, weights):
+    outputs = embeddings
+    for convolution in self.convolutions:
+      outputs = convolution(outputs)
+    # ReLU outputs are >= 0, so a zero where an item is absent never wins the max, and an empty
+    # history gives zeros.
+    return tf.reduce_max(outputs * weights, axis=1)
+
+
+def _sequence_encoder(name: str, embedding_dim: int, recent_length: int) -> tf.keras.layers.Layer:
+  if name == ATTENTION_ENCODER:
+    return AttentionEncoder(embedding_dim, recent_length)
+  if name == GRU_ENCODER:
+    return GRUEncoder(embedding_dim)
+  if name == CNN_ENCODER:
+    return CNNEncoder(embedding_dim)
+  raise ValueError(f"sequence_encoder must be one of {SEQUENCE_ENCODERS}, got {name!r}")
 
 
 def _padded_embeddings(embedding: tf.keras.layers.Embedding, indices: tf.Tensor):
@@ -136,28 +233,90 @@ class CandidateTower(tf.keras.Model):
         axis=1))
 
 
+def mixed_negative_logits(queries: tf.Tensor, candidates: tf.Tensor, candidate_ids: tf.Tensor,
+                          positive_ids: tf.Tensor, expected_counts: tf.Tensor,
+                          temperature: float) -> tf.Tensor:
+  """Logits of the mixed-negative softmax (Yang et al., 2020, "Mixed Negative Sampling"), whose
+  label for row i is column i.
+
+  Args:
+    queries: [batch, dim] query embeddings.
+    candidates: [batch + m, dim]: the batch's positives, in row order, then m catalog items
+      drawn uniformly.
+    candidate_ids: [batch + m] item index of each candidate.
+    positive_ids: [batch] item index of each row's positive.
+    expected_counts: [batch + m] how often each candidate's item is expected in such a pool,
+      batch * p(item) + m / catalog size, p being the share of training engagements with it.
+
+  Returns:
+    [batch, batch + m]: query . candidate / temperature - log(expected count) (the log-Q term:
+    a popular item is a negative often, and would be learnt as worse than it is), and -inf where
+    a column other than the row's own holds the row's positive item (an accidental hit).
+  """
+  logits = tf.matmul(queries, candidates, transpose_b=True) / temperature - tf.math.log(
+      expected_counts)[None, :]
+  hits = tf.equal(positive_ids[:, None], candidate_ids[None, :])
+  own = tf.cast(tf.eye(tf.shape(queries)[0], tf.shape(candidates)[0]), tf.bool)
+  return tf.where(hits & ~own, tf.constant(-np.inf, logits.dtype), logits)
+
+
 class TwoTowerModel(tfrs.Model):
-  """Query and candidate towers trained with a sampled-softmax retrieval loss."""
+  """Query and candidate towers trained with a softmax over the catalog (FULL_SOFTMAX) or over
+  the batch's items plus uniformly drawn catalog items (MIXED_NEGATIVES)."""
 
   def __init__(self, num_users: int, num_items: int, num_categories: int,
                num_price_buckets: int, num_title_words: int, config: ModelConfig,
-               item_probability: Optional[np.ndarray] = None):
-    """item_probability: [num_items] share of training examples with each item, for the log-Q
-    correction; None trains without it (uniform sampling assumed)."""
+               item_probability: Optional[np.ndarray] = None,
+               catalog: Optional[Dict[str, np.ndarray]] = None):
+    """item_probability: [num_items] share of training engagements with each item, for the
+    log-Q terms; None assumes uniform. catalog: the candidate tower's inputs (ITEM_XF,
+    CATEGORY_XF, PRICE_BUCKET_XF, TITLE_TOKENS_XF) of every recommendable item, the full
+    softmax's classes and the pool uniform negatives are drawn from; needed by those only."""
     super().__init__()
     item_embedding = tf.keras.layers.Embedding(num_items, config.embedding_dim)
     self.query_tower = QueryTower(num_users, item_embedding, config.embedding_dim,
-                                  config.context_dropout)
+                                  config.context_dropout, config.sequence_encoder,
+                                  config.recent_length)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
                                           num_title_words, config.embedding_dim)
-    self.task = tfrs.tasks.Retrieval(remove_accidental_hits=True)
+    if catalog is None and (config.negatives == FULL_SOFTMAX or config.mixed_negatives):
+      raise ValueError(f"negatives={config.negatives!r} with {config.mixed_negatives} uniform "
+                       "negatives needs the catalog")
+    catalog = catalog or {ITEM_XF: np.zeros(0, np.int64)}
+    self.catalog = {key: tf.constant(values) for key, values in catalog.items()}
+    self.catalog_size = len(catalog[ITEM_XF])
+    self.negatives = config.negatives
+    self.temperature = config.temperature
+    self.mixed_negatives = config.mixed_negatives
     if item_probability is None:
       item_probability = np.full(num_items, 1.0 / num_items)
-    # Items never seen in training would get log(0); they are never sampled, so any floor works.
-    self.item_probability = tf.constant(np.maximum(item_probability, 1e-12), tf.float32)
+    self.item_probability = tf.constant(item_probability, tf.float32)
+
+  def call(self, inputs, training=False):
+    """Logits and labels of a batch of engagements under the configured softmax."""
+    queries = self.query_tower(inputs, training=training)
+    positives = inputs[ITEM_XF]
+    if self.negatives == FULL_SOFTMAX:
+      logits = tf.matmul(queries, self.candidate_tower(self.catalog),
+                         transpose_b=True) / self.temperature
+      return logits, positives
+    pool = {key: inputs[key] for key in _CANDIDATE_INPUTS}
+    uniform_share = 0.0
+    if self.mixed_negatives:
+      uniform = tf.random.uniform([self.mixed_negatives], maxval=self.catalog_size,
+                                  dtype=tf.int64)
+      pool = {key: tf.concat([pool[key], tf.gather(self.catalog[key], uniform)], axis=0)
+              for key in _CANDIDATE_INPUTS}
+      uniform_share = self.mixed_negatives / self.catalog_size
+    pool_ids = pool[ITEM_XF]
+    batch = tf.cast(tf.shape(positives)[0], tf.float32)
+    # Items never engaged with in training have p = 0; only uniform draws bring them in.
+    expected_counts = tf.maximum(batch * tf.gather(self.item_probability, pool_ids)
+                                 + uniform_share, 1e-12)
+    logits = mixed_negative_logits(queries, self.candidate_tower(pool), pool_ids, positives,
+                                   expected_counts, self.temperature)
+    return logits, tf.range(tf.shape(positives)[0], dtype=tf.int64)
 
   def compute_loss(self, inputs, training=False):
-    items = inputs[ITEM_XF]
-    return self.task(self.query_tower(inputs, training=training), self.candidate_tower(inputs),
-                     candidate_sampling_probability=tf.gather(self.item_probability, items),
-                     candidate_ids=items)
+    logits, labels = self(inputs, training=training)
+    return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))

@@ -9,7 +9,10 @@ from components.models import export
 from components.models import preprocessing
 from components.models import ranker
 from components.models import two_tower
+from components.models.config import FULL_SOFTMAX
+from components.models.config import MIXED_NEGATIVES
 from components.models.config import ModelConfig
+from components.models.config import SEQUENCE_ENCODERS
 from components.models.config import RankerConfig
 from schemas import contract
 
@@ -353,10 +356,109 @@ def test_the_towers_say_their_config_so_saving_them_warns_of_nothing(tmp_path, c
   model = _two_tower(3, 6, 2)
   assert model.query_tower.get_config() == {
       "num_users": 3, "embedding_dim": CONFIG.embedding_dim,
-      "context_dropout": CONFIG.context_dropout}
+      "context_dropout": CONFIG.context_dropout, "sequence_encoder": CONFIG.sequence_encoder,
+      "recent_length": CONFIG.recent_length}
   assert model.candidate_tower.get_config() == {
       "num_categories": 2, "num_price_buckets": PRICE_BUCKETS, "num_title_words": TITLE_WORDS,
       "embedding_dim": CONFIG.embedding_dim}
   with caplog.at_level(logging.WARNING):
     export_tiny_model(tmp_path, ITEM_IDS, top_k=3, serve_candidates=4)
   assert "non-serializable" not in caplog.text
+
+
+def test_recent_items_are_the_last_present_ones_left_aligned():
+  history = tf.constant([[1, 2, 3, 4, 5], [6, 7, PAD, PAD, PAD], [PAD] * 5], tf.int64)
+  np.testing.assert_array_equal(two_tower.recent_items(history, 3).numpy(),
+                                [[3, 4, 5], [6, 7, PAD], [PAD, PAD, PAD]])
+  # A history of width 0 (a client that sends none) has no recent items.
+  np.testing.assert_array_equal(
+      two_tower.recent_items(tf.zeros([2, 0], tf.int64), 3).numpy(), np.full((2, 3), PAD))
+
+
+@pytest.mark.parametrize("encoder", SEQUENCE_ENCODERS)
+def test_padding_never_changes_the_query(encoder):
+  """More padding slots, or a narrower recent window than the padded width, leave the query as
+  it was: every encoder masks what is not an item."""
+  tower = two_tower.QueryTower(3, tf.keras.layers.Embedding(9, 8), 8, sequence_encoder=encoder,
+                               recent_length=4)
+  def query(history):
+    return tower({two_tower.USER_XF: tf.constant([1, 2], tf.int64),
+                  two_tower.HOUR_OF_WEEK_XF: tf.constant([PAD, 7], tf.int64),
+                  two_tower.HISTORY_XF: tf.constant(history, tf.int64)}).numpy()
+  narrow = query([[1, 2, 3], [4, PAD, PAD]])
+  np.testing.assert_allclose(query([[1, 2, 3, PAD, PAD, PAD], [4, PAD, PAD, PAD, PAD, PAD]]),
+                             narrow, rtol=1e-5, atol=1e-6)
+  # Order matters to the encoder: it reads a sequence, not a set.
+  assert not np.allclose(query([[3, 2, 1], [4, PAD, PAD]])[0], narrow[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("encoder", SEQUENCE_ENCODERS)
+def test_each_encoder_reads_only_the_recent_items_in_order(encoder):
+  """Items older than the recent window reach the query only through the profile mean, which
+  is blind to order; swapping two of them changes nothing."""
+  tower = two_tower.QueryTower(3, tf.keras.layers.Embedding(9, 8), 8, sequence_encoder=encoder,
+                               recent_length=2)
+  def query(history):
+    return tower({two_tower.USER_XF: tf.constant([1], tf.int64),
+                  two_tower.HOUR_OF_WEEK_XF: tf.constant([PAD], tf.int64),
+                  two_tower.HISTORY_XF: tf.constant([history], tf.int64)}).numpy()
+  np.testing.assert_allclose(query([1, 2, 3, 4]), query([2, 1, 3, 4]), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(query([1, 2, 3, 4]), query([1, 2, 4, 3]), atol=1e-6)
+
+
+def test_an_unknown_encoder_is_refused_by_name():
+  with pytest.raises(ValueError, match="sequence_encoder must be one of .*'lstm'"):
+    ModelConfig(sequence_encoder="lstm")
+  with pytest.raises(ValueError, match="recent_length must be in"):
+    ModelConfig(recent_length=contract.HISTORY_LENGTH + 1)
+  with pytest.raises(ValueError, match="negatives must be one of"):
+    ModelConfig(negatives="sampled")
+  with pytest.raises(ValueError, match="needs the catalog"):
+    two_tower.TwoTowerModel(3, 6, 2, PRICE_BUCKETS, TITLE_WORDS,
+                            ModelConfig(embedding_dim=8, negatives=FULL_SOFTMAX))
+
+
+def test_mixed_negative_logits_by_hand():
+  """Two rows (positives items 0 and 1), one uniform draw of item 0, catalog of 4 items."""
+  queries = tf.constant([[1.0, 0.0], [0.0, 2.0]])
+  candidates = tf.constant([[1.0, 1.0], [0.5, 1.0], [3.0, 0.0]])
+  p = np.array([0.75, 0.25])  # engagement shares of items 0 and 1
+  expected_counts = tf.constant([2 * p[0] + 1 / 4, 2 * p[1] + 1 / 4, 2 * p[0] + 1 / 4],
+                                tf.float32)
+  logits = two_tower.mixed_negative_logits(queries, candidates, tf.constant([0, 1, 0], tf.int64),
+                                           tf.constant([0, 1], tf.int64), expected_counts,
+                                           temperature=0.5).numpy()
+  dots = np.array([[1.0, 0.5, 3.0], [2.0, 2.0, 0.0]])
+  log_q = np.log([1.75, 0.75, 1.75])
+  # Row 0's positive is item 0: the uniform draw of item 0 is an accidental hit, not a negative.
+  np.testing.assert_allclose(logits[0, :2], dots[0, :2] / 0.5 - log_q[:2], rtol=1e-6)
+  assert logits[0, 2] == -np.inf
+  np.testing.assert_allclose(logits[1], dots[1] / 0.5 - log_q, rtol=1e-6)
+
+
+@pytest.mark.parametrize("negatives, uniform", [(FULL_SOFTMAX, 0), (MIXED_NEGATIVES, 4),
+                                                (MIXED_NEGATIVES, 0)])
+def test_each_softmax_learns_the_engagements(negatives, uniform):
+  """Users 0..3 each engage with item 2u; after training, each user's own item ranks first."""
+  num_items = 8
+  config = ModelConfig(embedding_dim=8, negatives=negatives, mixed_negatives=uniform)
+  items = np.arange(num_items)
+  catalog = {two_tower.ITEM_XF: items, two_tower.CATEGORY_XF: np.zeros(num_items, np.int64),
+             two_tower.PRICE_BUCKET_XF: np.zeros(num_items, np.int64),
+             two_tower.TITLE_TOKENS_XF: np.full((num_items, 2), PAD)}
+  model = two_tower.TwoTowerModel(4, num_items, 1, PRICE_BUCKETS, TITLE_WORDS, config,
+                                  item_probability=np.full(num_items, 1 / num_items),
+                                  catalog=catalog)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.5))
+  users = np.repeat(np.arange(4), 8)
+  batch = _batch(users, 2 * users, np.zeros_like(users), np.full((len(users), 1), PAD))
+  logits, labels = model(batch, training=True)
+  assert logits.shape == (len(users), num_items if negatives == FULL_SOFTMAX
+                          else len(users) + uniform)
+  model.fit(tf.data.Dataset.from_tensor_slices(batch).shuffle(32, seed=0).batch(16), epochs=30,
+            verbose=0)
+  scores = tf.matmul(model.query_tower(_batch(np.arange(4), np.zeros(4), np.zeros(4),
+                                              np.full((4, 1), PAD))),
+                     model.candidate_tower({k: tf.constant(v) for k, v in catalog.items()}),
+                     transpose_b=True).numpy()
+  np.testing.assert_array_equal(scores.argmax(axis=1), 2 * np.arange(4))

@@ -12,8 +12,8 @@ from components.models import two_tower
 from components.models.config import FULL_SOFTMAX
 from components.models.config import MIXED_NEGATIVES
 from components.models.config import ModelConfig
-from components.models.config import SEQUENCE_ENCODERS
 from components.models.config import RankerConfig
+from components.models.config import SEQUENCE_ENCODERS
 from schemas import contract
 
 PAD = preprocessing.PADDING

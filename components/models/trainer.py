@@ -61,7 +61,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
   catalog_actions = ranker.Catalog(
       retrieval.candidate_tower({key: tf.constant(values)
                                  for key, values in catalog_inputs.items()}).numpy(),
-      items.categories[in_vocabulary], items.price_buckets[in_vocabulary])
+      catalog_inputs[two_tower.CATEGORY_XF], catalog_inputs[two_tower.PRICE_BUCKET_XF])
   with strategy.scope():
     dqn = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
                            ranker.item_novelty(items.engagement_share), num_categories,

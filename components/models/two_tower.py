@@ -9,17 +9,17 @@ Which other items (`ModelConfig.negatives`):
   * FULL_SOFTMAX, every item of the catalog: the exact likelihood, with no sampling and so no
     sampling bias; for a catalog of 10k items it is one matrix product per batch.
   * MIXED_NEGATIVES: the batch's other positives plus `mixed_negatives` items drawn uniformly
-    from the catalog (Yang et al., 2020), for catalogs too large to score whole. In-batch negatives are drawn by
-    popularity, so each candidate's logit is corrected by the log of how often it is expected in
-    the pool (the log-Q correction of Yi et al., 2019), and rows whose positive is the same item
-    are not counted as negatives (accidental hits). The uniform ones give rare items, which the
-    batch almost never holds, negatives too. With none, it is the classic in-batch softmax.
+    from the catalog (Yang et al., 2020), for catalogs too large to score whole. In-batch
+    negatives are drawn by popularity, so each candidate's logit is corrected by the log of how
+    often it is expected in the pool (the log-Q correction of Yi et al., 2019), and rows whose
+    positive is the same item are not counted as negatives (accidental hits). The uniform ones
+    give rare items, which the batch almost never holds, negatives too. With none, it is the
+    classic in-batch softmax.
 The loss is summed over the batch, as TensorFlow Recommenders' Retrieval task does: the default
 Adagrad's initial accumulator is tuned to gradients of that scale.
 `temperature` divides the logits in both: below 1 it sharpens the softmax, which the scale of dot
 products between embeddings may need.
 """
-
 from typing import Dict, Optional
 
 import numpy as np
@@ -106,15 +106,13 @@ def recent_items(history: tf.Tensor, length: int) -> tf.Tensor:
   left-aligned in a [batch, length] tensor with PADDING after them (oldest first)."""
   lengths = tf.reduce_sum(tf.cast(tf.not_equal(history, preprocessing.PADDING), tf.int32),
                           axis=1, keepdims=True)
-  width = tf.shape(history)[1]
-  slots = tf.range(length)[None, :]
-  positions = tf.minimum(tf.maximum(lengths - length, 0) + slots, tf.maximum(width - 1, 0))
-  # A width-0 history (allowed at serving) has nothing to gather from.
+  # A history shorter than `length` is copied whole, its padding included; slots past its width
+  # read one appended PADDING column, which also serves a width-0 history (allowed at serving).
   padded = tf.concat([history, tf.fill([tf.shape(history)[0], 1],
                                        tf.constant(preprocessing.PADDING, history.dtype))], 1)
-  gathered = tf.gather(padded, positions, batch_dims=1)
-  return tf.where(slots < tf.minimum(lengths, length), gathered,
-                  tf.constant(preprocessing.PADDING, history.dtype))
+  positions = tf.minimum(tf.maximum(lengths - length, 0) + tf.range(length)[None, :],
+                         tf.shape(history)[1])
+  return tf.gather(padded, positions, batch_dims=1)
 
 
 class AttentionEncoder(tf.keras.layers.Layer):

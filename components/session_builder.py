@@ -36,18 +36,20 @@ def SessionBuilder(
     transitions: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
     statistics: tfx.dsl.components.InputArtifact[
         tfx.types.standard_artifacts.ExampleStatistics] = None,
-    session_gap_seconds: tfx.dsl.components.Parameter[int] = 1800,
-    history_length: tfx.dsl.components.Parameter[int] = 10,
-    eval_fraction: tfx.dsl.components.Parameter[float] = 0.2,
+    session_gap_seconds: tfx.dsl.components.Parameter[int] = SessionConfig.session_gap_seconds,
+    history_length: tfx.dsl.components.Parameter[int] = SessionConfig.history_length,
+    eval_split: tfx.dsl.components.Parameter[str] = SessionConfig.eval_split,
+    eval_fraction: tfx.dsl.components.Parameter[float] = SessionConfig.eval_fraction,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-  """Builds retrieval `examples` and RL `transitions`, each split train/eval by time.
+  """Builds retrieval `examples` and RL `transitions`, each split train/eval by time (per user or
+  globally, `eval_split`).
 
   `statistics` are the span's, which the data gates passed; once the split check passes too,
   `examples` records them: the next run's drift baseline (components/data_gates.py).
   """
-  config = SessionConfig(session_gap_seconds=session_gap_seconds,
-                                  history_length=history_length, eval_fraction=eval_fraction)
+  config = SessionConfig(session_gap_seconds=session_gap_seconds, history_length=history_length,
+                         eval_split=eval_split, eval_fraction=eval_fraction)
   events_pattern = os.path.join(artifact_utils.get_split_uri([events], EVENTS_SPLIT), "*")
   with beam_pipeline as pipeline:
     sessions.build_sessions(pipeline, events_pattern, examples.uri, transitions.uri, config)
@@ -57,7 +59,7 @@ def SessionBuilder(
     logging.info("SessionBuilder %s: %d", name, count)
   _mark_as_examples(examples)
   _mark_as_examples(transitions)
-  data_validation.check_split_counts(counts, eval_fraction)
+  data_validation.check_split_counts(counts, config)
   if statistics is not None:
     examples.set_string_custom_property(artifact_properties.STATISTICS_URI, statistics.uri)
     examples.set_string_custom_property(artifact_properties.STATISTICS_SPLIT_NAMES,

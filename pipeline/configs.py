@@ -8,7 +8,7 @@ answers at once).
 import dataclasses
 import os
 import pathlib
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 from components.data.config import DataMinimums
 from components.data.config import SessionConfig
@@ -135,3 +135,54 @@ class PipelineConfig:
   def with_overrides(self, **overrides) -> "PipelineConfig":
     """A copy with the given fields replaced; `None` values keep the current setting."""
     return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+  def with_settings(self, settings: Sequence[str]) -> "PipelineConfig":
+    """A copy with each "dotted.field=value" setting applied (`recsys run --set`), e.g.
+    "model.sequence_encoder=gru" or "sessions.eval_fraction=0.2"; the value is read as the
+    field's current value's type. A ValueError names the setting that does not fit."""
+    config = self
+    for setting in settings:
+      path, separator, text = setting.partition("=")
+      if not separator:
+        raise ValueError(f"--set {setting!r}: expected FIELD=VALUE, e.g. model.epochs=10")
+      config = _replace_field(config, path.split("."), text, setting)
+    return config
+
+
+def _replace_field(node, names: Sequence[str], text: str, setting: str):
+  """`node` with the field at the path `names` set to `text` read as that field's type."""
+  fields = {field.name for field in dataclasses.fields(node)}
+  if names[0] not in fields:
+    raise ValueError(f"--set {setting!r}: {type(node).__name__} has no field {names[0]!r}; it "
+                     f"has {sorted(fields)}")
+  current = getattr(node, names[0])
+  if len(names) > 1:
+    if not dataclasses.is_dataclass(current):
+      raise ValueError(f"--set {setting!r}: {names[0]!r} is a value, not a group of fields")
+    value = _replace_field(current, names[1:], text, setting)
+  else:
+    value = _parse_value(current, text, setting)
+  try:
+    return dataclasses.replace(node, **{names[0]: value})
+  except ValueError as error:
+    raise ValueError(f"--set {setting!r}: {error}") from error
+
+
+def _parse_value(current, text: str, setting: str):
+  try:
+    if dataclasses.is_dataclass(current):
+      raise ValueError("a group of fields; set one of them")
+    if isinstance(current, bool):
+      if text.lower() not in ("true", "false"):
+        raise ValueError("expected true or false")
+      return text.lower() == "true"
+    if isinstance(current, tuple):
+      kinds = {type(item) for item in current} or {str}
+      kind = kinds.pop() if len(kinds) == 1 else str
+      return tuple(kind(item) for item in text.split(",") if item)
+    if isinstance(current, pathlib.Path):
+      return pathlib.Path(text)
+    return type(current)(text)
+  except ValueError as error:
+    raise ValueError(f"--set {setting!r}: {text!r} does not fit the field "
+                     f"({type(current).__name__}): {error}") from error

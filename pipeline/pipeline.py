@@ -101,6 +101,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       statistics=statistics_gen.outputs["statistics"],
       session_gap_seconds=config.sessions.session_gap_seconds,
       history_length=config.sessions.history_length,
+      eval_split=config.sessions.eval_split,
       eval_fraction=config.sessions.eval_fraction)
   # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
   session_builder.add_upstream_node(drift_gate)

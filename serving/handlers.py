@@ -48,7 +48,7 @@ class RequestLimits:
   # TF Serving's limit with serving/deploy/batching_parameters.txt (max_batch_size): the same client
   # requests then work against both servers.
   max_batch_size: int = 64
-  max_history_length: int = 200
+  max_history_length: int = contract.HISTORY_LENGTH
   max_id_bytes: int = 256  # the longest user or item id accepted
 
 

@@ -15,20 +15,33 @@ event's history holds only engagements with a strictly earlier timestamp, so not
 own slate (or a same-second batch of ratings) did leaks into its state; `next_history` holds the
 engagements up to and including the event's timestamp.
 
-Train/eval split by time, without leakage: the cutoff is the timestamp below which
-(1 - eval_fraction) of all events lie. Records with timestamp < cutoff go to `train`, the rest to
-`eval`, so nothing in train happens after the cutoff, while eval records keep the users' earlier
-(train-period) history as context: a model is judged on predicting the future from the past.
+Train/eval split by time, without leakage, in one of two ways (SessionConfig.eval_split):
+  * PER_USER_SPLIT (default): each user's own cutoff is the timestamp of their last
+    round(eval_fraction × engagements) engagements; the user's records at or after it go to
+    `eval`, the earlier ones to `train`. No train record of a user comes after one of their eval
+    records, every eval user has earlier (train) history, and every user's past trains the
+    pushed model: a user with fewer than two engagements, or whose engagements all share one
+    timestamp, is all train. The model is judged on each user's next engagements, the way it
+    serves them.
+  * GLOBAL_TIME_SPLIT: one cutoff, the timestamp below which (1 - eval_fraction) of all events
+    lie; nothing in train happens after it, but users whose activity ended before it are never
+    evaluated and users who arrived after it are evaluated cold, and the pushed model never
+    learns the last period of anyone. On ml-latest-small it leaves the model a much smaller
+    share of each evaluated user's profile (README, Validation).
+Either way eval records keep the users' earlier history as context: a model is judged on
+predicting the future from the past.
 
 The transforms are plain functions and PTransforms, testable without TFX; the TFX component in
 components/session_builder.py only wires artifacts to `build_sessions`.
 """
 import os
+import sys
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
 
+from components.data.config import GLOBAL_TIME_SPLIT
 from components.data.config import SessionConfig
 from schemas import contract
 
@@ -195,25 +208,45 @@ def transition(step: _Step) -> tf.train.Example:
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
+# The cutoff of a user with nothing to evaluate: all their records are train.
+NO_EVAL = sys.maxsize
+
+
+def user_cutoff(ordered: Sequence[Event], eval_fraction: float) -> int:
+  """PER_USER_SPLIT's cutoff for one time-ordered timeline: the timestamp of the first of its
+  last round(eval_fraction × engagements) engagements (at least one), or NO_EVAL when that would
+  leave the user no earlier engagement to be judged from."""
+  engaged = [event.timestamp for event in ordered if event.engaged]
+  held_out = max(1, round(eval_fraction * len(engaged)))
+  if len(engaged) < 2 or held_out >= len(engaged):
+    return NO_EVAL
+  cutoff = engaged[-held_out]
+  # Engagements of the cutoff's second go to eval together; the user needs one before it.
+  return cutoff if engaged[0] < cutoff else NO_EVAL
+
+
 def user_records(user_id: str, events: Iterable[Event], config: SessionConfig
-                 ) -> Iterator[Tuple[str, int, bytes, bool]]:
-  """(kind, timestamp, serialized Example, seen) for every record of one user's timeline.
+                 ) -> Iterator[Tuple[str, int, bytes, bool, int]]:
+  """(kind, timestamp, serialized Example, seen, user's cutoff) for every record of one user's
+  timeline.
 
   kind is "examples" (retrieval, engagements only) or "transitions" (every event); `seen` is
-  whether an example's item is in its history (always False for transitions).
+  whether an example's item is in its history (always False for transitions); the cutoff is
+  `user_cutoff`'s, which the global time split ignores.
   """
   events = list(events)
   ordered = timeline(events)
   _METRICS["duplicate_events_dropped"].inc(len(events) - len(ordered))
+  cutoff = user_cutoff(ordered, config.eval_fraction)
   sessions = split_sessions(ordered, config.session_gap_seconds)
   _METRICS[SESSIONS].inc(len(sessions))
   for step in _steps(user_id, sessions, config.history_length):
     serialized_transition = transition(step).SerializeToString(deterministic=True)
-    yield TRANSITIONS, step.event.timestamp, serialized_transition, False
+    yield TRANSITIONS, step.event.timestamp, serialized_transition, False, cutoff
     if step.event.engaged:
       yield (EXAMPLES, step.event.timestamp,
              retrieval_example(step).SerializeToString(deterministic=True),
-             step.event.item_id in step.history)
+             step.event.item_id in step.history, cutoff)
 
 
 def time_cutoff(quantiles: Sequence[int], eval_fraction: float) -> int:
@@ -230,9 +263,13 @@ def time_cutoff(quantiles: Sequence[int], eval_fraction: float) -> int:
 _OUTPUTS = tuple((kind, split) for kind in (EXAMPLES, TRANSITIONS) for split in SPLITS)
 
 
-def _split(record: Tuple[str, int, bytes, bool], cutoff: int) -> Tuple[Tuple[str, str], bytes]:
-  """((kind, split), serialized record), counting the examples of each split."""
-  kind, timestamp, serialized, seen = record
+def _split(record: Tuple[str, int, bytes, bool, int], global_cutoff: Optional[int]
+           ) -> Tuple[Tuple[str, str], bytes]:
+  """((kind, split), serialized record) by the global cutoff, or without one by the record's
+  user's, counting the examples of each split."""
+  kind, timestamp, serialized, seen, cutoff = record
+  if global_cutoff is not None:
+    cutoff = global_cutoff
   split = TRAIN_SPLIT if timestamp < cutoff else EVAL_SPLIT
   if kind == EXAMPLES and split == TRAIN_SPLIT:
     _METRICS[TRAIN_EXAMPLES].inc()
@@ -253,18 +290,20 @@ class BuildSessions(beam.PTransform):
   def expand(self, serialized_events):
     config = self._config
     events = serialized_events | "Parse" >> beam.Map(event_from_example)
-    cutoff = (
-        events
-        | "Timestamps" >> beam.Map(lambda event: event.timestamp)
-        | "Quantiles" >> beam.transforms.stats.ApproximateQuantiles.Globally(_CUTOFF_QUANTILES)
-        | "Cutoff" >> beam.Map(time_cutoff, config.eval_fraction))
     records = (
         events
         | "KeyByUser" >> beam.Map(lambda event: (event.user_id, event))
         | "GroupByUser" >> beam.GroupByKey()
         | "Timelines" >> beam.FlatMap(lambda kv: user_records(kv[0], kv[1], config)))
-    split_records = records | "Split" >> beam.Map(_split,
-                                                  cutoff=beam.pvalue.AsSingleton(cutoff))
+    if config.eval_split == GLOBAL_TIME_SPLIT:
+      cutoff = beam.pvalue.AsSingleton(
+          events
+          | "Timestamps" >> beam.Map(lambda event: event.timestamp)
+          | "Quantiles" >> beam.transforms.stats.ApproximateQuantiles.Globally(_CUTOFF_QUANTILES)
+          | "Cutoff" >> beam.Map(time_cutoff, config.eval_fraction))
+    else:
+      cutoff = None
+    split_records = records | "Split" >> beam.Map(_split, global_cutoff=cutoff)
     outputs = split_records | "ByOutput" >> beam.Partition(
         lambda record, _: _OUTPUTS.index(record[0]), len(_OUTPUTS))
     return {output: partition | f"Values{output[0]}{output[1]}" >> beam.Values()

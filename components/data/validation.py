@@ -18,6 +18,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components.data import sessions
+from components.data.config import GLOBAL_TIME_SPLIT
+from components.data.config import SessionConfig
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 
@@ -90,7 +92,7 @@ def drift_anomalies(statistics: statistics_pb2.DatasetFeatureStatisticsList,
   return drift
 
 
-def check_split_counts(counts: Mapping[str, int], eval_fraction: float) -> None:
+def check_split_counts(counts: Mapping[str, int], config: SessionConfig) -> None:
   """Stops the run before Transform when the time split leaves nothing to train or evaluate on.
 
   `counts` are SessionBuilder's counters (components/data/sessions.py; Beam reports a counter only
@@ -100,8 +102,13 @@ def check_split_counts(counts: Mapping[str, int], eval_fraction: float) -> None:
   if sessions.SESSIONS not in counts:
     return
   counts = collections.Counter(counts)
-  split = (f"the latest {eval_fraction:.0%} of the events by time are the evaluation split, the "
-           "rest the training split")
+  if config.eval_split == GLOBAL_TIME_SPLIT:
+    split = (f"the latest {config.eval_fraction:.0%} of the events by time are the evaluation "
+             "split, the rest the training split")
+  else:
+    split = (f"each user's latest {config.eval_fraction:.0%} of engagements by time are the "
+             "evaluation split, the rest the training split; users with fewer than two "
+             "engagements at different times are all training")
   if counts[sessions.TRAIN_EXAMPLES] == 0:
     raise DegenerateSplitError(
         f"SessionBuilder: the training split holds no engagement ({split}); give data with "
@@ -109,7 +116,7 @@ def check_split_counts(counts: Mapping[str, int], eval_fraction: float) -> None:
   if counts[sessions.EVAL_EXAMPLES] == 0:
     raise DegenerateSplitError(
         f"SessionBuilder: the evaluation split holds no engagement ({split}); give data with "
-        "engagements among the latest events")
+        "engagements among the latest events, or users with more than one")
   if counts[sessions.EVALUABLE_EVAL_EXAMPLES] == 0:
     raise DegenerateSplitError(
         f"SessionBuilder: each of the {counts[sessions.EVAL_EXAMPLES]} engagements of the "

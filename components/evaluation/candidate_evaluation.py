@@ -1,10 +1,11 @@
 """The evaluator's whole job, without TFX: evaluate candidate and baseline, judge, write the record.
 
-The candidate and the baseline (the latest blessed model) are evaluated on the same eval data by
-components/evaluation/model_evaluation.py and judged by components/evaluation/release_gate.py. The
-outcome is written to an output directory as `evaluation.json` (the machine-readable record: both
-models' metrics, slices, off-policy estimates, the verdict and the gate configuration) and
-`report.html` (components/evaluation/report.py).
+The candidate, the baseline (the latest blessed model) and the most-popular ranking are evaluated
+on the same eval data by components/evaluation/model_evaluation.py and judged by
+components/evaluation/release_gate.py. The outcome is written to an output directory as
+`evaluation.json` (the machine-readable record: the models' metrics, slices, off-policy
+estimates, the verdict and the gate configuration) and `report.html`
+(components/evaluation/report.py).
 """
 import dataclasses
 import json
@@ -27,6 +28,7 @@ class EvaluationResult:
   baseline: Optional[model_evaluation.ModelReport]
   verdict: release_gate.Verdict
   gate: release_gate.GateConfig
+  popularity: Optional[model_evaluation.ModelReport] = None
   # Earlier blessed models' metrics, oldest first, each {"name": ..., "metrics": {...}}: the
   # report plots them; they were measured on their own runs' data.
   past_models: List[Dict] = dataclasses.field(default_factory=list)
@@ -35,6 +37,7 @@ class EvaluationResult:
     return {"candidate": self.candidate.to_dict(),
             "baseline": None if self.baseline is None else self.baseline.to_dict(),
             "verdict": self.verdict.to_dict(),
+            "popularity": None if self.popularity is None else self.popularity.to_dict(),
             "gate": self.gate.to_yaml(),
             "past_models": self.past_models}
 
@@ -49,9 +52,11 @@ def evaluate_candidate(candidate_dir: str, baseline_dir: Optional[str],
   candidate = model_evaluation.evaluate(candidate_dir, data, vectors, config)
   baseline = (model_evaluation.evaluate(baseline_dir, data, vectors, config)
               if baseline_dir else None)
-  verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics)
+  popularity = model_evaluation.evaluate_popularity(data, vectors, config)
+  verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics,
+                               popularity.metrics)
   return EvaluationResult(candidate=candidate, baseline=baseline, verdict=verdict, gate=gate,
-                          past_models=list(past_models or []))
+                          popularity=popularity, past_models=list(past_models or []))
 
 
 def write(result: EvaluationResult, output_dir: str) -> None:

@@ -2,7 +2,9 @@
 
 What is measured is what TF Serving would answer: the exported `serving_default` signature is
 called with raw ids, Transform graph and reranker included. The candidate and the baseline are
-evaluated by the same function on the same data, so their figures compare.
+evaluated by the same function on the same data, so their figures compare; so is the most-popular
+ranking (`evaluate_popularity`: the training split's most engaged items, the user's seen ones
+removed), the floor any model must clear to be worth serving, whatever the data.
 
 The queries are the eval split's engagements (SessionBuilder's `examples`): for each, the model
 is asked with the user, their history before it and the engagement's time, and the engaged item
@@ -412,21 +414,55 @@ class ModelReport:
     return dataclasses.asdict(self)
 
 
+def _list_length(config: EvaluationConfig) -> int:
+  return max(list(config.ks) + list(config.list_ks) + [config.slice_k])
+
+
+def _report(lists: pd.DataFrame, data: EvalData, vectors: Dict[str, np.ndarray],
+            config: EvaluationConfig, metrics: Dict[str, float],
+            estimates: Dict[str, Dict[str, float]]) -> ModelReport:
+  """The list-based metrics and slices of `lists`, with the model's other `metrics`."""
+  metrics = {**accuracy(data.queries, lists, config.ks), **metrics}
+  for k in config.list_ks:
+    metrics.update(list_metrics(lists, data, vectors, k))
+  return ModelReport(queries=len(data.queries), repeat_queries=data.repeat_queries,
+                     metrics={name: float(value) for name, value in metrics.items()},
+                     slices=slices(data.queries, lists, config.slice_k), off_policy=estimates)
+
+
 def evaluate(model_dir: str, data: EvalData, vectors: Dict[str, np.ndarray],
              config: EvaluationConfig) -> ModelReport:
   """Every metric of the module docstring for one model."""
   model = model_queries.RankingSignature(model_dir, batch_size=_BATCH_SIZE)
-  lists = recommendation_lists(model, data.queries,
-                               max(list(config.ks) + list(config.list_ks) + [config.slice_k]))
-  metrics = accuracy(data.queries, lists, config.ks)
-  for k in config.list_ks:
-    metrics.update(list_metrics(lists, data, vectors, k))
-  estimates = {}
+  lists = recommendation_lists(model, data.queries, _list_length(config))
+  metrics, estimates = {}, {}
   if data.impressions is not None:
     estimates = off_policy_estimates(model, data, config.ope_rank_temperature)
     metrics.update({name: estimate["value"] for name, estimate in estimates.items()})
   if config.simulator_sessions:
     metrics.update(simulator_metrics(model_dir, config.simulator_sessions, config.simulator_seed))
-  return ModelReport(queries=len(data.queries), repeat_queries=data.repeat_queries,
-                     metrics={name: float(value) for name, value in metrics.items()},
-                     slices=slices(data.queries, lists, config.slice_k), off_policy=estimates)
+  return _report(lists, data, vectors, config, metrics, estimates)
+
+
+def popularity_lists(data: EvalData, k: int) -> pd.DataFrame:
+  """Each query's k most engaged training items without its history's items: query, rank (from
+  1), item_id. Ties go to the smaller item id, so the lists are deterministic."""
+  counts = data.train_engagements[contract.ITEM_ID].value_counts()
+  ranked = counts.rename_axis(contract.ITEM_ID).reset_index(name="count").sort_values(
+      ["count", contract.ITEM_ID], ascending=[False, True], kind="stable")[contract.ITEM_ID]
+  longest_history = max((len(history) for history in data.queries[contract.HISTORY]), default=0)
+  candidates = ranked.to_numpy()[:k + longest_history]
+  rows = []
+  for query, history in zip(data.queries[QUERY], data.queries[contract.HISTORY]):
+    seen = set(history)
+    unseen = [item for item in candidates if item not in seen][:k]
+    rows.append(pd.DataFrame({QUERY: query, ranking_metrics.RANK: np.arange(1, len(unseen) + 1),
+                              ranking_metrics.ITEM_ID: unseen}))
+  return pd.concat(rows, ignore_index=True)
+
+
+def evaluate_popularity(data: EvalData, vectors: Dict[str, np.ndarray],
+                        config: EvaluationConfig) -> ModelReport:
+  """The list-based metrics of the most-popular ranking (`popularity_lists`); it has no
+  propensities to be judged off-policy by and no policy for the simulator."""
+  return _report(popularity_lists(data, _list_length(config)), data, vectors, config, {}, {})

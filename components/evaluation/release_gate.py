@@ -1,16 +1,21 @@
 """The release gate: whether a candidate model ships, judged on several metrics at once.
 
-Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all three
+Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all four
 rules hold, checked in this order:
   1. floors: every configured floor is met;
-  2. no regression: no metric falls behind the baseline (the latest blessed model, evaluated on the
+  2. over popularity: the candidate beats the most-popular ranking, evaluated on the same data in
+     the same run, by at least the configured margin, relative to popularity's value or
+     absolute. A floor in absolute numbers fits one dataset; this one holds on any data, since
+     popularity is what a model must beat to be worth serving (the default gate's accuracy
+     rules are of this kind);
+  3. no regression: no metric falls behind the baseline (the latest blessed model, evaluated on the
      same data) by more than its allowance, relative to the baseline's value or absolute;
-  3. Pareto: the baseline does not dominate the candidate on the Pareto set, i.e. it is not at
+  4. Pareto: the baseline does not dominate the candidate on the Pareto set, i.e. it is not at
      least as good on every Pareto metric and strictly better on one (differences within a
      metric's `pareto_epsilon` are ties).
-Rule 3 lets a model trade one objective for another (a little accuracy for much more diversity)
-as far as rule 2's allowances go, and refuses one that only gets worse. Without a baseline (the
-first run) only rule 1 applies.
+Rule 4 lets a model trade one objective for another (a little accuracy for much more diversity)
+as far as rule 3's allowances go, and refuses one that only gets worse. Without a baseline (the
+first run) rules 1 and 2 apply.
 
 The weighted-sum score, sum over metrics of weight x value with "lower is better" metrics
 negated, is reported for candidate and baseline as the one-number summary a dashboard wants; it
@@ -31,7 +36,8 @@ import schemas
 
 HIGHER, LOWER = "higher", "lower"
 RELATIVE, ABSOLUTE = "relative", "absolute"
-_METRIC_KEYS = {"direction", "floor", "max_regression", "pareto", "pareto_epsilon", "weight"}
+_METRIC_KEYS = {"direction", "floor", "over_popularity", "max_regression", "pareto",
+                "pareto_epsilon", "weight"}
 
 
 class GateConfigError(ValueError):
@@ -43,6 +49,8 @@ class MetricRule:
   name: str
   direction: str = HIGHER
   floor: Optional[float] = None
+  # (RELATIVE or ABSOLUTE, margin) by which the candidate must beat popularity, or None.
+  over_popularity: Optional[tuple] = None
   # (RELATIVE or ABSOLUTE, allowance), or None for no regression rule.
   max_regression: Optional[tuple] = None
   pareto: bool = False
@@ -58,8 +66,24 @@ class MetricRule:
     return target - value if self.direction == HIGHER else value - target
 
   def allowance(self, baseline: float) -> float:
-    kind, amount = self.max_regression
-    return amount * abs(baseline) if kind == RELATIVE else amount
+    return _amount(self.max_regression, baseline)
+
+  def popularity_target(self, popularity: float) -> float:
+    """The value the candidate must reach: popularity's, moved by the margin in the metric's
+    better direction."""
+    margin = _amount(self.over_popularity, popularity)
+    return popularity + margin if self.direction == HIGHER else popularity - margin
+
+
+def _amount(setting: tuple, reference: float) -> float:
+  """A (RELATIVE or ABSOLUTE, amount) setting's amount in the metric's units."""
+  kind, amount = setting
+  return amount * abs(reference) if kind == RELATIVE else amount
+
+
+def _describe(setting: tuple) -> str:
+  kind, amount = setting
+  return f"{amount:.0%} of it" if kind == RELATIVE else f"{amount:.4f}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,6 +123,8 @@ class GateConfig:
                   "pareto_epsilon": rule.pareto_epsilon, "weight": rule.weight}
       if rule.floor is not None:
         settings["floor"] = rule.floor
+      if rule.over_popularity is not None:
+        settings["over_popularity"] = {rule.over_popularity[0]: rule.over_popularity[1]}
       if rule.max_regression is not None:
         settings["max_regression"] = {rule.max_regression[0]: rule.max_regression[1]}
       metrics[rule.name] = settings
@@ -134,21 +160,28 @@ def _parse_rule(name: str, settings: Mapping, source: str) -> MetricRule:
   direction = settings.get("direction", HIGHER)
   if direction not in (HIGHER, LOWER):
     raise GateConfigError(f"{where}: direction must be {HIGHER!r} or {LOWER!r}, got {direction!r}")
-  regression = settings.get("max_regression")
-  if regression is not None:
-    if (not isinstance(regression, dict) or len(regression) != 1
-        or next(iter(regression)) not in (RELATIVE, ABSOLUTE)):
-      raise GateConfigError(f"{where}: max_regression must be {{relative: X}} or "
-                            f"{{absolute: X}}, got {regression!r}")
-    kind = next(iter(regression))
-    regression = (kind, _non_negative(regression[kind], f"{where}: max_regression.{kind}"))
   pareto = settings.get("pareto", False)
   if not isinstance(pareto, bool):
     raise GateConfigError(f"{where}: pareto must be true or false, got {pareto!r}")
   return MetricRule(name=name, direction=direction, floor=number("floor"),
-                    max_regression=regression, pareto=pareto,
+                    over_popularity=_relative_or_absolute(settings, "over_popularity", where),
+                    max_regression=_relative_or_absolute(settings, "max_regression", where),
+                    pareto=pareto,
                     pareto_epsilon=number("pareto_epsilon", 0.0, minimum=0.0),
                     weight=number("weight", 0.0))
+
+
+def _relative_or_absolute(settings: Mapping, key: str, where: str) -> Optional[tuple]:
+  """settings[key] as (RELATIVE or ABSOLUTE, amount >= 0), or None where it is not set."""
+  setting = settings.get(key)
+  if setting is None:
+    return None
+  if (not isinstance(setting, dict) or len(setting) != 1
+      or next(iter(setting)) not in (RELATIVE, ABSOLUTE)):
+    raise GateConfigError(f"{where}: {key} must be {{relative: X}} or {{absolute: X}}, got "
+                          f"{setting!r}")
+  kind = next(iter(setting))
+  return kind, _non_negative(setting[kind], f"{where}: {key}.{kind}")
 
 
 def _non_negative(value, where: str) -> float:
@@ -160,7 +193,7 @@ def _non_negative(value, where: str) -> float:
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """One broken rule: which, for which metric, and by how much."""
-  rule: str  # "floor", "regression" or "pareto"
+  rule: str  # "floor", "popularity", "regression" or "pareto"
   metric: str
   message: str
 
@@ -186,8 +219,8 @@ class Verdict:
       scores += ")"
     if self.failures:
       return f"refused: {'; '.join(failure.message for failure in self.failures)}{scores}"
-    checked = ("floors, regressions and Pareto rule" if self.has_baseline
-               else "floors (first model: no baseline)")
+    checked = ("floors, popularity margins, regressions and Pareto rule" if self.has_baseline
+               else "floors and popularity margins (first model: no baseline)")
     return f"blessed: {checked} hold{scores}"
 
   def to_dict(self) -> Dict:
@@ -206,8 +239,10 @@ def weighted_score(config: GateConfig, metrics: Mapping[str, float]) -> float:
 
 
 def judge(config: GateConfig, candidate: Mapping[str, float],
-          baseline: Optional[Mapping[str, float]] = None) -> Verdict:
-  """Applies the module docstring's rules to the candidate's (and baseline's) metrics."""
+          baseline: Optional[Mapping[str, float]] = None,
+          popularity: Optional[Mapping[str, float]] = None) -> Verdict:
+  """Applies the module docstring's rules to the candidate's (and baseline's, and the
+  most-popular ranking's) metrics; rule 2 skips metrics popularity has no value for."""
   measured = [rule for rule in config.rules
               if rule.name in candidate and (baseline is None or rule.name in baseline)]
   not_measured = [rule.name for rule in config.rules if rule not in measured]
@@ -219,6 +254,16 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
       failures.append(Failure("floor", rule.name,
                               f"{rule.name} = {value:.4f} misses its {bound} {rule.floor:.4f} "
                               f"by {rule.shortfall(value, rule.floor):.4f}"))
+  for rule in measured:
+    if rule.over_popularity is None or popularity is None or rule.name not in popularity:
+      continue
+    value, target = candidate[rule.name], rule.popularity_target(popularity[rule.name])
+    if rule.shortfall(value, target) > 0:
+      failures.append(Failure("popularity", rule.name,
+                              f"{rule.name} = {value:.4f} does not beat the most-popular "
+                              f"ranking's {popularity[rule.name]:.4f} by "
+                              f"{_describe(rule.over_popularity)}: short of "
+                              f"{target:.4f} by {rule.shortfall(value, target):.4f}"))
   if baseline is not None:
     for rule in measured:
       if rule.max_regression is None:
@@ -227,12 +272,10 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
       allowance = rule.allowance(reference)
       regression = rule.shortfall(value, reference)
       if regression > allowance:
-        kind, amount = rule.max_regression
-        allowed = f"{amount:.0%} of it" if kind == RELATIVE else f"{amount:.4f}"
         failures.append(Failure("regression", rule.name,
                                 f"{rule.name} = {value:.4f} regresses from the baseline's "
                                 f"{reference:.4f} by {regression:.4f}, more than the allowed "
-                                f"{allowed}"))
+                                f"{_describe(rule.max_regression)}"))
     pareto = [rule for rule in measured if rule.pareto]
     if pareto and _dominates(pareto, baseline, candidate):
       worse = ", ".join(f"{rule.name} {candidate[rule.name]:.4f} vs {baseline[rule.name]:.4f}"

@@ -42,7 +42,7 @@ def render(record: Dict) -> str:
       f"<h2>Metrics</h2><p>Over {candidate['queries']} held-out engagements; "
       f"{candidate['repeat_queries']} re-engagements with an item of the history are left out, "
       "as seen items are removed from the lists.</p>"
-      + _metric_table(gate, candidate, baseline, verdict),
+      + _metric_table(gate, candidate, baseline, record.get("popularity"), verdict),
       "<h2>Gated metrics</h2>" + _gated_section(gate, candidate, baseline),
   ]
   pareto = [name for name in gate.pareto_metrics if name in candidate["metrics"]]
@@ -65,26 +65,30 @@ def render(record: Dict) -> str:
           f"<style>{_STYLE}</style></head><body>{''.join(sections)}</body></html>")
 
 
+def _setting(setting: Optional[tuple]) -> str:
+  return "" if setting is None else f"{setting[1]:g} {setting[0]}"
+
+
 def _metric_table(gate: release_gate.GateConfig, candidate: Dict, baseline: Optional[Dict],
-                  verdict: Dict) -> str:
+                  popularity: Optional[Dict], verdict: Dict) -> str:
   rules = {rule.name: rule for rule in gate.rules}
   failed = {failure["metric"] for failure in verdict["failures"]}
   failed |= {name for failure in verdict["failures"] for name in failure["metric"].split(",")}
   rows = ["<tr><th>metric</th><th>candidate</th><th>baseline</th><th>change</th>"
-          "<th>floor</th><th>max regression</th><th>Pareto</th><th>weight</th></tr>"]
+          "<th>most popular</th><th>floor</th><th>over popularity</th><th>max regression</th>"
+          "<th>Pareto</th><th>weight</th></tr>"]
   for name, value in sorted(candidate["metrics"].items(), key=lambda item: (
       item[0] not in rules, item[0])):
     reference = baseline["metrics"].get(name) if baseline else None
     rule = rules.get(name)
     cells = [name, f"{value:.4f}", _number(reference),
-             "" if reference is None else f"{value - reference:+.4f}"]
+             "" if reference is None else f"{value - reference:+.4f}",
+             _number(popularity["metrics"].get(name) if popularity else None)]
     if rule:
-      regression = ("" if rule.max_regression is None else
-                    f"{rule.max_regression[1]:g} {rule.max_regression[0]}")
-      cells += [_number(rule.floor), regression, "yes" if rule.pareto else "",
-                f"{rule.weight:g}"]
+      cells += [_number(rule.floor), _setting(rule.over_popularity),
+                _setting(rule.max_regression), "yes" if rule.pareto else "", f"{rule.weight:g}"]
     else:
-      cells += ["", "", "", ""]
+      cells += ["", "", "", "", ""]
     css = " class=\"fail\"" if name in failed else ""
     rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                 + "</tr>")

@@ -26,7 +26,12 @@ SEQUENCE_ENCODERS = (ATTENTION_ENCODER, GRU_ENCODER, CNN_ENCODER)
 # The retrieval softmax's negatives (components/models/two_tower.py says why).
 FULL_SOFTMAX = "full"  # every catalog item
 MIXED_NEGATIVES = "mixed"  # the batch's items plus uniformly drawn catalog items, log-Q corrected
-NEGATIVES = (FULL_SOFTMAX, MIXED_NEGATIVES)
+AUTO_NEGATIVES = "auto"  # full up to FULL_SOFTMAX_MAX_ITEMS catalog items, mixed above
+NEGATIVES = (AUTO_NEGATIVES, FULL_SOFTMAX, MIXED_NEGATIVES)
+# The largest catalog "auto" scores whole: a [batch, items] logit matrix of 512 x 100k floats is
+# 200 MB and one matrix product per batch, which a GPU does in milliseconds; above it the
+# catalog's embeddings are recomputed each step for too few examples.
+FULL_SOFTMAX_MAX_ITEMS = 100_000
 
 # Keys of the custom_config Transform and Trainer get.
 MODEL_CONFIG_KEY = "model_config"
@@ -58,10 +63,13 @@ class RankerConfig:
   epochs: int = 2
   batch_size: int = 512
   # Adam's step size, which sets how far the correction to the retrieval score moves in
-  # `epochs`. On the simulator, against retrieval-only ranking: +0.15 clicks per session on
-  # average over six trainings at 3e-4, -0.24 over seven at 1e-3, -0.63 over two at 1e-4
-  # (README, Benchmarks).
-  learning_rate: float = 3e-4
+  # `epochs`. With the Adagrad-trained in-batch retrieval model of before, on the simulator,
+  # against retrieval-only ranking: +0.15 clicks per session on average over six trainings at
+  # 3e-4, -0.24 over seven at 1e-3, -0.63 over two at 1e-4. With today's better retrieval model
+  # (full softmax, Adam, whole-profile queries: 12.0 clicks per session alone) the correction
+  # costs more the further it moves: 4.6 clicks per session at 3e-4, 7.4 at 1e-4, 11.8 at 3e-5
+  # (one training each; README, Benchmarks).
+  learning_rate: float = 3e-5
   target_update_rate: float = 0.01
   # Off by default: on the simulator's logs, whose logging policy ranks worse than the
   # two-tower model, anchoring Q to the logged actions made reranking worse (README, Benchmarks).
@@ -103,17 +111,24 @@ class RankerConfig:
 class ModelConfig:
   """Hyper-parameters of both models; the defaults train well on the default dataset."""
   embedding_dim: int = 64
-  epochs: int = 5
+  # Training stops after `epochs`, or earlier when the recall@10 of `validation_fraction` of the
+  # training engagements (held out of the fit, drawn at random; components/models/training.py,
+  # `validation_recall`) has not improved for `early_stopping_patience` epochs; the weights of
+  # the best epoch are kept. The full softmax overfits ml-latest-small after about 10 epochs
+  # (README, Validation).
+  epochs: int = 30
+  early_stopping_patience: int = 3
+  validation_fraction: float = 0.1
   batch_size: int = 512
-  learning_rate: float = 0.05
+  # Adam's step size.
+  learning_rate: float = 1e-3
   # The history each retrieval example is trained with (components/models/histories.py): "recent"
   # (the items just before it), "sampled" (a new random sample of the user's other engagements each
   # epoch), or "auto": sampled when the engagements are explicit ratings, recent otherwise.
   retrieval_history: str = AUTO_HISTORY
-  # The softmax's negatives (NEGATIVES), how many uniform catalog items a mixed batch adds
-  # (0: the batch's items only, what the defaults were validated with), and the temperature
-  # that divides its logits.
-  negatives: str = MIXED_NEGATIVES
+  # The softmax's negatives (NEGATIVES; "auto" by catalog size), how many uniform catalog items
+  # a mixed batch adds (0: the batch's items only), and the temperature that divides its logits.
+  negatives: str = AUTO_NEGATIVES
   mixed_negatives: int = 0
   temperature: float = 1.0
   # Share of training examples whose hour of the week is hidden, so the query tower also learns
@@ -146,6 +161,13 @@ class ModelConfig:
     if not 1 <= self.recent_length <= contract.HISTORY_LENGTH:
       raise ValueError(f"recent_length must be in [1, {contract.HISTORY_LENGTH}], got "
                        f"{self.recent_length}")
+    if self.epochs < 1:
+      raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+    if self.early_stopping_patience < 1:
+      raise ValueError(f"early_stopping_patience must be >= 1, got "
+                       f"{self.early_stopping_patience}")
+    if not 0.0 <= self.validation_fraction < 1.0:
+      raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
     if not 0.0 <= self.context_dropout < 1.0:
       raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
 

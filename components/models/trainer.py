@@ -54,8 +54,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         num_title_words=preprocessing.vocabulary_size(tf_transform_output, contract.TITLE_TOKENS),
         config=config,
         item_probability=items.engagement_share, catalog=catalog_inputs)
-    retrieval.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
-  logging.info("Retrieval loss per epoch: %s",
+    retrieval.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
+  logging.info("Retrieval (training, validation) loss per epoch: %s",
                training.train_retrieval(retrieval, training.engagements(transitions), config))
 
   catalog_actions = ranker.Catalog(
@@ -68,11 +68,19 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                            preprocessing.NUM_PRICE_BUCKETS, config.ranker)
     dqn.build_networks(config.embedding_dim)
     dqn.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
-  history = dqn.fit(transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
-                    epochs=config.ranker.epochs, verbose=0,
-                    callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
-  logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
-               history.history["cql_penalty"])
+  if training.has_unengaged_impressions(transitions):
+    history = dqn.fit(
+        transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+        epochs=config.ranker.epochs, verbose=0,
+        callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
+    logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
+                 history.history["cql_penalty"])
+  else:
+    # Every logged action was engaged with (ratings data): no reward tells one action from
+    # another, and the head would learn the logging order. Untrained, it ranks as retrieval does
+    # (on ml-latest-small's eval split trained it cut nDCG@10 from 0.0090 to 0.0064).
+    logging.info("No transition shows an item that was not engaged with: the DQN head is not "
+                 "trained and the serving graph ranks by retrieval")
 
   module = export.RecommenderModule(
       tf_transform_output.transform_features_layer(), retrieval.query_tower, dqn.q_network,

@@ -5,7 +5,8 @@ they ask (the hour of the week); the candidate tower embeds an item from its id,
 bucket and title words. Training pulls a user's next item towards the query embedding and pushes
 other items away.
 
-Which other items (`ModelConfig.negatives`):
+Which other items (`ModelConfig.negatives`; AUTO_NEGATIVES picks by catalog size,
+`resolve_negatives`):
   * FULL_SOFTMAX, every item of the catalog: the exact likelihood, with no sampling and so no
     sampling bias; for a catalog of 10k items it is one matrix product per batch.
   * MIXED_NEGATIVES: the batch's other positives plus `mixed_negatives` items drawn uniformly
@@ -15,8 +16,7 @@ Which other items (`ModelConfig.negatives`):
     positive is the same item are not counted as negatives (accidental hits). The uniform ones
     give rare items, which the batch almost never holds, negatives too. With none, it is the
     classic in-batch softmax.
-The loss is summed over the batch, as TensorFlow Recommenders' Retrieval task does: the default
-Adagrad's initial accumulator is tuned to gradients of that scale.
+The loss is summed over the batch, as TensorFlow Recommenders' Retrieval task does.
 `temperature` divides the logits in both: below 1 it sharpens the softmax, which the scale of dot
 products between embeddings may need.
 """
@@ -28,9 +28,12 @@ import tensorflow_recommenders as tfrs
 
 from components.models import preprocessing
 from components.models.config import ATTENTION_ENCODER
+from components.models.config import AUTO_NEGATIVES
 from components.models.config import CNN_ENCODER
 from components.models.config import FULL_SOFTMAX
+from components.models.config import FULL_SOFTMAX_MAX_ITEMS
 from components.models.config import GRU_ENCODER
+from components.models.config import MIXED_NEGATIVES
 from components.models.config import ModelConfig
 from components.models.config import SEQUENCE_ENCODERS
 from schemas import contract
@@ -44,7 +47,9 @@ HISTORY_XF = contract.transformed_name(contract.HISTORY)
 HOUR_OF_WEEK_XF = contract.transformed_name(contract.HOUR_OF_WEEK)
 NEXT_HISTORY_XF = contract.transformed_name(contract.NEXT_HISTORY)
 _ATTENTION_HEADS = 2
-_CANDIDATE_INPUTS = (ITEM_XF, CATEGORY_XF, PRICE_BUCKET_XF, TITLE_TOKENS_XF)
+# What each tower reads.
+CANDIDATE_INPUTS = (ITEM_XF, CATEGORY_XF, PRICE_BUCKET_XF, TITLE_TOKENS_XF)
+QUERY_INPUTS = (USER_XF, HISTORY_XF, HOUR_OF_WEEK_XF)
 
 
 class QueryTower(tf.keras.Model):
@@ -258,6 +263,17 @@ def mixed_negative_logits(queries: tf.Tensor, candidates: tf.Tensor, candidate_i
   return tf.where(hits & ~own, tf.constant(-np.inf, logits.dtype), logits)
 
 
+def resolve_negatives(negatives: str, catalog_size: Optional[int]) -> str:
+  """FULL_SOFTMAX or MIXED_NEGATIVES: `negatives` itself, or for AUTO_NEGATIVES the full softmax
+  when a catalog (of `catalog_size` items; None: none given) of at most FULL_SOFTMAX_MAX_ITEMS
+  is there to score whole."""
+  if negatives != AUTO_NEGATIVES:
+    return negatives
+  if catalog_size is not None and catalog_size <= FULL_SOFTMAX_MAX_ITEMS:
+    return FULL_SOFTMAX
+  return MIXED_NEGATIVES
+
+
 class TwoTowerModel(tfrs.Model):
   """Query and candidate towers trained with a softmax over the catalog (FULL_SOFTMAX) or over
   the batch's items plus uniformly drawn catalog items (MIXED_NEGATIVES)."""
@@ -277,13 +293,14 @@ class TwoTowerModel(tfrs.Model):
                                   config.recent_length)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
                                           num_title_words, config.embedding_dim)
-    if catalog is None and (config.negatives == FULL_SOFTMAX or config.mixed_negatives):
+    self.negatives = resolve_negatives(
+        config.negatives, None if catalog is None else len(catalog[ITEM_XF]))
+    if catalog is None and (self.negatives == FULL_SOFTMAX or config.mixed_negatives):
       raise ValueError(f"negatives={config.negatives!r} with {config.mixed_negatives} uniform "
                        "negatives needs the catalog")
     catalog = catalog or {ITEM_XF: np.zeros(0, np.int64)}
     self.catalog = {key: tf.constant(values) for key, values in catalog.items()}
     self.catalog_size = len(catalog[ITEM_XF])
-    self.negatives = config.negatives
     self.temperature = config.temperature
     self.mixed_negatives = config.mixed_negatives
     if item_probability is None:
@@ -298,13 +315,13 @@ class TwoTowerModel(tfrs.Model):
       logits = tf.matmul(queries, self.candidate_tower(self.catalog),
                          transpose_b=True) / self.temperature
       return logits, positives
-    pool = {key: inputs[key] for key in _CANDIDATE_INPUTS}
+    pool = {key: inputs[key] for key in CANDIDATE_INPUTS}
     uniform_share = 0.0
     if self.mixed_negatives:
       uniform = tf.random.uniform([self.mixed_negatives], maxval=self.catalog_size,
                                   dtype=tf.int64)
       pool = {key: tf.concat([pool[key], tf.gather(self.catalog[key], uniform)], axis=0)
-              for key in _CANDIDATE_INPUTS}
+              for key in CANDIDATE_INPUTS}
       uniform_share = self.mixed_negatives / self.catalog_size
     pool_ids = pool[ITEM_XF]
     batch = tf.cast(tf.shape(positives)[0], tf.float32)

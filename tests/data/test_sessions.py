@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from components.data import sessions
 from components.data import validation as data_validation
+from components.data.config import GLOBAL_TIME_SPLIT
 from components.data.config import SessionConfig
 from components.data.sessions import Event
 from schemas import contract
@@ -48,8 +49,8 @@ def _parse(serialized: bytes):
 def _records(user_events, config=SessionConfig()):
   """{kind: [parsed record, ...]} of one user's timeline."""
   out = {sessions.EXAMPLES: [], sessions.TRANSITIONS: []}
-  for kind, _, serialized, _ in sessions.user_records(user_events[0].user_id, user_events,
-                                                       config):
+  for kind, _, serialized, _, _ in sessions.user_records(user_events[0].user_id, user_events,
+                                                          config):
     out[kind].append(_parse(serialized))
   return out
 
@@ -123,6 +124,51 @@ def test_history_keeps_only_the_most_recent_items():
   assert last[contract.HISTORY] == ["i2", "i3", "i4"]
 
 
+@pytest.mark.parametrize("timestamps, events, cutoff", [
+    # 10 engagements, a fifth held out: the last two.
+    (range(10), ["click"] * 10, 8),
+    # Impressions are not engagements: the fraction counts engagements only.
+    (range(6), ["click", "impression", "click", "click", "impression", "click"], 5),
+    # At least one engagement is held out...
+    (range(3), ["click"] * 3, 2),
+    # ... with the ones of its second, and only when an earlier engagement remains.
+    ([0, 1, 1, 1], ["click"] * 4, 1),
+    ([4, 4, 4], ["click"] * 3, sessions.NO_EVAL),
+    ([0], ["click"], sessions.NO_EVAL),
+    ([0, 1], ["click", "impression"], sessions.NO_EVAL),
+])
+def test_user_cutoff_holds_out_the_last_engagements_and_keeps_earlier_history(timestamps,
+                                                                              events, cutoff):
+  timeline = [_event("u", f"i{n}", t, event) for n, (t, event) in enumerate(zip(timestamps,
+                                                                                events))]
+  assert sessions.user_cutoff(timeline, eval_fraction=0.2) == cutoff
+
+
+def test_per_user_split_holds_out_each_users_last_engagements_without_leaks(tmp_path):
+  events = _timelines()
+  # A user with a single engagement, and one whose engagements share one second: all train.
+  events += [_event("single", "i1", 1_700_000_000)]
+  events += [_event("batch", f"i{n}", 1_700_000_000) for n in range(5)]
+  result = _run(tmp_path, events, ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
+                SessionConfig(eval_fraction=0.2))
+  for kind in (sessions.EXAMPLES, sessions.TRANSITIONS):
+    train = [_parse(r) for r in result[kind, "train"]]
+    evaluation = [_parse(r) for r in result[kind, "eval"]]
+    eval_users = {r[contract.USER_ID] for r in evaluation}
+    assert eval_users == {f"u{user}" for user in range(30)}
+    for user in eval_users:
+      user_train = [r[contract.TIMESTAMP] for r in train if r[contract.USER_ID] == user]
+      user_eval = [r for r in evaluation if r[contract.USER_ID] == user]
+      # No train record of a user after one of their eval records, and earlier history.
+      assert max(user_train) < min(r[contract.TIMESTAMP] for r in user_eval)
+      assert all(r[contract.HISTORY] for r in user_eval)
+  # Each user has 26 distinct clicks (and impressions), and round(0.2 * 26) = 5 are held out.
+  eval_examples = [_parse(r) for r in result[sessions.EXAMPLES, "eval"]]
+  assert len(eval_examples) == 30 * 5 == result["counts"][sessions.EVAL_EXAMPLES]
+  train_users = {_parse(r)[contract.USER_ID] for r in result[sessions.EXAMPLES, "train"]}
+  assert {"single", "batch"} <= train_users
+
+
 def test_time_cutoff_is_the_quantile_and_refuses_a_degenerate_split():
   quantiles = list(range(0, 101))
   assert sessions.time_cutoff(quantiles, eval_fraction=0.2) == 80
@@ -148,7 +194,7 @@ def _timelines(n_users=30, n_events=40):
   return events + events[::10]
 
 
-def _run(tmp_path, events, runner_args):
+def _run(tmp_path, events, runner_args, config=SessionConfig()):
   source = tmp_path / "events.tfrecord.gz"
   with tf.io.TFRecordWriter(str(source), options="GZIP") as writer:
     for event in events:
@@ -157,7 +203,7 @@ def _run(tmp_path, events, runner_args):
          for kind in (sessions.EXAMPLES, sessions.TRANSITIONS)}
   with beam.Pipeline(options=PipelineOptions(runner_args)) as pipeline:
     sessions.build_sessions(pipeline, str(source), out[sessions.EXAMPLES],
-                            out[sessions.TRANSITIONS], SessionConfig())
+                            out[sessions.TRANSITIONS], config)
   result = {"counts": {counter.key.metric.name: counter.committed
                        for counter in pipeline.result.metrics().query()["counters"]}}
   for kind, uri in out.items():
@@ -170,9 +216,10 @@ def _run(tmp_path, events, runner_args):
   return result
 
 
-def test_beam_split_is_by_time_with_past_history_in_eval(tmp_path):
+def test_global_time_split_is_by_time_with_past_history_in_eval(tmp_path):
   events = _timelines()
-  result = _run(tmp_path, events, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+  result = _run(tmp_path, events, ["--runner=DirectRunner", "--direct_running_mode=in_memory"],
+                SessionConfig(eval_split=GLOBAL_TIME_SPLIT, eval_fraction=0.2))
 
   unique = set(events)
   n_transitions = len(result[sessions.TRANSITIONS, "train"]) + len(
@@ -216,4 +263,4 @@ def test_the_split_counts_say_what_there_is_to_train_and_evaluate_on(tmp_path):
   assert counts.get(sessions.EVALUABLE_EVAL_EXAMPLES, 0) == sum(
       r[contract.ITEM_ID] not in r[contract.HISTORY] for r in evaluation) == 0
   with pytest.raises(data_validation.DegenerateSplitError, match="nothing to evaluate"):
-    data_validation.check_split_counts(counts, eval_fraction=0.2)
+    data_validation.check_split_counts(counts, SessionConfig(eval_fraction=0.2))

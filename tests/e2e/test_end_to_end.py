@@ -4,6 +4,7 @@ One module-scoped home is shared so the pipeline runs once for the success path;
 it run in file order, each ingesting a new span into the same home: the failure paths check that
 bad or drifted input never reaches the Trainer and the served version keeps serving.
 """
+import json
 import os
 import pathlib
 import re
@@ -259,7 +260,8 @@ def test_drift_stops_the_run_unless_overridden_and_the_override_is_recorded(trai
   assert _latest_drift_gate(home)[1][artifact_properties.DRIFT_DETECTED] == 0
   assert len(_versions(home)) == len(before) + 1
   # The gate found the first model as the baseline and compared the two.
-  assert "Model blessed (blessed: floors, regressions and Pareto rule hold" in result.output
+  assert ("Model blessed (blessed: floors, popularity margins, regressions and Pareto rule hold"
+          in result.output)
   assert "vs baseline" in result.output
 
   result = _run(*args, "--allow-drift")
@@ -384,10 +386,22 @@ def test_an_unexpected_error_in_a_component_is_one_line_and_recorded_as_failed(
   assert _execution_states(home, "SessionBuilder")[-1] == "FAILED"
 
 
-def test_runs_on_movielens_latest_small(movielens_dir, tmp_path):
+def test_real_ratings_are_blessed_by_the_default_gate_and_pushed(movielens_dir, tmp_path):
+  """ml-latest-small as a new user runs it: default hyper-parameters and the default gate,
+  whose accuracy rules are margins over the most-popular ranking, not floors fitted to the
+  built-in data."""
   result = _run("--interactions", str(movielens_dir / "ratings.csv"),
                 "--items", str(movielens_dir / "movies.csv"), "--format", "movielens",
-                "--home", str(tmp_path), "--epochs", "1", *REPORT_ONLY)
+                "--home", str(tmp_path))
   assert result.exit_code == 0, result.output
+  assert ("Model blessed (blessed: floors and popularity margins (first model: no baseline) "
+          "hold") in result.output
   assert "pushed version" in result.output
   assert len(_versions(tmp_path)) == 1
+  (evaluation,) = tmp_path.glob("pipelines/recsys/ModelEvaluator/evaluation/*/evaluation.json")
+  record = json.loads(evaluation.read_text())
+  for metric in ("recall@10", "ndcg@10"):
+    assert record["candidate"]["metrics"][metric] > 1.05 * record["popularity"]["metrics"][metric]
+  # Ratings hold no unengaged impression: the DQN head has no reward contrast and stays untrained.
+  log = pathlib.Path(re.search(r"Logs: (\S+)", result.output).group(1)).read_text()
+  assert "the DQN head is not trained" in log

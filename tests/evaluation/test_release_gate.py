@@ -1,4 +1,5 @@
-"""The release gate's rules (floors, regression allowances, Pareto) and its configuration file."""
+"""The release gate's rules (floors, popularity margins, regression allowances, Pareto) and its
+configuration file."""
 import pytest
 
 from components.evaluation import release_gate
@@ -31,7 +32,8 @@ def test_first_model_is_judged_on_floors_only():
   gate = _gate(TRADE_GATE % 0.0)
   verdict = release_gate.judge(gate, ACCURATE)
   assert verdict.blessed
-  assert verdict.reason.startswith("blessed: floors (first model: no baseline) hold")
+  assert verdict.reason.startswith(
+      "blessed: floors and popularity margins (first model: no baseline) hold")
   refused = release_gate.judge(gate, dict(ACCURATE, **{"recall@10": 0.04}))
   assert not refused.blessed
   assert [(failure.rule, failure.metric) for failure in refused.failures] == [
@@ -39,11 +41,68 @@ def test_first_model_is_judged_on_floors_only():
   assert "recall@10 = 0.0400 misses its floor 0.1000 by 0.0600" in refused.reason
 
 
+POPULARITY_GATE = """
+metrics:
+  ndcg@10: {over_popularity: {relative: 0.05}}
+  recall@10: {over_popularity: {absolute: 0.01}}
+  exposure_gini@10: {direction: lower, over_popularity: {absolute: 0.1}}
+"""
+POPULARITY = {"ndcg@10": 0.20, "recall@10": 0.10, "exposure_gini@10": 0.95}
+
+
+def test_a_first_model_must_beat_popularity_by_the_margin():
+  gate = _gate(POPULARITY_GATE)
+  beats = {"ndcg@10": 0.211, "recall@10": 0.111, "exposure_gini@10": 0.84}
+  assert release_gate.judge(gate, beats, popularity=POPULARITY).blessed
+  short = {"ndcg@10": 0.209, "recall@10": 0.105, "exposure_gini@10": 0.90}
+  verdict = release_gate.judge(gate, short, popularity=POPULARITY)
+  assert not verdict.blessed
+  assert [(failure.rule, failure.metric) for failure in verdict.failures] == [
+      ("popularity", "ndcg@10"), ("popularity", "recall@10"),
+      ("popularity", "exposure_gini@10")]
+  # 5 % of 0.20 above it is 0.21; a "lower" metric must be below popularity's by the margin.
+  assert ("ndcg@10 = 0.2090 does not beat the most-popular ranking's 0.2000 by 5% of it: short "
+          "of 0.2100 by 0.0010") in verdict.reason
+  assert ("recall@10 = 0.1050 does not beat the most-popular ranking's 0.1000 by 0.0100: short "
+          "of 0.1100 by 0.0050") in verdict.reason
+  assert "exposure_gini@10 = 0.9000 does not beat" in verdict.reason
+  # Without popularity's figures (or for a metric it has none of) the rule has nothing to test.
+  assert release_gate.judge(gate, short).blessed
+  only_recall = release_gate.judge(gate, short, popularity={"recall@10": 0.2})
+  assert [failure.metric for failure in only_recall.failures] == ["recall@10"]
+
+
+def test_the_popularity_margin_round_trips_and_is_validated():
+  gate = _gate(POPULARITY_GATE)
+  assert release_gate.GateConfig.from_yaml(gate.to_yaml()) == gate
+  with pytest.raises(release_gate.GateConfigError,
+                     match="metric 'ndcg@10': over_popularity must be"):
+    _gate("metrics:\n  ndcg@10: {over_popularity: 0.05}\n")
+  with pytest.raises(release_gate.GateConfigError,
+                     match="over_popularity.relative must be a number >= 0"):
+    _gate("metrics:\n  ndcg@10: {over_popularity: {relative: -1}}\n")
+
+
+def test_the_default_gate_needs_no_absolute_accuracy_floor_but_beats_popularity():
+  gate = release_gate.GateConfig.load()
+  accuracy = [rule for rule in gate.rules if rule.name in ("recall@10", "ndcg@10")]
+  assert accuracy and all(rule.floor is None and rule.over_popularity for rule in accuracy)
+  # Real data's figures far below the simulator's are blessed when they beat popularity...
+  popularity = {"recall@10": 0.02, "ndcg@10": 0.01, "coverage@10": 0.002}
+  candidate = {"recall@10": 0.04, "ndcg@10": 0.02, "coverage@10": 0.1}
+  assert release_gate.judge(gate, candidate, popularity=popularity).blessed
+  # ... and a model no better than popularity is refused, naming the rule.
+  verdict = release_gate.judge(gate, dict(candidate, **popularity), popularity=popularity)
+  assert not verdict.blessed
+  assert {failure.rule for failure in verdict.failures} == {"popularity"}
+
+
 def test_trading_a_little_accuracy_for_diversity_within_the_allowance_is_blessed():
   # recall falls 3.3 % relative, inside a 5 % allowance; coverage rises: not dominated.
   verdict = release_gate.judge(_gate(TRADE_GATE % 0.05), DIVERSE, ACCURATE)
   assert verdict.blessed, verdict.reason
-  assert verdict.reason.startswith("blessed: floors, regressions and Pareto rule hold")
+  assert verdict.reason.startswith(
+      "blessed: floors, popularity margins, regressions and Pareto rule hold")
 
 
 def test_the_same_trade_beyond_the_allowance_is_refused_naming_metric_and_amount():
@@ -136,4 +195,4 @@ def test_without_weights_the_reason_has_no_score():
   assert verdict.reason == "refused: recall@10 = 0.4000 misses its floor 0.5000 by 0.1000"
   assert verdict.candidate_score is None and verdict.baseline_score is None
   assert release_gate.judge(gate, {"recall@10": 0.6}, {"recall@10": 0.6}).reason == (
-      "blessed: floors, regressions and Pareto rule hold")
+      "blessed: floors, popularity margins, regressions and Pareto rule hold")

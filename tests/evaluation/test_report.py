@@ -25,6 +25,10 @@ DATA_URI = "data:image/png;base64,"
 CANDIDATE_METRICS = {"recall@10": 0.2512, "ndcg@10": 0.1304, "coverage@10": 0.4210,
                      "category_diversity@10": 0.6120, "exposure_gini@10": 0.5530,
                      "ope_ctr": 0.1187, "recall@5": 0.1633, "novelty@10": 7.2140}
+# The most-popular ranking has the list-based metrics only.
+POPULARITY_METRICS = {"recall@10": 0.1100, "ndcg@10": 0.0600, "coverage@10": 0.0200,
+                      "category_diversity@10": 0.4000, "exposure_gini@10": 0.9900,
+                      "recall@5": 0.0700, "novelty@10": 5.1000}
 BASELINE_METRICS = {"recall@10": 0.2400, "ndcg@10": 0.1250, "coverage@10": 0.4000,
                     "category_diversity@10": 0.6000, "exposure_gini@10": 0.5600,
                     "ope_ctr": 0.1100, "recall@5": 0.1580, "novelty@10": 7.1000}
@@ -65,9 +69,11 @@ def _record(candidate_metrics: Optional[Dict[str, float]] = None,
   candidate = _model_report(candidate_metrics or CANDIDATE_METRICS, off_policy)
   baseline = (_model_report(BASELINE_METRICS, off_policy, shift=-0.01) if with_baseline
               else None)
-  verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics)
+  popularity = _model_report(POPULARITY_METRICS, off_policy=False)
+  verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics,
+                               popularity.metrics)
   result = candidate_evaluation.EvaluationResult(
-      candidate=candidate, baseline=baseline, verdict=verdict, gate=gate,
+      candidate=candidate, baseline=baseline, verdict=verdict, gate=gate, popularity=popularity,
       past_models=past_models or [])
   return json.loads(json.dumps(result.to_dict(), sort_keys=True))
 
@@ -140,7 +146,8 @@ def test_a_blessed_verdict_is_stated_in_the_blessed_style(blessed_record, blesse
   assert blessed_record["verdict"]["blessed"], blessed_record["verdict"]["reason"]
   verdict = [text for css, text in _Page(blessed_page).paragraphs if css == "blessed"]
   assert verdict == [blessed_record["verdict"]["reason"]]
-  assert verdict[0].startswith("blessed: floors, regressions and Pareto rule hold")
+  assert verdict[0].startswith(
+      "blessed: floors, popularity margins, regressions and Pareto rule hold")
   assert "class=\"refused\"" not in blessed_page
 
 
@@ -150,7 +157,8 @@ def test_a_refused_verdict_shows_the_gates_reason_and_marks_the_failed_metric():
   page = _Page(report.render(record))
   verdict = [text for css, text in page.paragraphs if css == "refused"]
   assert verdict == [record["verdict"]["reason"]]
-  assert "recall@10 = 0.0300 misses its floor 0.0500 by 0.0200" in verdict[0]
+  assert ("recall@10 = 0.0300 does not beat the most-popular ranking's 0.1100 by 5% of it: "
+          "short of 0.1155 by 0.0855") in verdict[0]
   assert not [text for css, text in page.paragraphs if css == "blessed"]
   metric_rows = [row[0] for row in page.tables[0]]
   failed = {name for name, css in zip(metric_rows, page.row_classes) if css == "fail"}
@@ -160,15 +168,17 @@ def test_a_refused_verdict_shows_the_gates_reason_and_marks_the_failed_metric():
 def test_the_metric_table_puts_candidate_and_baseline_side_by_side(blessed_record,
                                                                    blessed_page):
   table = _Page(blessed_page).table_starting_with("metric")
-  assert table["metric"][:3] == ["candidate", "baseline", "change"]
+  assert table["metric"][:4] == ["candidate", "baseline", "change", "most popular"]
   assert set(table) - {"metric"} == set(CANDIDATE_METRICS)
   for name, value in CANDIDATE_METRICS.items():
     reference = BASELINE_METRICS[name]
     assert table[name][:3] == [f"{value:.4f}", f"{reference:.4f}", f"{value - reference:+.4f}"]
+    assert table[name][3] == (f"{POPULARITY_METRICS[name]:.4f}" if name in POPULARITY_METRICS
+                              else "")
   # The gate's settings of a gated metric; an ungated one has none.
-  assert table["recall@10"][3:] == ["0.0500", "0.1 relative", "yes", "1"]
-  assert table["exposure_gini@10"][3:] == ["", "0.05 absolute", "", "0.25"]
-  assert table["novelty@10"][3:] == ["", "", "", ""]
+  assert table["recall@10"][4:] == ["", "0.05 relative", "0.1 relative", "yes", "1"]
+  assert table["exposure_gini@10"][4:] == ["", "", "0.05 absolute", "", "0.25"]
+  assert table["novelty@10"][4:] == ["", "", "", "", ""]
 
 
 def test_metrics_the_gate_configures_but_the_run_did_not_measure_are_listed(blessed_page):
@@ -182,7 +192,8 @@ def test_a_first_run_without_a_baseline_renders_with_empty_baseline_cells():
   assert record["baseline"] is None
   page = _Page(report.render(record))
   verdict = [text for css, text in page.paragraphs if css == "blessed"]
-  assert verdict and verdict[0].startswith("blessed: floors (first model: no baseline) hold")
+  assert verdict and verdict[0].startswith(
+      "blessed: floors and popularity margins (first model: no baseline) hold")
   metrics = page.table_starting_with("metric")
   for name, value in CANDIDATE_METRICS.items():
     assert metrics[name][:3] == [f"{value:.4f}", "", ""]

@@ -9,7 +9,9 @@ from components.models import export
 from components.models import preprocessing
 from components.models import ranker
 from components.models import two_tower
+from components.models.config import AUTO_NEGATIVES
 from components.models.config import FULL_SOFTMAX
+from components.models.config import FULL_SOFTMAX_MAX_ITEMS
 from components.models.config import MIXED_NEGATIVES
 from components.models.config import ModelConfig
 from components.models.config import RankerConfig
@@ -222,6 +224,22 @@ def test_saved_model_round_trip_gives_the_same_answer(exported):
         np.testing.assert_allclose(before[key].numpy(), after[key].numpy(), rtol=1e-5)
 
 
+def test_the_saved_model_reads_the_whole_full_width_history(exported):
+  """A HISTORY_LENGTH-wide request round-trips, and its oldest item, far outside the recent
+  window, still moves the answer: the profile reads the whole history."""
+  module, path = exported
+  loaded = tf.saved_model.load(path).signatures[contract.RETRIEVE_SIGNATURE]
+  recent = ["0"] * (contract.HISTORY_LENGTH - 1)
+  inputs = dict(user_id=tf.constant(["1", "1"]),
+                history=tf.constant([["1"] + recent, ["2"] + recent]), timestamp=_times(2))
+  after = loaded(**inputs)
+  before = module.retrieve(**inputs)
+  np.testing.assert_allclose(before[contract.SCORES].numpy(), after[contract.SCORES].numpy(),
+                             rtol=1e-5)
+  scores = after[contract.SCORES].numpy()
+  assert not np.allclose(scores[0], scores[1], atol=1e-6)
+
+
 def test_serving_graph_reranks_the_retrieved_candidates_by_q_value(exported):
   module, path = exported
   loaded = tf.saved_model.load(path).signatures
@@ -416,6 +434,19 @@ def test_an_unknown_encoder_is_refused_by_name():
   with pytest.raises(ValueError, match="needs the catalog"):
     two_tower.TwoTowerModel(3, 6, 2, PRICE_BUCKETS, TITLE_WORDS,
                             ModelConfig(embedding_dim=8, negatives=FULL_SOFTMAX))
+  for field, value in [("epochs", 0), ("early_stopping_patience", 0),
+                       ("validation_fraction", 1.0)]:
+    with pytest.raises(ValueError, match=f"{field} must be .*got {value}"):
+      ModelConfig(**{field: value})
+
+
+def test_auto_negatives_score_a_catalog_that_fits_whole():
+  assert two_tower.resolve_negatives(AUTO_NEGATIVES, 9_742) == FULL_SOFTMAX
+  assert two_tower.resolve_negatives(AUTO_NEGATIVES, FULL_SOFTMAX_MAX_ITEMS) == FULL_SOFTMAX
+  assert two_tower.resolve_negatives(AUTO_NEGATIVES, FULL_SOFTMAX_MAX_ITEMS + 1) == MIXED_NEGATIVES
+  # Without a catalog to score, only the batch's items are there.
+  assert two_tower.resolve_negatives(AUTO_NEGATIVES, None) == MIXED_NEGATIVES
+  assert two_tower.resolve_negatives(MIXED_NEGATIVES, 10) == MIXED_NEGATIVES
 
 
 def test_mixed_negative_logits_by_hand():

@@ -36,7 +36,8 @@ def transformed():
                   timestamp=TUESDAY_22H + 2 * 3600),  # Wednesday, 0h
       _transition("u2", "a", [], category="c2", price=1.0, title=["Star Wars: Episode IV (1977)"]),
       # Longer than HISTORY_LENGTH: keep the newest. No title.
-      _transition("u2", "c", ["a"] + ["b"] * 12, price=100.0, timestamp=0),
+      _transition("u2", "c", ["a"] + ["b"] * (contract.HISTORY_LENGTH + 2), price=100.0,
+                  timestamp=0),
   ]
   metadata = dataset_metadata.DatasetMetadata(
       data_validation.load_schema(schemas.TRANSITIONS_SCHEMA_PATH))
@@ -68,7 +69,8 @@ def test_history_is_padded_and_keeps_most_recent_items(transformed):
   assert history.shape == (4, contract.HISTORY_LENGTH)
   assert list(history[0]) == [pad] * contract.HISTORY_LENGTH
   assert list(history[1]) == [0] + [pad] * (contract.HISTORY_LENGTH - 1)
-  # 13 items in, the newest 10 out: the leading 'a' and two 'b's are dropped.
+  # HISTORY_LENGTH + 3 items in, the newest HISTORY_LENGTH out: the leading 'a' and two 'b's
+  # are dropped.
   assert list(history[3]) == [2] * contract.HISTORY_LENGTH
 
 
@@ -77,8 +79,8 @@ def test_next_history_uses_the_same_vocabulary(transformed):
   next_history = np.array([row[contract.transformed_name(contract.NEXT_HISTORY)] for row in data])
   pad = preprocessing.PADDING
   assert list(next_history[1]) == [0, 2] + [pad] * (contract.HISTORY_LENGTH - 2)  # a, b
-  # b * 12 + c: the newest ten are nine b's and the c.
-  assert list(next_history[3]) == [2] * 9 + [1]
+  # a, then b * (HISTORY_LENGTH + 2), then c: the newest are b's and the c.
+  assert list(next_history[3]) == [2] * (contract.HISTORY_LENGTH - 1) + [1]
 
 
 def test_prices_fall_into_ordered_buckets(transformed):

@@ -69,9 +69,16 @@ def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled,
     hours.append(np.concatenate([batch[two_tower.HOUR_OF_WEEK_XF].numpy() for batch in dataset]))
     return fit(dataset, **kwargs)
   monkeypatch.setattr(model, "fit", recording_fit)
+  validated = []
+  def recording_recall(_, epoch_inputs, rows, batch_size):
+    validated.append(epoch_inputs[two_tower.HISTORY_XF][rows])
+    return 0.5
+  monkeypatch.setattr(training, "validation_recall", recording_recall)
   losses = training.train_retrieval(model, inputs, ModelConfig(epochs=2))
   assert len(losses) == len(seen) == 2
-  assert all(np.isfinite(losses))
+  assert np.isfinite(losses).all()
+  # A tenth of the rows is held out for validation; the fit sees the rest.
+  assert [len(epoch_histories) for epoch_histories in seen] == [36, 36]
   assert (contract.EVENT in inputs)  # the caller's inputs are left as they were
   assert (inputs[two_tower.HOUR_OF_WEEK_XF] == 5).all()
   # A rating's time is no request context: sampled-history training hides the hour.
@@ -82,12 +89,110 @@ def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled,
     for histories in seen:
       assert (histories[:, :9] != -1).all() and (histories[:, 9] == -1).all()
     assert sorted(map(tuple, seen[0])) != sorted(map(tuple, seen[1]))
+    # The validation rows keep their first draw: epochs are compared on the same queries.
+    assert validated[0].tobytes() == validated[1].tobytes()
   else:
     assert (seen[0] == -1).all() and (seen[1] == -1).all()
 
 
-@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="a machine with GPUs")
-def test_cpu_machines_train_with_the_default_strategy():
-  strategy = training.distribution_strategy()
-  assert not isinstance(strategy, tf.distribute.MirroredStrategy)
-  assert strategy is tf.distribute.get_strategy()
+def test_impressions_without_an_engagement_are_what_the_dqn_head_learns_from():
+  def transitions(clicks):
+    return tf.data.Dataset.from_tensor_slices({contract.CLICK: tf.constant(clicks, tf.int64)})
+  assert training.has_unengaged_impressions(transitions([1, 0, 1]))
+  # Ratings data: every logged action was engaged with.
+  assert not training.has_unengaged_impressions(transitions([1, 1, 1]))
+
+
+def test_validation_rows_are_a_random_held_out_share():
+  fit_rows, validation_rows = training.split_validation(100, 0.1, np.random.default_rng(0))
+  assert len(validation_rows) == 10 and len(fit_rows) == 90
+  assert sorted(np.concatenate([fit_rows, validation_rows])) == list(range(100))
+  assert list(validation_rows) != list(range(90, 100))  # drawn, not the last rows
+  # A tiny dataset still gets one validation row and keeps one to fit on; 0 holds none out.
+  assert [len(rows) for rows in training.split_validation(2, 0.1, np.random.default_rng(0))
+          ] == [1, 1]
+  assert len(training.split_validation(50, 0.0, np.random.default_rng(0))[1]) == 0
+
+
+def _recording_fits(model, monkeypatch, validation_recalls):
+  """Makes the validation recall follow `validation_recalls` and records the weights after each
+  epoch's fit."""
+  weights = []
+  fit = model.fit
+  def recording_fit(dataset, **kwargs):
+    history = fit(dataset, **kwargs)
+    weights.append(model.get_weights())
+    return history
+  monkeypatch.setattr(model, "fit", recording_fit)
+  recalls = iter(validation_recalls)
+  monkeypatch.setattr(training, "validation_recall", lambda *_: next(recalls))
+  return weights
+
+
+def test_retrieval_stops_when_validation_recall_stalls_and_keeps_the_best_epoch(monkeypatch):
+  inputs = _engagement_inputs([b"click"] * 40)
+  config = ModelConfig(embedding_dim=4, epochs=10, early_stopping_patience=2)
+  model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+  weights = _recording_fits(model, monkeypatch, [0.1, 0.3, 0.2, 0.3, 0.9])
+  progress = training.train_retrieval(model, inputs, config)
+  # Epochs 3 and 4 do not beat epoch 2 (a tie is no improvement): training stops after 4.
+  assert [recall for _, recall in progress] == [0.1, 0.3, 0.2, 0.3]
+  assert len(weights) == 4
+  for kept, best in zip(model.get_weights(), weights[1]):
+    np.testing.assert_array_equal(kept, best)
+  assert any(not np.array_equal(kept, last) for kept, last in zip(model.get_weights(),
+                                                                   weights[3]))
+
+
+def test_retrieval_without_a_validation_split_runs_every_epoch(monkeypatch):
+  inputs = _engagement_inputs([b"click"] * 40)
+  config = ModelConfig(embedding_dim=4, epochs=3, validation_fraction=0.0)
+  model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+  weights = _recording_fits(model, monkeypatch, [])
+  progress = training.train_retrieval(model, inputs, config)
+  assert len(weights) == len(progress) == 3
+  assert all(np.isnan(recall) for _, recall in progress)
+  for kept, last in zip(model.get_weights(), weights[-1]):
+    np.testing.assert_array_equal(kept, last)
+
+
+def test_validation_recall_ranks_each_row_among_the_engaged_items_without_the_users_others():
+  rng = np.random.default_rng(1)
+  n_users, per_user, n_items = 8, 5, 40
+  n = n_users * per_user
+  items = np.concatenate([rng.permutation(n_items)[:per_user] for _ in range(n_users)])
+  inputs = {
+      two_tower.USER_XF: np.repeat(np.arange(n_users), per_user),
+      two_tower.ITEM_XF: items,
+      # An item's features are its own: the category is the item's index mod 3.
+      two_tower.CATEGORY_XF: items % 3,
+      two_tower.PRICE_BUCKET_XF: np.zeros(n, np.int64),
+      two_tower.TITLE_TOKENS_XF: np.full((n, contract.TITLE_LENGTH), -1, np.int64),
+      two_tower.HISTORY_XF: rng.integers(-1, n_items, (n, contract.HISTORY_LENGTH)),
+      two_tower.HOUR_OF_WEEK_XF: np.full(n, 5, np.int64),
+  }
+  model = two_tower.TwoTowerModel(n_users, n_items, 3, 1, 1, ModelConfig(embedding_dim=4))
+  rows = np.arange(0, n, 3)
+  # By hand: every engaged item scored for each row's query, the user's other items removed.
+  engaged = np.unique(items)
+  catalog = model.candidate_tower({
+      two_tower.ITEM_XF: tf.constant(engaged), two_tower.CATEGORY_XF: tf.constant(engaged % 3),
+      two_tower.PRICE_BUCKET_XF: tf.zeros(len(engaged), tf.int64),
+      two_tower.TITLE_TOKENS_XF: tf.fill([len(engaged), contract.TITLE_LENGTH],
+                                         tf.constant(-1, tf.int64))}).numpy()
+  hits = []
+  for row in rows:
+    query = model.query_tower({key: tf.constant(inputs[key][[row]])
+                               for key in two_tower.QUERY_INPUTS}).numpy()[0]
+    scores = dict(zip(engaged, catalog @ query))
+    user, own = inputs[two_tower.USER_XF][row], items[row]
+    others = set(items[inputs[two_tower.USER_XF] == user]) - {own}
+    rank = sum(score > scores[own] for item, score in scores.items() if item not in others)
+    hits.append(rank < training.VALIDATION_K)
+  # Not trivially all or nothing: an untrained model ranks some rows in the top 10 of ~30.
+  assert 0 < np.mean(hits) < 1
+  for batch_size in (len(rows), 4):
+    assert training.validation_recall(model, inputs, rows, batch_size) == pytest.approx(
+        np.mean(hits))

@@ -25,7 +25,8 @@ ARTIFACTS = tfx.types.standard_artifacts
 FIRST_RUN, SECOND_RUN = "2026-11-26T00:14:08.143181", "2026-11-27T00:14:08.902114"
 METRICS = {"recall@10": 0.3582, "ndcg@10": 0.1895, "coverage@10": 0.6, "ope_ctr": 0.1411,
            "category_diversity@10": 0.7120}
-BLESSED_REASON = "blessed: floors (first model: no baseline) hold (weighted score 1.0918)"
+BLESSED_REASON = ("blessed: floors and popularity margins (first model: no baseline) hold "
+                  "(weighted score 1.0918)")
 REFUSED_REASON = "refused: recall@10 = 0.0300 misses its floor 0.0500 by 0.0200"
 INFRA_REASON = "loaded, answered 200 warmup requests; p99 latency 12.3 ms within 250 ms"
 # The execution types TFX registers: the component class's module path.

@@ -1,8 +1,10 @@
 """`PipelineConfig.with_settings`: the `recsys run --set FIELD=VALUE` overrides."""
 import pathlib
 
+from click.testing import CliRunner
 import pytest
 
+from pipeline import cli
 from pipeline import configs
 
 
@@ -39,8 +41,6 @@ def test_a_setting_that_does_not_fit_is_refused_naming_it(setting, message):
 
 
 def test_run_refuses_a_bad_setting_before_doing_anything(tmp_path):
-  from click.testing import CliRunner  # pylint: disable=g-import-not-at-top
-  from pipeline import cli  # pylint: disable=g-import-not-at-top
   result = CliRunner().invoke(cli.main, ["run", "--home", str(tmp_path),
                                          "--set", "model.epochs=-1"])
   assert result.exit_code == 1

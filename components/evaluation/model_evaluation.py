@@ -39,6 +39,7 @@ number of eval engagements in the query's session).
 """
 import dataclasses
 import glob
+import itertools
 import os
 import re
 from typing import Dict, Optional, Sequence, Tuple
@@ -289,11 +290,16 @@ def recommendation_lists(model: model_queries.RankingSignature, queries: pd.Data
   item_ids, _ = model.rank(queries[contract.USER_ID].tolist(),
                            queries[contract.HISTORY].tolist(),
                            queries[contract.TIMESTAMP].tolist())
+  return _top_unseen(queries, item_ids, k)
+
+
+def _top_unseen(queries: pd.DataFrame, rankings, k: int) -> pd.DataFrame:
+  """Each query's first k items of its ranking (one per query) that are not in its history."""
   rows = []
-  for query, history, items in zip(queries[QUERY], queries[contract.HISTORY], item_ids):
+  for query, history, items in zip(queries[QUERY], queries[contract.HISTORY], rankings):
     seen = set(history)
-    # Shorter than k when the model returns fewer unseen items (a catalog smaller than k plus the
-    # history): the missing ranks count as misses, as an empty slot would.
+    # Shorter than k when the ranking holds fewer unseen items (a catalog smaller than k plus
+    # the history): the missing ranks count as misses, as an empty slot would.
     unseen = [item for item in items if item not in seen][:k]
     rows.append(pd.DataFrame({QUERY: query, ranking_metrics.RANK: np.arange(1, len(unseen) + 1),
                               ranking_metrics.ITEM_ID: unseen}))
@@ -451,14 +457,7 @@ def popularity_lists(data: EvalData, k: int) -> pd.DataFrame:
   ranked = counts.rename_axis(contract.ITEM_ID).reset_index(name="count").sort_values(
       ["count", contract.ITEM_ID], ascending=[False, True], kind="stable")[contract.ITEM_ID]
   longest_history = max((len(history) for history in data.queries[contract.HISTORY]), default=0)
-  candidates = ranked.to_numpy()[:k + longest_history]
-  rows = []
-  for query, history in zip(data.queries[QUERY], data.queries[contract.HISTORY]):
-    seen = set(history)
-    unseen = [item for item in candidates if item not in seen][:k]
-    rows.append(pd.DataFrame({QUERY: query, ranking_metrics.RANK: np.arange(1, len(unseen) + 1),
-                              ranking_metrics.ITEM_ID: unseen}))
-  return pd.concat(rows, ignore_index=True)
+  return _top_unseen(data.queries, itertools.repeat(ranked.to_numpy()[:k + longest_history]), k)
 
 
 def evaluate_popularity(data: EvalData, vectors: Dict[str, np.ndarray],

@@ -55,7 +55,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         config=config,
         item_probability=items.engagement_share, catalog=catalog_inputs)
     retrieval.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-  logging.info("Retrieval (training, validation) loss per epoch: %s",
+  logging.info("Retrieval (training loss, validation recall) per epoch: %s",
                training.train_retrieval(retrieval, training.engagements(transitions), config))
 
   catalog_actions = ranker.Catalog(

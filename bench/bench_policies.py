@@ -1,26 +1,31 @@
-"""On-policy value of the DQN reranking against retrieval only, on the simulator.
+"""On-policy value of the DQN reranking against retrieval only and a myopic head, per user.
 
 Run: .venv/bin/python bench/bench_policies.py [--model HOME/serving/recommender/VERSION]
-         [--seeds 5] [--sessions 2000] [--policy serving_default] [--baseline retrieve]
+         [--myopic-model DIR] [--seeds 5] [--users 2000] [--horizon 5]
          [--out bench/results/policies.json]
 
-Two signatures of one exported SavedModel, by default `serving_default` (retrieval top-N
-reranked by the DQN head) and `retrieve` (the two-tower top-K only), each act as a simulator
-policy (components/simulation/model_policy.py) in the default dataset's world, whose users wrote the
-data the model was trained on. Without --model, the real pipeline (`recsys run` on the built-in
-dataset, into a temporary home) trains and pushes one first.
+Policies, each run as a simulator policy (components/simulation/model_policy.py) in the default
+dataset's world, whose users wrote the data the models were trained on:
+  * `serving_default`: the exported graph, retrieval top-N reranked by the DQN head;
+  * `retrieve`: the same model's two-tower top-K only;
+  * `myopic`: the `serving_default` of a model trained the same way with the head's discount
+    gamma = 0, which values an item by its immediate reward only;
+  * `logging`, the policy that logged the training data, and `oracle` (policies.OraclePolicy),
+    which is handed the users' hidden interest and ranks by click probability, for scale.
+Without --model (--myopic-model) the real pipeline (`recsys run` on the built-in dataset, into
+a temporary home; with `--set model.ranker.gamma=0`) trains and pushes one first.
 
-For each seed 0 .. seeds-1, both policies run `--sessions` sessions with that seed, so they meet
-the same users in the same order from the same starting interests, and every user starts with an
-empty click history (`simulator.simulate`). Per session: clicks, purchases, revenue and the
-session's cumulative reward (`session_reward`). Reported per policy: the mean per session over
-all seeds. For policy minus baseline: the mean over seeds of the difference of their per-seed
-means and a 95% Student t interval over those paired differences. Seeds are the independent
-replicates; sessions of one seed share users and random draws, so they are not.
-
-For scale, two reference policies run on the same seeds: `logging`, the policy that logged the
-data the model learnt from, and `oracle` (policies.OraclePolicy), which is handed the users'
-hidden long-term interest and ranks by their click probability.
+For each seed 0 .. seeds-1, every policy follows the same `--users` users (the world's first
+ones, each starting new) over up to `--horizon` sessions (`simulator.run_users`): after each
+session a user comes back with a probability their satisfaction sets, so a policy that
+disappoints loses sessions as well as clicks. Reported per policy, as the mean over seeds of the
+per-seed means:
+  * per session: clicks, purchases, revenue, reward (`session_reward`), satisfaction at the
+    session's end, steps (the session's length);
+  * per user: reward (cumulative over the user's sessions, the quantity the head is meant to
+    maximise), sessions, and the return rate (share of sessions after which the user came back).
+For `serving_default` minus each of `retrieve` and `myopic`: the mean over seeds of the paired
+per-seed differences and a 95% Student t interval. Seeds are the independent replicates.
 """
 import argparse
 import json
@@ -48,7 +53,10 @@ from pipeline import configs
 import schemas
 from schemas import contract
 
-METRICS = ("clicks", "purchases", "revenue", "reward")
+SESSION_METRICS = ("clicks", "purchases", "revenue", "reward", "satisfaction", "steps")
+USER_METRICS = ("reward_per_user", "sessions_per_user", "return_rate")
+METRICS = SESSION_METRICS + USER_METRICS
+COMPARED = ("retrieve", "myopic")
 CONFIDENCE = 0.95
 # The weights the DQN head is trained with (the pipeline's default RewardConfig), per unit of each
 # session total, so sessions are scored the way the head is trained to maximise. Its novelty
@@ -91,22 +99,35 @@ def paired_difference(policy: Sequence[float], baseline: Sequence[float],
   return {"mean": float(mean), "low": float(mean - half_width), "high": float(mean + half_width)}
 
 
-def _means_per_seed(policy: simulator.Policy, seeds: Sequence[int], n_sessions: int,
+def per_user_metrics(sessions: pd.DataFrame, n_users: int) -> Dict[str, float]:
+  """The METRICS of one run of `simulator.run_users` over n_users users."""
+  sessions = sessions.assign(reward=session_reward(sessions))
+  metrics = sessions[list(SESSION_METRICS)].mean().to_dict()
+  metrics.update(reward_per_user=sessions["reward"].sum() / n_users,
+                 sessions_per_user=len(sessions) / n_users,
+                 return_rate=sessions["returned"].mean())
+  return metrics
+
+
+def _means_per_seed(policy: simulator.Policy, seeds: Sequence[int], n_users: int, horizon: int,
                     world: simulator.World) -> pd.DataFrame:
-  """[seed, METRICS]: the policy's mean per session of each metric, one row per seed."""
+  """[seed, METRICS]: the policy's metrics over the same users, one row per seed."""
   rows = []
   for seed in seeds:
-    sessions = simulator.simulate(policy, n_sessions, seed, world=world).sessions
-    rows.append(sessions.assign(reward=session_reward(sessions))[list(METRICS)].mean())
-  return pd.DataFrame(rows, index=pd.Index(seeds, name="seed"))
+    sessions = simulator.run_users(world, policy, np.arange(n_users), horizon,
+                                   np.random.default_rng(seed)).sessions
+    rows.append(per_user_metrics(sessions, n_users))
+  return pd.DataFrame(rows, index=pd.Index(seeds, name="seed"))[list(METRICS)]
 
 
-def _trained_model(work_dir: pathlib.Path) -> pathlib.Path:
+def _trained_model(work_dir: pathlib.Path, settings: Sequence[str] = ()) -> pathlib.Path:
   """Trains and pushes a model with the real pipeline on the built-in dataset; its version dir."""
   home = work_dir / "home"
   # The bench measures the model, it does not gate it: push whatever trained.
   result = CliRunner().invoke(cli.main, ["run", "--home", str(home), "--gate-config",
-                                         str(schemas.REPORT_ONLY_GATE_CONFIG)],
+                                         str(schemas.REPORT_ONLY_GATE_CONFIG),
+                                         *[arg for setting in settings
+                                           for arg in ("--set", setting)]],
                               catch_exceptions=False)
   if result.exit_code:
     raise SystemExit(result.output)
@@ -115,17 +136,15 @@ def _trained_model(work_dir: pathlib.Path) -> pathlib.Path:
 
 
 def _markdown(report: dict) -> str:
-  policy, baseline = report["policy"], report["baseline"]
-  lines = [f"| per session | {policy} | {baseline} | difference | 95% CI | logging | oracle |",
-           "|---|---|---|---|---|---|---|"]
+  roles = ["serving_default", *COMPARED, "logging", "oracle"]
+  lines = ["| metric | " + " | ".join(roles) + " | vs retrieve (95% CI) | vs myopic (95% CI) |",
+           "|---" * (len(roles) + 3) + "|"]
   for metric in METRICS:
-    difference = report["difference"][metric]
-    lines.append(f"| {metric} | {report['per_session']['policy'][metric]:.4f} "
-                 f"| {report['per_session']['baseline'][metric]:.4f} "
-                 f"| {difference['mean']:+.4f} "
-                 f"| [{difference['low']:+.4f}, {difference['high']:+.4f}] "
-                 f"| {report['per_session']['logging'][metric]:.4f} "
-                 f"| {report['per_session']['oracle'][metric]:.4f} |")
+    values = " | ".join(f"{report['means'][role][metric]:.3f}" for role in roles)
+    differences = " | ".join(
+        f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        for d in (report["difference"][other][metric] for other in COMPARED))
+    lines.append(f"| {metric} | {values} | {differences} |")
   return "\n".join(lines)
 
 
@@ -133,39 +152,52 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
   parser.add_argument("--model", type=pathlib.Path,
                       help="A pushed SavedModel version dir; default: train one.")
+  parser.add_argument("--myopic-model", type=pathlib.Path,
+                      help="The same, trained with gamma = 0; default: train one.")
   parser.add_argument("--seeds", type=int, default=5)
-  parser.add_argument("--sessions", type=int, default=2000)
-  parser.add_argument("--policy", default=contract.SERVING_SIGNATURE)
-  parser.add_argument("--baseline", default=contract.RETRIEVE_SIGNATURE)
+  parser.add_argument("--users", type=int, default=2000)
+  parser.add_argument("--horizon", type=int, default=5)
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "results" / "policies.json")
   args = parser.parse_args()
   seeds = list(range(args.seeds))
   world = generator.default_world()
+  if args.users > world.n_users:
+    raise SystemExit(f"--users {args.users} exceeds the world's {world.n_users} users")
   start = time.perf_counter()
-  # The trained model's files live in work_dir, so its policies run before it is removed.
+  # The trained models' files live in work_dir, so their policies run before it is removed.
   with tempfile.TemporaryDirectory() as work_dir:
-    model_dir = args.model or _trained_model(pathlib.Path(work_dir))
+    model_dir = args.model or _trained_model(pathlib.Path(work_dir) / "discounted")
+    myopic_dir = args.myopic_model or _trained_model(pathlib.Path(work_dir) / "myopic",
+                                                     ["model.ranker.gamma=0"])
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    means = {role: _means_per_seed(model_policy.SavedModelPolicy(model_dir, name, world.n_items),
-                                   seeds, args.sessions, world)
-             for role, name in (("policy", args.policy), ("baseline", args.baseline))}
-  references = {"logging": generator.logging_policy(world), "oracle": policies.OraclePolicy(world)}
-  means.update({role: _means_per_seed(policy, seeds, args.sessions, world)
-                for role, policy in references.items()})
+    candidates = {
+        "serving_default": model_policy.SavedModelPolicy(model_dir, contract.SERVING_SIGNATURE,
+                                                         world.n_items),
+        "retrieve": model_policy.SavedModelPolicy(model_dir, contract.RETRIEVE_SIGNATURE,
+                                                  world.n_items),
+        "myopic": model_policy.SavedModelPolicy(myopic_dir, contract.SERVING_SIGNATURE,
+                                                world.n_items),
+        "logging": generator.logging_policy(world), "oracle": policies.OraclePolicy(world)}
+    means = {role: _means_per_seed(policy, seeds, args.users, args.horizon, world)
+             for role, policy in candidates.items()}
   report = {
       "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
                  f"Python {platform.python_version()}",
-      "model": str(args.model) if args.model else "trained by `recsys run` on the built-in dataset",
-      "policy": args.policy, "baseline": args.baseline,
-      "seeds": seeds, "sessions_per_seed": args.sessions, "reward_weights": REWARD_WEIGHTS,
-      "per_session": {role: means[role].mean().round(4).to_dict() for role in means},
+      "models": {"discounted": str(args.model or "trained by `recsys run` on the built-in "
+                                                   "dataset"),
+                 "myopic": str(args.myopic_model or "trained by `recsys run --set "
+                                                    "model.ranker.gamma=0`")},
+      "seeds": seeds, "users": args.users, "horizon": args.horizon,
+      "reward_weights": REWARD_WEIGHTS,
+      "means": {role: means[role].mean().round(4).to_dict() for role in means},
       "per_seed": {role: {metric: means[role][metric].round(4).tolist() for metric in METRICS}
                    for role in means},
-      "difference": {metric: {key: round(value, 4) for key, value in paired_difference(
-          means["policy"][metric], means["baseline"][metric]).items()} for metric in METRICS},
-      "train_seconds": None if args.model else round(train_seconds, 1),
+      "difference": {other: {metric: {key: round(value, 4) for key, value in paired_difference(
+          means["serving_default"][metric], means[other][metric]).items()}
+                             for metric in METRICS} for other in COMPARED},
+      "train_seconds": None if args.model and args.myopic_model else round(train_seconds, 1),
       "simulation_seconds": round(time.perf_counter() - start, 1),
   }
   args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,10 @@ def main() -> None:
               help="Training epochs (default in components/models/config.py).")
 @click.option("--gate-config", type=click.Path(exists=True, dir_okay=False),
               help="Release gate rules (YAML; default schemas/gate/gate.yaml).")
+@click.option("--reward", metavar="TERM=WEIGHT,...",
+              help="The DQN head's reward weights (RewardConfig in components/models/config.py), "
+              "e.g. click=1,purchase=1,revenue=0.01,retention=1; terms left out keep their "
+              "defaults.")
 @click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
               help="Any field of pipeline/configs.py's PipelineConfig, repeatable, e.g. "
               "--set model.sequence_encoder=gru --set sessions.eval_fraction=0.2")
@@ -91,8 +95,9 @@ def main() -> None:
               f"{configs.PipelineConfig.minimums.engagements}).")
 @click.option("--verbose", is_flag=True,
               help="Show the libraries' logs on the terminal too, not only in the run's log file.")
-def run(interactions, items, fmt, home, epochs, gate_config, settings, no_cache, allow_drift,
-        beam_args, beam_preset, min_users, min_items, min_engagements, verbose) -> None:
+def run(interactions, items, fmt, home, epochs, gate_config, reward, settings, no_cache,
+        allow_drift, beam_args, beam_preset, min_users, min_items, min_engagements,
+        verbose) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   from pipeline import run_output
 
@@ -105,7 +110,7 @@ def run(interactions, items, fmt, home, epochs, gate_config, settings, no_cache,
   try:
     config = dataclasses.replace(config,
                                  minimums=dataclasses.replace(config.minimums, **minimums))
-    config = config.with_settings(settings)
+    config = config.with_settings(configs.reward_settings(reward or "") + list(settings))
   except ValueError as error:
     raise UsageError(str(error)) from error
   if epochs is not None:

@@ -8,7 +8,7 @@ answers at once).
 import dataclasses
 import os
 import pathlib
-from typing import Dict, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from components.data.config import DataMinimums
 from components.data.config import SessionConfig
@@ -147,6 +147,17 @@ class PipelineConfig:
         raise ValueError(f"--set {setting!r}: expected FIELD=VALUE, e.g. model.epochs=10")
       config = _replace_field(config, path.split("."), text, setting)
     return config
+
+
+def reward_settings(weights: str) -> List[str]:
+  """`recsys run --reward`'s "click=1,revenue=0.01" as the settings of `with_settings`."""
+  settings = []
+  for term in filter(None, (part.strip() for part in weights.split(","))):
+    name, separator, value = term.partition("=")
+    if not separator:
+      raise ValueError(f"--reward {term!r}: expected TERM=WEIGHT, e.g. retention=1")
+    settings.append(f"model.ranker.reward.{name.strip()}={value.strip()}")
+  return settings
 
 
 def _replace_field(node, names: Sequence[str], text: str, setting: str):

@@ -64,6 +64,8 @@ PURCHASE = "purchase"  # 1 if it was bought
 REVENUE = "revenue"  # price of a purchase, else 0.0
 NEXT_HISTORY = "next_history"  # the history after this step: the state the action leads to
 DONE = "done"  # 1 on a session's last step
+RETURNED = "returned"  # 1 on a session's last step when the user has a later session
+STEP_ENGAGEMENTS = "step_engagements"  # engagements on the step's slate (an event's own included)
 
 # Derived by Transform (components/models/preprocessing.py).
 PRICE_BUCKET = "price_bucket"  # quantile bucket of price: the candidate tower's price feature

@@ -7,7 +7,8 @@ Each user's timeline then yields two kinds of record (schemas/contract.py):
     the `history` of items they engaged with before it;
   * a transition per event, the session as a Markov decision process: state = (user, `history`),
     action = the item shown, reward components (`click`, `purchase`, `revenue`, `rating`),
-    `next_history` = the state the next step sees, `done` on the session's last step, the
+    `next_history` = the state the next step sees, `done` on the session's last step and
+    `returned` there when the user has a later session (whose first state `next_history` is), the
     logging `propensity` where the source logged one, and the item's `title` where it has one.
 
 History is the user's, across sessions: what they did last week still says what they like. An
@@ -131,7 +132,9 @@ class _Step(NamedTuple):
   session: str
   history: Tuple[str, ...]
   next_history: Tuple[str, ...]
-  done: bool
+  done: bool  # the session's last step
+  returned: bool  # the session's last step, and the user has a later session
+  step_engagements: int  # engagements among the step's events
 
 
 def _steps(user_id: str, sessions: Sequence[Sequence[Event]], history_length: int
@@ -149,9 +152,11 @@ def _steps(user_id: str, sessions: Sequence[Sequence[Event]], history_length: in
       history = tuple(engaged[-history_length:])
       engaged.extend(event.item_id for event in session[start:end] if event.engaged)
       next_history = tuple(engaged[-history_length:])
+      done = session[start].timestamp == last_timestamp
+      step_engagements = sum(event.engaged for event in session[start:end])
       for event in session[start:end]:
-        yield _Step(event, f"{user_id}/{number}", history, next_history,
-                    event.timestamp == last_timestamp)
+        yield _Step(event, f"{user_id}/{number}", history, next_history, done,
+                    done and number + 1 < len(sessions), step_engagements)
       start = end
 
 
@@ -198,6 +203,8 @@ def transition(step: _Step) -> tf.train.Example:
       contract.REVENUE: _float(event.price if purchased else 0.0),
       contract.NEXT_HISTORY: _bytes(*step.next_history),
       contract.DONE: _int(int(step.done)),
+      contract.RETURNED: _int(int(step.returned)),
+      contract.STEP_ENGAGEMENTS: _int(step.step_engagements),
   })
   if event.position is not None:
     feature[contract.POSITION] = _int(event.position)

@@ -48,18 +48,24 @@ class RewardConfig:
 
   `novelty` rewards an engagement with a rarely engaged item: the item's self-information,
   -log2(share of training engagements), divided by the catalog's largest so it lies in [0, 1].
+  `retention` rewards the user's satisfaction where the logs show it, by their coming back: each
+  item engaged with on a session's last step earns it when the user has a later session.
   """
   click: float = 1.0
   purchase: float = 1.0
   revenue: float = 0.01  # per unit of price; a purchase of a typical 30.00 item adds 0.3
   novelty: float = 0.0
+  retention: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class RankerConfig:
   """Hyper-parameters of the DQN head; the defaults train in seconds on the default dataset."""
   hidden_units: Tuple[int, ...] = (64, 32)
+  # The discount per step within a session, and from a session's last step to the user's next
+  # session (0: each session is valued on its own).
   gamma: float = 0.9
+  session_gamma: float = 0.9
   epochs: int = 2
   batch_size: int = 512
   # Adam's step size, which sets how far the correction to the retrieval score moves in
@@ -74,8 +80,11 @@ class RankerConfig:
   # Off by default: on the simulator's logs, whose logging policy ranks worse than the
   # two-tower model, anchoring Q to the logged actions made reranking worse (README, Benchmarks).
   cql_weight: float = 0.0
-  # Candidates per state in training: the set the next state's best action is sought in.
+  # Candidates per state in training: the set the next state's slate is sought in.
   train_candidates: int = 20
+  # The slots of a slate: the next state is valued by the slate of this many items the head would
+  # show there, and logged positions from this one on share its click effect.
+  slate_size: int = 10
   # Candidates the serving graph reranks: the retrieval top-N.
   serve_candidates: int = 200
   # Serving exploration (`rerank`), at most one of the two: temperature > 0 samples the slate,
@@ -89,6 +98,8 @@ class RankerConfig:
   def __post_init__(self):
     if not 0.0 <= self.gamma < 1.0:
       raise ValueError(f"gamma must be in [0, 1), got {self.gamma}")
+    if not 0.0 <= self.session_gamma < 1.0:
+      raise ValueError(f"session_gamma must be in [0, 1), got {self.session_gamma}")
     if not 0.0 < self.target_update_rate <= 1.0:
       raise ValueError(f"target_update_rate must be in (0, 1], got {self.target_update_rate}")
     if self.temperature < 0.0:

@@ -48,9 +48,11 @@ from components.models.config import RankerConfig
 from components.models.config import RewardConfig
 from schemas import contract
 
-# The retrieval score's weight in Q before training: positive, so the untrained head ranks as
-# retrieval does; small, because rewards are a few units at most and scores can be tens.
+# The retrieval score's weight in the click logit before training: positive, so the untrained
+# head ranks as retrieval does; small, because scores can be tens.
 _INITIAL_SCORE_SCALE = 0.1
+# softplus(0.5413) = 1: a consumed value of one click before training.
+_INITIAL_VALUE_OFFSET = 0.5413
 
 
 def rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor, config: RewardConfig) -> tf.Tensor:
@@ -59,7 +61,8 @@ def rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor, config: RewardConfi
   return (config.click * click
           + config.purchase * tf.cast(batch[contract.PURCHASE], tf.float32)
           + config.revenue * tf.cast(batch[contract.REVENUE], tf.float32)
-          + config.novelty * click * novelty)
+          + config.novelty * click * novelty
+          + config.retention * click * tf.cast(batch[contract.RETURNED], tf.float32))
 
 
 def item_novelty(item_probability: np.ndarray) -> np.ndarray:
@@ -73,25 +76,51 @@ def item_novelty(item_probability: np.ndarray) -> np.ndarray:
 
 
 def bellman_targets(rewards_: tf.Tensor, next_values: tf.Tensor, done: tf.Tensor,
-                    gamma: float) -> tf.Tensor:
-  """r + gamma * V(s'), with no future after a session's last step."""
-  return rewards_ + gamma * (1.0 - tf.cast(done, tf.float32)) * next_values
+                    returned: tf.Tensor, step_engagements: tf.Tensor, gamma: float,
+                    session_gamma: float) -> tf.Tensor:
+  """A consumed item's r + discount * V(s') / (the step's engagements).
+
+  The discount is gamma within a session; after a session's last step, session_gamma if the
+  user came back (s' is then their next session's first state), else 0. The items engaged with
+  on one slate lead to one next state together, so each is credited its share of that state's
+  value: counted once per item, the future would be counted as often as the slate has clicks,
+  and with more than 1 / gamma clicks per slate the values would grow without bound.
+  """
+  done, returned = tf.cast(done, tf.float32), tf.cast(returned, tf.float32)
+  discount = (1.0 - done) * gamma + done * returned * session_gamma
+  shares = tf.maximum(tf.cast(step_engagements, tf.float32), 1.0)
+  return rewards_ + discount * next_values / shares
 
 
-def double_dqn_next_values(online_q: tf.Tensor, target_q: tf.Tensor) -> tf.Tensor:
-  """The target network's Q of the action the online network ranks best, per row of [B, N]."""
-  best = tf.argmax(online_q, axis=1)
-  return tf.gather(target_q, best, axis=1, batch_dims=1)
+def next_slate_values(online_values: tf.Tensor, target_click_logits: tf.Tensor,
+                      target_consumed_values: tf.Tensor, position_logits: tf.Tensor,
+                      slate_size: int) -> tf.Tensor:
+  """V(s'): the value of the slate the online network would show in each next state (Double DQN).
+
+  The online network's ranking values pick the slate, the top `slate_size` of the [B, N]
+  candidates; the target network values it, SlateQ's way: the sum over its slots r of
+  P(click | s', item_r, slot r) * consumed value of item_r, the click probability being
+  sigmoid(target click logit + position_logits[r]). One network choosing and valuing both would
+  overestimate the value.
+  """
+  _, slate = tf.math.top_k(online_values, k=slate_size)
+  clicks = tf.sigmoid(tf.gather(target_click_logits, slate, batch_dims=1)
+                      + position_logits[None, :slate_size])
+  return tf.reduce_sum(clicks * tf.gather(target_consumed_values, slate, batch_dims=1), axis=1)
 
 
-def cql_penalty(candidate_q: tf.Tensor, logged_q: tf.Tensor) -> tf.Tensor:
-  """Mean of logsumexp(candidates' Q and the logged action's Q) - the logged action's Q.
+def cql_penalty(candidate_q: tf.Tensor, logged_q: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+  """Weighted mean of logsumexp(candidates' Q and the logged action's Q) - the logged one's Q.
 
   candidate_q: [B, N], with -inf where a candidate is the logged action itself (counted once).
-  logged_q: [B].
+  logged_q, weights: [B]; rows of weight 0 do not count.
   """
   every_action = tf.concat([candidate_q, logged_q[:, None]], axis=1)
-  return tf.reduce_mean(tf.reduce_logsumexp(every_action, axis=1) - logged_q)
+  return _weighted_mean(tf.reduce_logsumexp(every_action, axis=1) - logged_q, weights)
+
+
+def _weighted_mean(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+  return tf.reduce_sum(weights * values) / tf.maximum(tf.reduce_sum(weights), 1.0)
 
 
 class Catalog(tf.Module):
@@ -106,7 +135,7 @@ class Catalog(tf.Module):
 
   def actions(self, items: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The action features of item indices of any shape."""
-    return {"embedding": tf.gather(self.embeddings, items),
+    return {"item": items, "embedding": tf.gather(self.embeddings, items),
             "category": tf.gather(self.categories, items),
             "price_bucket": tf.gather(self.price_buckets, items)}
 
@@ -117,30 +146,44 @@ class Catalog(tf.Module):
 
 
 class QNetwork(tf.keras.Model):
-  """Q(s, a) for a batch of states, each with its own [N] candidate actions.
+  """The head's two estimates of each of a state's [N] candidate actions, and their product.
 
-  Q(s, a) = scale * <s, a> + offset + correction(s, a). The retrieval score <s, a> already ranks
-  the candidates by what users engage with, learnt against the whole catalog; `scale` and
-  `offset` (learnt) turn it into reward units, and the correction, an MLP whose output layer
-  starts at zero, learns what the logs say beyond it: purchases, price, what keeps a session
-  going. So the untrained head ranks exactly as retrieval does. A free MLP regressed on logged
-  impressions instead learnt the logging policy's position-biased preferences: it ordered the
-  retrieval top-10 worse than the retrieval score itself (README, Benchmarks).
-
-  The correction reads the state, the item embedding, their product and dot product, and the
-  item's category and price bucket.
+  SlateQ's decomposition (Ie et al., 2019): what showing item a in state s is worth is
+      P(click | s, a) * Q(s, a),
+  the click probability times the consumed value Q(s, a), the reward of a click on a plus the
+  discounted value of the state it leads to. A user's next state depends on what they consumed,
+  not on what they scrolled past, so Q is learnt from clicked transitions only, and the items of
+  one slate, which share the next state, stop sharing its value.
+    * click logit = scale * <s, a> + offset + click correction(s, a): the retrieval score <s, a>
+      already ranks the candidates by what users engage with, learnt against the whole catalog,
+      and the correction learns what the impressions add (an attractive item that is not
+      engaged with again, a price);
+    * Q(s, a) = softplus(value offset + value correction(s, a)), positive as rewards are.
+  Both corrections are one MLP's two outputs, which start at zero, plus a learnt per-item term
+  each (what an item is worth beyond what its features say), so the untrained head ranks exactly
+  as retrieval does. The MLP reads the state, the item embedding, their product and dot product,
+  and the item's category and price bucket. `position_logits` is the logged slot's effect on the
+  click, learnt so that the click model is not the logging policy's position bias; the head
+  ranks items as if each were shown in the top slot.
   """
 
-  def __init__(self, num_categories: int, num_price_buckets: int, hidden_units: Sequence[int]):
+  def __init__(self, num_items: int, num_categories: int, num_price_buckets: int,
+               hidden_units: Sequence[int], num_positions: int):
     super().__init__()
+    self.item_terms = tf.keras.layers.Embedding(num_items, 2, embeddings_initializer="zeros")
     self.category_embedding = tf.keras.layers.Embedding(num_categories, 8)
     self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, 4)
     self.hidden = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
-    self.correction = tf.keras.layers.Dense(1, kernel_initializer="zeros")
+    self.corrections = tf.keras.layers.Dense(2, kernel_initializer="zeros")
+    self.slot_logits = tf.keras.layers.Embedding(num_positions, 1,
+                                                 embeddings_initializer="zeros")
     self.score_scale = tf.Variable(_INITIAL_SCORE_SCALE, name="score_scale")
-    self.score_offset = tf.Variable(0.0, name="score_offset")
+    self.click_offset = tf.Variable(0.0, name="click_offset")
+    self.value_offset = tf.Variable(_INITIAL_VALUE_OFFSET, name="value_offset")
+    self.num_positions = num_positions
 
-  def call(self, inputs):
+  def estimates(self, inputs) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(click logits, consumed values Q), each [B, N], of the top slot."""
     states, actions = inputs  # [B, D] and {name: [B, N, ...]}
     items = actions["embedding"]
     states = tf.broadcast_to(states[:, None, :], tf.shape(items))
@@ -153,16 +196,30 @@ class QNetwork(tf.keras.Model):
     ], axis=-1)
     for dense in self.hidden:
       layer = dense(layer)
-    correction = tf.squeeze(self.correction(layer), axis=-1)
-    return self.score_scale * scores + self.score_offset + correction  # [B, N]
+    corrections = self.corrections(layer) + self.item_terms(actions["item"])  # [B, N, 2]
+    click_logits = self.score_scale * scores + self.click_offset + corrections[..., 0]
+    return click_logits, tf.math.softplus(self.value_offset + corrections[..., 1])
+
+  def position_logits(self, positions: tf.Tensor) -> tf.Tensor:
+    """Each slot's click logit relative to the top slot's (0 there); later slots share the
+    last one's."""
+    positions = tf.clip_by_value(positions, 0, self.num_positions - 1)
+    logits = tf.squeeze(self.slot_logits(positions), axis=-1)
+    return logits - tf.squeeze(self.slot_logits(tf.zeros([1], positions.dtype)), axis=-1)
+
+  def call(self, inputs):
+    """The ranking value P(click) * Q, [B, N]."""
+    click_logits, values = self.estimates(inputs)
+    return tf.sigmoid(click_logits) * values
 
 
 class DQNRanker(tf.keras.Model):
-  """Trains a QNetwork by Double DQN with a target network and the CQL regulariser.
+  """Trains a QNetwork: its click model on every logged impression, its consumed value by Double
+  DQN with a target network (and optionally the CQL regulariser) on the clicked ones.
 
   A training batch holds transformed transitions: the state (`user_id_xf`, `history_xf`,
-  `hour_of_week_xf`), the
-  logged action (`item_id_xf`), the reward fields, `next_history_xf` and `done`.
+  `hour_of_week_xf`), the logged action (`item_id_xf`) and its slot (`position`), the reward
+  fields, `next_history_xf` and `done`.
   """
 
   def __init__(self, query_tower: tf.keras.Model, catalog: Catalog, novelty: np.ndarray,
@@ -172,9 +229,12 @@ class DQNRanker(tf.keras.Model):
     self.catalog = catalog
     self.novelty = tf.constant(novelty, tf.float32)
     self.config = config
-    self.q_network = QNetwork(num_categories, num_price_buckets, config.hidden_units)
-    self.target_network = QNetwork(num_categories, num_price_buckets, config.hidden_units)
-    self.train_candidates = min(config.train_candidates, int(catalog.embeddings.shape[0]))
+    num_items = int(catalog.embeddings.shape[0])
+    self.q_network, self.target_network = (
+        QNetwork(num_items, num_categories, num_price_buckets, config.hidden_units,
+                 config.slate_size) for _ in range(2))
+    self.train_candidates = min(config.train_candidates, num_items)
+    self.next_slate_size = min(config.slate_size, self.train_candidates)
 
   def _state(self, batch, history_key: str) -> tf.Tensor:
     """The query tower's embedding of the user, the history under `history_key` and the hour.
@@ -190,34 +250,45 @@ class DQNRanker(tf.keras.Model):
     """Creates both networks' weights and starts the target as a copy of the online network."""
     states = tf.zeros([1, state_dim])
     actions = self.catalog.actions(tf.zeros([1, 1], tf.int64))
-    self.q_network((states, actions))
-    self.target_network((states, actions))
+    for network in (self.q_network, self.target_network):
+      network((states, actions))
+      network.position_logits(tf.zeros([1], tf.int64))
     self.target_network.set_weights(self.q_network.get_weights())
 
   def loss_terms(self, batch) -> Dict[str, tf.Tensor]:
-    """The TD loss, the CQL penalty and their weighted sum for one batch."""
+    """The click loss, the TD loss, the CQL penalty and their weighted sum for one batch."""
     states = self._state(batch, contract.transformed_name(contract.HISTORY))
     next_states = self._state(batch, contract.transformed_name(contract.NEXT_HISTORY))
     logged = batch[contract.transformed_name(contract.ITEM_ID)]
+    clicked = tf.cast(batch[contract.CLICK] > 0, tf.float32)
 
     _, next_candidates = self.catalog.top_candidates(next_states, self.train_candidates)
     next_actions = self.catalog.actions(next_candidates)
-    next_values = double_dqn_next_values(
-        tf.stop_gradient(self.q_network((next_states, next_actions))),
-        self.target_network((next_states, next_actions)))
+    target_clicks, target_values = self.target_network.estimates((next_states, next_actions))
+    next_values = next_slate_values(
+        tf.stop_gradient(self.q_network((next_states, next_actions))), target_clicks,
+        target_values,
+        self.target_network.position_logits(tf.range(self.next_slate_size, dtype=tf.int64)),
+        self.next_slate_size)
     targets = tf.stop_gradient(bellman_targets(
         rewards(batch, tf.gather(self.novelty, logged), self.config.reward), next_values,
-        batch[contract.DONE], self.config.gamma))
+        batch[contract.DONE], batch[contract.RETURNED], batch[contract.STEP_ENGAGEMENTS],
+        self.config.gamma, self.config.session_gamma))
 
-    logged_q = self.q_network((states, self.catalog.actions(logged[:, None])))[:, 0]
+    click_logits, logged_values = self.q_network.estimates(
+        (states, self.catalog.actions(logged[:, None])))
+    click_logits = click_logits[:, 0] + self.q_network.position_logits(batch[contract.POSITION])
+    click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, click_logits))
+    logged_values = logged_values[:, 0]
+    td_loss = _weighted_mean(
+        tf.keras.losses.huber(targets[:, None, None], logged_values[:, None, None]), clicked)
     _, candidates = self.catalog.top_candidates(states, self.train_candidates)
-    candidate_q = self.q_network((states, self.catalog.actions(candidates)))
-    candidate_q = tf.where(tf.equal(candidates, logged[:, None]), -np.inf, candidate_q)
-
-    td_loss = tf.reduce_mean(tf.keras.losses.huber(targets[:, None], logged_q[:, None]))
-    penalty = cql_penalty(candidate_q, logged_q)
-    return {"td_loss": td_loss, "cql_penalty": penalty,
-            "loss": td_loss + self.config.cql_weight * penalty}
+    _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
+    candidate_values = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
+                                candidate_values)
+    penalty = cql_penalty(candidate_values, logged_values, clicked)
+    return {"td_loss": td_loss, "click_loss": click_loss, "cql_penalty": penalty,
+            "loss": td_loss + click_loss + self.config.cql_weight * penalty}
 
   def train_step(self, batch):
     with tf.GradientTape() as tape:

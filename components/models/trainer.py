@@ -73,7 +73,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
         epochs=config.ranker.epochs, verbose=0,
         callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
-    logging.info("DQN TD loss per epoch: %s, CQL penalty: %s", history.history["td_loss"],
+    logging.info("DQN TD loss per epoch: %s, click loss: %s, CQL penalty: %s",
+                 history.history["td_loss"], history.history["click_loss"],
                  history.history["cql_penalty"])
   else:
     # Every logged action was engaged with (ratings data): no reward tells one action from

@@ -26,7 +26,8 @@ from components.models.config import SAMPLED_HISTORY
 from schemas import contract
 
 # Raw fields the models read beside the transformed ones.
-_RAW_FIELDS = (contract.CLICK, contract.PURCHASE, contract.REVENUE, contract.DONE, contract.EVENT)
+_RAW_FIELDS = (contract.CLICK, contract.PURCHASE, contract.REVENUE, contract.DONE,
+               contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT)
 _READ_BATCH = 1024
 # The cut-off of the validation recall early stopping watches: the gate's recall@10.
 VALIDATION_K = 10
@@ -89,6 +90,8 @@ def transitions_dataset(fn_args: tfx.components.FnArgs, files,
   def transform(raw_batch):
     transformed = tft_layer(raw_batch)
     transformed.update({key: raw_batch[key] for key in _RAW_FIELDS})
+    # The slot is optional (logs without slates have none): 0, the top slot, where missing.
+    transformed[contract.POSITION] = tf.sparse.reduce_sum(raw_batch[contract.POSITION], axis=1)
     return transformed
 
   return raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE).unbatch()

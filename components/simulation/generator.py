@@ -11,7 +11,8 @@ Time
   * A user's sessions are spread over the `WINDOW_DAYS` days from `WINDOW_START` (2024-01-01 UTC),
     in order, at least `MIN_SESSION_GAP` seconds apart: the window's idle time is cut into random
     (exponential) gaps, so sessions are days apart for a typical user and hours apart for the most
-    active. The pipeline cuts sessions at 30 minutes of inactivity and recovers these exactly.
+    active. A gap's draw is divided by the probability that the session before it brought the
+    user back (`simulator.return_probability`): a disappointed user takes longer to return. The pipeline cuts sessions at 30 minutes of inactivity and recovers these exactly.
 
 Files, in the generic input format of components/data/ingest.py:
   * `interactions.csv`: user_id,item_id,timestamp,event,price,session_id,position,propensity;
@@ -21,18 +22,20 @@ Files, in the generic input format of components/data/ingest.py:
   * `items.csv`: item_id,category,price,title.
 
 Sessions are simulated until there are `n_events` impressions; the last session is cut short.
-Users' interest walks and click histories go on across all of a dataset's sessions. At the
+Users' interest walks, click histories and trust go on across all of a dataset's sessions. The
+users behave by `simulator.DYNAMICS[dynamics]` (satisfaction and clickbait by default). At the
 default sizes (1,000 users, 500 items, 100,000 impressions) about 13% of impressions are clicked
-and a fifth of the clicks are bought. The same seed gives byte-identical files, whatever the
+and nearly a quarter of the clicks are bought. The same seed gives byte-identical files, whatever the
 machine.
 
-Usage: python -m components.data.generator OUT_DIR [--seed N] [--users N] [--items N] [--events N]
+Usage: python -m components.simulation.generator OUT_DIR [--seed N] [--users N] [--items N]
+         [--events N] [--dynamics satisfaction|independent]
 """
 import argparse
 import dataclasses
 import os
 import pathlib
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -59,17 +62,17 @@ ID_DIGITS, SESSION_ID_DIGITS = 5, 7
 PRICE_FORMAT, PROPENSITY_FORMAT = "%.2f", "%.6g"
 MIN_STEP_SECONDS, MEAN_EXTRA_STEP_SECONDS, MAX_STEP_SECONDS = 5, 60, 600
 _EVENTS = np.array(["impression", "click", "purchase"])
-# Sessions simulated to measure impressions per session, and the margin on the sessions then
-# estimated to be still needed (see _impressions).
-PILOT_SESSIONS = simulator.SESSIONS_PER_BATCH
-SESSIONS_MARGIN = 1.05
+# Bounds a dataset's sessions per user: of the users who always come back (every user of the
+# independent dynamics), whose sessions would otherwise never end.
+MAX_SESSIONS_PER_USER = 100
 
 
 def default_world(seed: int = DEFAULT_SEED, n_users: int = DEFAULT_USERS,
-                  n_items: int = DEFAULT_ITEMS,
-                  n_categories: int = DEFAULT_CATEGORIES) -> simulator.World:
-  """The world the dataset of this seed and sizes was logged in."""
-  return simulator.World.sample(np.random.default_rng(seed), n_users, n_items, n_categories)
+                  n_items: int = DEFAULT_ITEMS, n_categories: int = DEFAULT_CATEGORIES,
+                  dynamics: str = simulator.DEFAULT_DYNAMICS) -> simulator.World:
+  """The world the dataset of this seed, sizes and dynamics was logged in."""
+  return simulator.World.sample(np.random.default_rng(seed), n_users, n_items, n_categories,
+                                simulator.DYNAMICS[dynamics].clickbait_share)
 
 
 def logging_policy(world: simulator.World,
@@ -79,35 +82,41 @@ def logging_policy(world: simulator.World,
   return policies.LoggingPolicy(world, seed=seed + 1)
 
 
-def _impressions(world: simulator.World, rng: np.random.Generator, seed: int,
-                 n_events: int) -> pd.DataFrame:
-  """Exactly n_events impressions of consecutively numbered sessions.
+def _impressions(world: simulator.World, user_model: simulator.UserModel,
+                 rng: np.random.Generator, seed: int,
+                 n_events: int) -> Tuple[pd.DataFrame, pd.DataFrame]:
+  """The first n_events impressions of every user's sessions until they stop coming back.
 
-  How many impressions a session has is only known by simulating, so a pilot run of at most
-  `PILOT_SESSIONS` sessions measures it and later runs are sized from it, with a margin: little
-  is simulated beyond n_events. Each run continues the users' interest walks and click
-  histories from the one before.
+  Round by round, every user still there has a session (`simulator.run_users`), so a user who
+  is disappointed leaves the log and a satisfied one stays in it, as on a real platform. Users
+  come back at most `MAX_SESSIONS_PER_USER` times. Returns the impressions and their sessions'
+  outcomes.
   """
   policy = logging_policy(world, seed)
   slate_size = min(simulator.DEFAULT_SLATE_SIZE, world.n_items)
-  batches, total, first_session, walk, history = [], 0, 0, None, None
-  # Every session shows at least one full slate, so this many sessions always suffice.
-  n_sessions = min(PILOT_SESSIONS, -(-n_events // slate_size))
-  while total < n_events:
-    result = simulator.run_sessions(world, policy, n_sessions, rng, slate_size=slate_size,
-                                    walk=walk, history=history)
-    batch = result.impressions
-    batch["session"] += first_session
-    batches.append(batch)
-    total += len(batch)
-    first_session += n_sessions
-    walk, history = result.walk, result.history
-    n_sessions = int(np.ceil((n_events - total) * first_session / total * SESSIONS_MARGIN))
-  return pd.concat(batches, ignore_index=True).iloc[:n_events]
+  users, state, rounds, total = np.arange(world.n_users), None, [], 0
+  while total < n_events and len(users) and len(rounds) < MAX_SESSIONS_PER_USER:
+    result = simulator.run_users(world, policy, users, 1, rng, user_model, slate_size, state)
+    offset = sum(len(sessions) for sessions, _ in rounds)
+    for frame in (result.sessions, result.impressions):
+      frame["session"] += offset
+    rounds.append((result.sessions, result.impressions))
+    total += len(result.impressions)
+    users, state = users[result.sessions["returned"].to_numpy()], result.state
+  if total < n_events:
+    raise ValueError(f"{world.n_users} users stop coming back after {total} impressions, "
+                     f"fewer than n_events = {n_events}: ask for more users or fewer events")
+  impressions = pd.concat([frame for _, frame in rounds], ignore_index=True).iloc[:n_events]
+  sessions = pd.concat([frame for frame, _ in rounds], ignore_index=True)
+  return impressions, sessions[sessions["session"].isin(impressions["session"].unique())]
 
 
-def _timestamps(impressions: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
-  """Absolute time of every impression (see Time in the module docstring)."""
+def _timestamps(impressions: pd.DataFrame, outcomes: pd.DataFrame,
+                rng: np.random.Generator) -> np.ndarray:
+  """Absolute time of every impression (see Time in the module docstring).
+
+  outcomes: the sessions' `return_probability`, indexed by session number.
+  """
   steps = impressions.drop_duplicates(["session", "step"])[["session", "user", "step"]]
   seconds = np.minimum(MIN_STEP_SECONDS + rng.geometric(1 / MEAN_EXTRA_STEP_SECONDS,
                                                         size=len(steps)), MAX_STEP_SECONDS)
@@ -116,7 +125,10 @@ def _timestamps(impressions: pd.DataFrame, rng: np.random.Generator) -> np.ndarr
   sessions = steps.assign(offset=offsets).groupby("session").agg(
       user=("user", "first"), duration=("offset", "max"))
   # gap: idle time before the session; tail: after it, used for the user's last session only.
-  sessions["gap"] = rng.exponential(size=len(sessions))
+  # A user comes back the sooner the likelier the session before made their return.
+  previous = outcomes["return_probability"].loc[sessions.index].groupby(
+      sessions["user"]).shift(1).fillna(1.0)
+  sessions["gap"] = rng.exponential(size=len(sessions)) / previous.to_numpy()
   sessions["tail"] = rng.exponential(size=len(sessions))
   by_user = sessions.groupby("user")
   count = by_user["duration"].transform("count")
@@ -143,17 +155,23 @@ class GeneratedDataset:
 
 def generate_dataset(out_dir: os.PathLike, *, seed: int = DEFAULT_SEED,
                      n_users: int = DEFAULT_USERS, n_items: int = DEFAULT_ITEMS,
-                     n_events: int = DEFAULT_EVENTS,
-                     n_categories: int = DEFAULT_CATEGORIES) -> GeneratedDataset:
-  """Writes interactions.csv and items.csv into out_dir (created if needed), each atomically."""
+                     n_events: int = DEFAULT_EVENTS, n_categories: int = DEFAULT_CATEGORIES,
+                     dynamics: str = simulator.DEFAULT_DYNAMICS) -> GeneratedDataset:
+  """Writes interactions.csv and items.csv into out_dir (created if needed), each atomically.
+
+  `dynamics` names the users' behaviour, a key of `simulator.DYNAMICS`.
+  """
+  if dynamics not in simulator.DYNAMICS:
+    raise ValueError(f"dynamics must be one of {sorted(simulator.DYNAMICS)}, got {dynamics!r}")
   for name, value in (("n_users", n_users), ("n_items", n_items), ("n_events", n_events),
                       ("n_categories", n_categories)):
     if value < 1:
       raise ValueError(f"{name} must be at least 1, got {value}")
   rng = np.random.default_rng(seed)
-  world = simulator.World.sample(rng, n_users, n_items, n_categories)
-  impressions = _impressions(world, rng, seed, n_events)
-  impressions["timestamp"] = _timestamps(impressions, rng)
+  dynamics = simulator.DYNAMICS[dynamics]
+  world = simulator.World.sample(rng, n_users, n_items, n_categories, dynamics.clickbait_share)
+  impressions, outcomes = _impressions(world, dynamics.user_model, rng, seed, n_events)
+  impressions["timestamp"] = _timestamps(impressions, outcomes.set_index("session"), rng)
   impressions = impressions.sort_values(["timestamp", "session", "position"], kind="stable",
                                         ignore_index=True)
 
@@ -229,10 +247,12 @@ def main(argv: Optional[list] = None) -> None:
   parser.add_argument("--items", type=int, default=DEFAULT_ITEMS)
   parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
   parser.add_argument("--categories", type=int, default=DEFAULT_CATEGORIES)
+  parser.add_argument("--dynamics", choices=sorted(simulator.DYNAMICS),
+                      default=simulator.DEFAULT_DYNAMICS)
   args = parser.parse_args(argv)
   dataset = generate_dataset(args.out_dir, seed=args.seed, n_users=args.users,
                              n_items=args.items, n_events=args.events,
-                             n_categories=args.categories)
+                             n_categories=args.categories, dynamics=args.dynamics)
   print(f"Wrote {dataset.interactions} and {dataset.items}")
 
 

@@ -67,7 +67,7 @@ class LoggingPolicy:
                continuity_weight: float = 2.0):
     rng = np.random.default_rng(seed)
     affinity = world.user_interest @ world.item_embedding.T
-    self._base = world.item_quality + estimate_weight * (
+    self._base = world.item_attractiveness + estimate_weight * (
         affinity + rng.normal(scale=estimate_noise, size=affinity.shape))
     self._embedding = world.item_embedding
     self._temperature = temperature
@@ -95,7 +95,7 @@ class OraclePolicy:
   def __init__(self, world: simulator.World,
                user_model: simulator.UserModel = simulator.UserModel()):
     self._relevance = simulator.relevance(user_model, world.user_interest @ world.item_embedding.T,
-                                 world.item_quality)
+                                          world.item_attractiveness)
 
   def slate(self, context: simulator.SlateContext, rng: np.random.Generator) -> simulator.Slate:
     del rng  # It ranks deterministically.

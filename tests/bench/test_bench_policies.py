@@ -36,19 +36,31 @@ def test_paired_difference_needs_two_seeds():
     bench_policies.paired_difference([1.0], [0.5])
 
 
+def test_per_user_metrics_count_users_without_later_sessions():
+  sessions = pd.DataFrame({"user": [0, 0, 1], "clicks": [2, 1, 0], "purchases": [1, 0, 0],
+                           "revenue": [10.0, 0.0, 0.0], "satisfaction": [1.0, -1.0, 0.0],
+                           "steps": [3, 2, 1], "returned": [True, False, False]})
+  metrics = bench_policies.per_user_metrics(sessions, n_users=4)
+  # Rewards 2 + 1 + 0.1 and 1: over 4 users, two of whom had no session here.
+  assert metrics["reward_per_user"] == pytest.approx(4.1 / 4)
+  assert metrics["sessions_per_user"] == pytest.approx(3 / 4)
+  assert metrics["return_rate"] == pytest.approx(1 / 3)
+  assert metrics["steps"] == pytest.approx(2.0)
+
+
 def test_a_policy_against_itself_differs_by_exactly_zero(tmp_path, monkeypatch):
-  """Both runs of a seed meet the same users, so a deterministic policy repeats itself exactly."""
+  """Every run of a seed meets the same users, so a deterministic policy repeats itself exactly."""
   model_dir = fake_recommender.save(tmp_path / "model" / "1")
   out = tmp_path / "policies.json"
   monkeypatch.setattr(sys, "argv", [
-      str(_BENCH), "--model", str(model_dir), "--seeds", "2", "--sessions", "40",
-      "--policy", contract.RETRIEVE_SIGNATURE, "--baseline", contract.RETRIEVE_SIGNATURE,
-      "--out", str(out)])
+      str(_BENCH), "--model", str(model_dir), "--myopic-model", str(model_dir), "--seeds", "2",
+      "--users", "40", "--horizon", "3", "--out", str(out)])
   bench_policies.main()
   report = json.loads(out.read_text())
-  assert report["per_session"]["policy"] == report["per_session"]["baseline"]
-  assert report["per_session"]["policy"]["clicks"] > 0
-  assert (report["per_session"]["oracle"]["clicks"]
-          > report["per_session"]["logging"]["clicks"] > 0)
+  means = report["means"]
+  assert means["serving_default"] == means["myopic"]
+  assert means["serving_default"]["clicks"] > 0
+  assert means["oracle"]["clicks"] > means["logging"]["clicks"] > 0
+  assert 1.0 <= means["serving_default"]["sessions_per_user"] <= 3.0
   for metric in bench_policies.METRICS:
-    assert report["difference"][metric] == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    assert report["difference"]["myopic"][metric] == {"mean": 0.0, "low": 0.0, "high": 0.0}

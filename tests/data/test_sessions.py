@@ -99,8 +99,12 @@ def test_history_is_earlier_engagements_across_sessions_and_excludes_the_own_sla
   assert by_item["d"][contract.HISTORY] == ["x", "a", "c"]
   assert by_item["d"][contract.NEXT_HISTORY] == ["x", "a", "c"]
   assert [by_item[i][contract.SESSION] for i in "xabcd"] == ["u/0"] * 4 + ["u/1"]
-  # done marks each session's last step.
+  # done marks each session's last step; returned those of them after which the user has a
+  # later session (x's slate ends session 0 and u comes back; d's session is their last).
   assert [by_item[i][contract.DONE] for i in "xabcd"] == [0, 1, 1, 1, 1]
+  assert [by_item[i][contract.RETURNED] for i in "xabcd"] == [0, 1, 1, 1, 0]
+  # The slate of a, b and c had two clicks, which share the state it leads to.
+  assert [by_item[i][contract.STEP_ENGAGEMENTS] for i in "xabcd"] == [1, 2, 2, 2, 0]
 
   # Rewards: a purchase is a click with revenue; an impression earns nothing.
   assert (by_item["x"][contract.CLICK], by_item["x"][contract.PURCHASE],

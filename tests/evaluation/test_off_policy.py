@@ -152,8 +152,9 @@ def test_the_position_based_model_is_position_mean_times_shrunk_item_lift():
 
 
 # Against the simulator. One step per session makes the estimand the target's on-policy CTR
-# (module docstring); no interest walk keeps users the same in runs of any length.
-ONE_STEP = simulator.UserModel(max_steps=1, session_drift=0.0)
+# (module docstring); no interest walk and no satisfaction keep users the same in runs of any
+# length.
+ONE_STEP = dataclasses.replace(simulator.INDEPENDENT_CLICKS, max_steps=1, session_drift=0.0)
 POLICY_SEED = 11
 
 
@@ -188,7 +189,7 @@ class TrueClickProbability:
   def predict(self, log):
     relevance = (ONE_STEP.affinity_weight
                  * self._world.user_interest[log.users] @ self._world.item_embedding.T
-                 + ONE_STEP.quality_weight * self._world.item_quality)
+                 + ONE_STEP.quality_weight * self._world.item_attractiveness)
     examined = simulator.examination_probability(np.arange(log.items.shape[1]), ONE_STEP)
     return examined[None, :, None] / (1 + np.exp(-(ONE_STEP.click_bias + relevance)))[:, None]
 

@@ -177,7 +177,8 @@ def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0
       model.candidate_tower(_batch([0] * len(items), items, categories, [[PAD]] * len(items),
                                    price_buckets)).numpy(),
       categories, price_buckets)
-  q_network = ranker.QNetwork(2, PRICE_BUCKETS, hidden_units=(8,))
+  q_network = ranker.QNetwork(len(item_ids), 2, PRICE_BUCKETS, hidden_units=(8,),
+                              num_positions=10)
   q_network((tf.zeros([1, CONFIG.embedding_dim]), catalog.actions(tf.zeros([1, 1], tf.int64))))
   module = export.RecommenderModule(
       _IdentityTransform(), model.query_tower, q_network, catalog,

@@ -22,7 +22,8 @@ def _transition(user, item, history, category="c1", price=1.0, title=(), timesta
       contract.EVENT: "view", contract.RATING: 0.0, contract.PRICE: price,
       contract.CATEGORY: category, contract.SESSION: f"{user}/0", contract.HISTORY: history,
       contract.CLICK: 1, contract.PURCHASE: 0, contract.REVENUE: 0.0,
-      contract.NEXT_HISTORY: history + [item], contract.DONE: 0,
+      contract.NEXT_HISTORY: history + [item], contract.DONE: 0, contract.RETURNED: 0,
+      contract.STEP_ENGAGEMENTS: 1,
       contract.POSITION: [], contract.PROPENSITY: [], contract.TITLE: list(title),
   }
 

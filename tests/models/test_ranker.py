@@ -17,13 +17,16 @@ PAD = -1
 
 
 def test_reward_is_the_configured_weighted_sum():
-  batch = {contract.CLICK: tf.constant([1, 1, 0]), contract.PURCHASE: tf.constant([0, 1, 0]),
-           contract.REVENUE: tf.constant([0.0, 40.0, 0.0])}
-  config = RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5)
-  novelty = tf.constant([0.2, 1.0, 1.0])
-  # 1 + 0.5 * 0.2; 1 + 2 + 0.4 + 0.5 * 1.0; nothing for an unclicked item, however novel.
-  np.testing.assert_allclose(ranker.rewards(batch, novelty, config).numpy(), [1.1, 3.9, 0.0],
-                             rtol=1e-6)
+  batch = {contract.CLICK: tf.constant([1, 1, 0, 1]),
+           contract.PURCHASE: tf.constant([0, 1, 0, 0]),
+           contract.REVENUE: tf.constant([0.0, 40.0, 0.0, 0.0]),
+           contract.RETURNED: tf.constant([0, 0, 1, 1])}
+  config = RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5, retention=3.0)
+  novelty = tf.constant([0.2, 1.0, 1.0, 0.0])
+  # 1 + 0.5 * 0.2; 1 + 2 + 0.4 + 0.5 * 1.0; nothing for an unclicked item, however novel or
+  # followed by a return; 1 + 3 for a click from which the user came back.
+  np.testing.assert_allclose(ranker.rewards(batch, novelty, config).numpy(),
+                             [1.1, 3.9, 0.0, 4.0], rtol=1e-6)
 
 
 def test_item_novelty_is_scaled_self_information():
@@ -33,34 +36,47 @@ def test_item_novelty_is_scaled_self_information():
 
 
 def test_bellman_target_by_hand():
-  rewards = tf.constant([1.0, 0.0, 2.0])
-  next_values = tf.constant([3.0, 5.0, 7.0])
-  done = tf.constant([0, 0, 1])
-  # 1 + 0.9 * 3 = 3.7; 0 + 0.9 * 5 = 4.5; a last step has no future: 2.
-  np.testing.assert_allclose(ranker.bellman_targets(rewards, next_values, done, 0.9).numpy(),
-                             [3.7, 4.5, 2.0], rtol=1e-6)
+  rewards = tf.constant([1.0, 1.0, 2.0, 1.0])
+  next_values = tf.constant([3.0, 5.0, 7.0, 10.0])
+  done = tf.constant([0, 0, 1, 1])
+  returned = tf.constant([0, 0, 0, 1])
+  engagements = tf.constant([1, 2, 1, 0])
+  # 1 + 0.9 * 3 = 3.7; one of two clicks of a slate shares its next state: 1 + 0.9 * 5 / 2;
+  # a user's last step has no future: 2; across the session boundary to the user's next
+  # session, discounted by 0.5: 1 + 0.5 * 10 = 6.
+  np.testing.assert_allclose(
+      ranker.bellman_targets(rewards, next_values, done, returned, engagements, 0.9,
+                             0.5).numpy(),
+      [3.7, 3.25, 2.0, 6.0], rtol=1e-6)
 
 
-def test_double_dqn_values_the_online_choice_with_the_target_network():
+def test_next_slate_is_chosen_online_and_valued_by_the_target_network():
   online = tf.constant([[1.0, 5.0, 2.0], [9.0, 0.0, 1.0]])
-  target = tf.constant([[10.0, 3.0, 20.0], [4.0, 30.0, 6.0]])
-  # Online picks items 1 and 0; the target values them 3 and 4, not its own maxima 20 and 30.
-  np.testing.assert_allclose(ranker.double_dqn_next_values(online, target).numpy(), [3.0, 4.0])
+  click_logits = tf.constant([[0.0, np.log(3.0), 10.0], [0.0, 10.0, np.log(1 / 3)]])
+  values = tf.constant([[10.0, 4.0, 20.0], [2.0, 30.0, 8.0]])
+  slots = tf.constant([0.0, -np.log(3.0)])
+  # Online picks items (1, 2) and (0, 2). Row 1: sigmoid(log 3) * 4 + sigmoid(10 - log 3) * 20;
+  # row 2: sigmoid(0) * 2 + sigmoid(log(1/3) - log 3) * 8 = 1 + 8 / 10. Not the target's own
+  # favourites, items 2 and 1.
+  expected = [0.75 * 4 + 20 / (1 + 3 * np.exp(-10.0)), 1.0 + 0.8]
+  np.testing.assert_allclose(
+      ranker.next_slate_values(online, click_logits, values, slots, 2).numpy(), expected,
+      rtol=1e-5)
 
 
 def test_cql_penalty_by_hand():
-  candidate_q = tf.constant([[0.0, -np.inf], [np.log(3.0), np.log(3.0)]])
-  logged_q = tf.constant([0.0, 0.0])
+  candidate_q = tf.constant([[0.0, -np.inf], [np.log(3.0), np.log(3.0)], [9.0, 9.0]])
+  logged_q = tf.constant([0.0, 0.0, 0.0])
   # Row 1: log(e^0 + e^0) - 0 = log 2 (the -inf slot is the logged action, not counted twice).
-  # Row 2: log(3 + 3 + 1) - 0 = log 7.
-  assert float(ranker.cql_penalty(candidate_q, logged_q)) == pytest.approx(
-      (np.log(2.0) + np.log(7.0)) / 2, rel=1e-6)
+  # Row 2: log(3 + 3 + 1) - 0 = log 7. Row 3 has weight 0.
+  assert float(ranker.cql_penalty(candidate_q, logged_q, tf.constant([1.0, 1.0, 0.0]))) == (
+      pytest.approx((np.log(2.0) + np.log(7.0)) / 2, rel=1e-6))
 
 
 def test_cql_penalty_is_smallest_when_the_logged_action_dominates():
-  logged_q = tf.constant([0.0])
-  assert (float(ranker.cql_penalty(tf.constant([[-5.0, -5.0]]), logged_q))
-          < float(ranker.cql_penalty(tf.constant([[5.0, 5.0]]), logged_q)))
+  logged_q, weights = tf.constant([0.0]), tf.constant([1.0])
+  assert (float(ranker.cql_penalty(tf.constant([[-5.0, -5.0]]), logged_q, weights))
+          < float(ranker.cql_penalty(tf.constant([[5.0, 5.0]]), logged_q, weights)))
 
 
 def test_greedy_rerank_orders_by_q_with_propensity_one():
@@ -169,12 +185,16 @@ def _transitions(users, items, clicks, done):
       contract.PURCHASE: tf.zeros([n], tf.int64),
       contract.REVENUE: tf.zeros([n], tf.float32),
       contract.DONE: tf.constant(done, tf.int64),
+      contract.RETURNED: tf.zeros([n], tf.int64),
+      contract.STEP_ENGAGEMENTS: tf.constant(clicks, tf.int64),
+      contract.POSITION: tf.zeros([n], tf.int64),
   }
 
 
 def test_dqn_learns_which_shown_item_is_clicked():
   # Every user is shown all six items; only even items are ever clicked. One-step sessions, so
-  # Q is the click probability: after training the even items must rank above the odd ones.
+  # every click is worth its reward, 1, and the ranking value is the click probability: after
+  # training the even items must rank above the odd ones.
   tf.keras.utils.set_random_seed(0)
   retrieval, catalog = _world()
   users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
@@ -184,9 +204,10 @@ def test_dqn_learns_which_shown_item_is_clicked():
   dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
   dqn.build_networks(4)
   dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
-  untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["td_loss"])
+  untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["click_loss"])
   history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
-  assert history["td_loss"][-1] < untrained_loss / 10
+  assert history["click_loss"][-1] < untrained_loss / 10
+  assert history["td_loss"][-1] < 0.01
   states = _user_states(retrieval)
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
@@ -195,7 +216,7 @@ def test_dqn_learns_which_shown_item_is_clicked():
 def test_untrained_q_network_ranks_as_retrieval_does():
   retrieval, catalog = _world()
   states = _user_states(retrieval)
-  q_network = ranker.QNetwork(2, 3, hidden_units=(8,))
+  q_network = ranker.QNetwork(6, 2, 3, hidden_units=(8,), num_positions=10)
   candidates = tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1])
   q_values = q_network((states, catalog.actions(candidates))).numpy()
   scores = tf.matmul(states, catalog.embeddings, transpose_b=True).numpy()

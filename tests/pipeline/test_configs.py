@@ -46,3 +46,21 @@ def test_run_refuses_a_bad_setting_before_doing_anything(tmp_path):
   assert result.exit_code == 1
   assert "Error: --set 'model.epochs=-1': epochs must be >= 1, got -1" in result.output
   assert not (tmp_path / "data").exists()
+
+
+def test_reward_weights_are_settings_of_the_heads_reward():
+  settings = configs.reward_settings("click=1, purchase=2,revenue=0.05,retention=1")
+  reward = configs.PipelineConfig().with_settings(settings).model.ranker.reward
+  assert (reward.click, reward.purchase, reward.revenue, reward.retention) == (1, 2, 0.05, 1)
+  assert reward.novelty == configs.PipelineConfig().model.ranker.reward.novelty
+  with pytest.raises(ValueError, match="expected TERM=WEIGHT"):
+    configs.reward_settings("retention")
+  with pytest.raises(ValueError, match="RewardConfig has no field 'joy'"):
+    configs.PipelineConfig().with_settings(configs.reward_settings("joy=1"))
+
+
+def test_run_refuses_an_unknown_reward_term_before_doing_anything(tmp_path):
+  result = CliRunner().invoke(cli.main, ["run", "--home", str(tmp_path), "--reward", "joy=1"])
+  assert result.exit_code == 1
+  assert "RewardConfig has no field 'joy'" in result.output
+  assert not (tmp_path / "data").exists()

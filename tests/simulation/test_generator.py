@@ -131,7 +131,8 @@ def test_previous_category_predicts_the_next_one(default_dataset):
   history_accuracy = (test["previous_category"].map(most_likely_next) == test["category"]).mean()
   majority_accuracy = (test["category"] == train["category"].value_counts().idxmax()).mean()
   assert history_accuracy > 0.4
-  assert history_accuracy > 3 * majority_accuracy
+  # Less than the 3x of the independent dynamics: clickbait draws clicks whatever the history.
+  assert history_accuracy > 2 * majority_accuracy
 
 
 def test_recent_history_beats_popularity_at_next_item(default_dataset):
@@ -145,7 +146,8 @@ def test_recent_history_beats_popularity_at_next_item(default_dataset):
   popularity_hits = test["item_id"].isin(popular).mean()
   history_hits = np.mean([item in co_clicked.get(previous, popular)
                           for item, previous in zip(test["item_id"], test["previous_item"])])
-  assert history_hits > 2 * popularity_hits
+  # Less than the 2x of the independent dynamics: clickbait is popular whatever the history.
+  assert history_hits > 1.5 * popularity_hits
 
 
 def test_generates_100k_events_in_a_few_seconds(tmp_path):
@@ -173,9 +175,16 @@ def test_command_line(tmp_path, capsys):
   assert "interactions.csv" in capsys.readouterr().out
 
 
+def test_users_who_stop_coming_back_before_n_events_are_an_error(tmp_path):
+  with pytest.raises(ValueError, match="3 users stop coming back after .* n_events = 100000"):
+    generator.generate_dataset(tmp_path, n_users=3, n_items=20, n_events=100_000)
+  assert not list(tmp_path.iterdir())  # nothing half-written
+
+
 def test_tiny_catalog_still_works(tmp_path):
+  # Users who always return (independent dynamics): one user's sessions fill any n_events.
   dataset = generator.generate_dataset(tmp_path, n_users=1, n_items=1, n_events=50,
-                                       n_categories=1)
+                                       n_categories=1, dynamics="independent")
   interactions = pd.read_csv(dataset.interactions)
   assert len(interactions) == 50 and set(interactions["item_id"]) == {"i00000"}
   assert (interactions["propensity"] == 1.0).all()  # a one-item slate is certain
@@ -185,3 +194,12 @@ def test_tiny_catalog_still_works(tmp_path):
 def test_rejects_empty_sizes(tmp_path, argument):
   with pytest.raises(ValueError, match=argument):
     generator.generate_dataset(tmp_path, **{argument: 0})
+
+
+def test_dynamics_are_chosen_by_name(tmp_path):
+  satisfaction = _small(tmp_path / "a", seed=5)
+  independent = generator.generate_dataset(tmp_path / "b", seed=5, n_users=50, n_items=40,
+                                           n_events=2_000, dynamics="independent")
+  assert satisfaction.interactions.read_bytes() != independent.interactions.read_bytes()
+  with pytest.raises(ValueError, match="'moody'"):
+    generator.generate_dataset(tmp_path / "c", dynamics="moody")

@@ -157,20 +157,19 @@ def test_policies_see_the_users_clicks_up_to_their_batch_and_in_their_session(
   assert next(contexts, None) is None
   # After the run, a user's history is all of their clicks.
   for user in range(tiny_world.n_users):
-    np.testing.assert_array_equal(result.history[user],
+    np.testing.assert_array_equal(result.state.history[user],
                                   _history(clicks[clicks["user"] == user]["item"]))
 
 
 def test_a_run_continues_the_history_of_the_one_before(tiny_world):
   first = simulator.run_sessions(tiny_world, policies.UniformPolicy(tiny_world.n_items), 20,
                                  np.random.default_rng(0))
-  assert (first.history != simulator.NO_ITEM).any()
+  assert (first.state.history != simulator.NO_ITEM).any()
   continued, fresh = RecordingPolicy(tiny_world), RecordingPolicy(tiny_world)
-  simulator.run_sessions(tiny_world, continued, 20, np.random.default_rng(1),
-                         history=first.history)
+  simulator.run_sessions(tiny_world, continued, 20, np.random.default_rng(1), state=first.state)
   simulator.run_sessions(tiny_world, fresh, 20, np.random.default_rng(1))
   opening = continued.contexts[0]
-  np.testing.assert_array_equal(opening.history, first.history[opening.users])
+  np.testing.assert_array_equal(opening.history, first.state.history[opening.users])
   assert (fresh.contexts[0].history == simulator.NO_ITEM).all()
 
 
@@ -201,7 +200,7 @@ def test_the_oracle_shows_the_likeliest_clicks_best_first(world):
   click_probability = 1.0 / (1.0 + np.exp(-(
       user_model.click_bias
       + user_model.affinity_weight * world.user_interest[users] @ world.item_embedding.T
-      + user_model.quality_weight * world.item_quality)))
+      + user_model.quality_weight * world.item_attractiveness)))
   np.testing.assert_array_equal(slate.items, np.argsort(-click_probability, axis=1)[:, :5])
   np.testing.assert_array_equal(slate.propensities, np.ones((len(users), 5)))
 
@@ -256,10 +255,10 @@ def test_a_run_continues_the_walk_of_the_one_before(world):
   policy = policies.UniformPolicy(world.n_items)
   first = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(0))
   second = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(1),
-                                  walk=first.walk)
+                                  state=first.state)
   fresh = simulator.run_sessions(world, policy, 2_000, np.random.default_rng(1))
-  assert np.linalg.norm(second.walk, axis=1).mean() > 1.2 * np.linalg.norm(
-      fresh.walk, axis=1).mean()
+  assert np.linalg.norm(second.state.walk, axis=1).mean() > 1.2 * np.linalg.norm(
+      fresh.state.walk, axis=1).mean()
 
 
 def test_default_world_is_the_default_datasets(tmp_path):

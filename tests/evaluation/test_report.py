@@ -184,7 +184,8 @@ def test_the_metric_table_puts_candidate_and_baseline_side_by_side(blessed_recor
 def test_metrics_the_gate_configures_but_the_run_did_not_measure_are_listed(blessed_page):
   note = [text for _, text in _Page(blessed_page).paragraphs
           if text.startswith("Configured but not measured")]
-  assert note == ["Configured but not measured on these data: simulator_ctr"]
+  assert note == ["Configured but not measured on these data: simulator_ctr, "
+                  "simulator_clicks_per_session"]
 
 
 def test_a_first_run_without_a_baseline_renders_with_empty_baseline_cells():

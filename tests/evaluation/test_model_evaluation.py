@@ -186,6 +186,27 @@ def test_a_random_model_is_refused_naming_the_metric(models, data):
                                                  CONFIG).verdict.blessed
 
 
+def test_a_reranker_worse_than_its_own_retrieval_stage_is_refused(models, data):
+  gate = release_gate.GateConfig.from_yaml(
+      "metrics:\n  recall@10: {max_rerank_loss: {relative: 0.02}}\n")
+  result = candidate_evaluation.evaluate_candidate(models["random"], None, data, gate, CONFIG)
+  # Its retrieval stage is its `retrieve` signature, the "next" rule, on the same data.
+  vectors = model_evaluation.item_factors(data.train_engagements, data.catalog,
+                                          CONFIG.item_factors)
+  assert result.retrieval_stage == model_evaluation.evaluate(models["next"], data, vectors,
+                                                             CONFIG)
+  served = result.candidate.metrics["recall@10"]
+  retrieved = result.retrieval_stage.metrics["recall@10"]
+  assert [(failure.rule, failure.metric) for failure in result.verdict.failures] == [
+      ("rerank", "recall@10")]
+  assert (f"recall@10 = {served:.4f} after reranking falls behind its retrieval stage's "
+          f"{retrieved:.4f} by {retrieved - served:.4f}, more than the allowed 2% of it"
+          ) in result.verdict.reason
+  # The "next" model serves its retrieval stage's ranking as it is: nothing lost.
+  kept = candidate_evaluation.evaluate_candidate(models["next"], None, data, gate, CONFIG)
+  assert kept.verdict.blessed, kept.verdict.reason
+
+
 def test_popularity_lists_rank_the_training_favourites_without_the_seen_ones(data):
   lists = model_evaluation.popularity_lists(data, 3)
   counts = data.train_engagements[contract.ITEM_ID].value_counts()
@@ -297,6 +318,7 @@ def test_the_record_and_report_are_written(models, data, tmp_path):
   record = candidate_evaluation.read(str(tmp_path))
   assert record["verdict"]["reason"] == result.verdict.reason
   assert record["baseline"]["metrics"] == result.baseline.metrics
+  assert record["retrieval_stage"]["metrics"] == result.retrieval_stage.metrics
   page = (tmp_path / candidate_evaluation.REPORT_FILE).read_text()
   assert html.escape(result.verdict.reason) in page
   # Gated bars, three Pareto scatters (three Pareto metrics), every image a decodable PNG.

@@ -1,8 +1,8 @@
 """ModelEvaluator: the thin TFX component around components/evaluation/candidate_evaluation.py.
 
-It evaluates the candidate and the latest blessed model on the held-out data, judges the
-candidate by the release gate and writes a standard ModelEvaluation and ModelBlessing, so the
-stock Pusher and TFX's LatestBlessedModelStrategy read its verdict.
+It evaluates the candidate, its retrieval stage and the latest blessed model on the held-out
+data, judges the candidate by the release gate and writes a standard ModelEvaluation and
+ModelBlessing, so the stock Pusher and TFX's LatestBlessedModelStrategy read its verdict.
 """
 import logging
 import os

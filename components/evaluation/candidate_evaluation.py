@@ -1,7 +1,8 @@
 """The evaluator's whole job, without TFX: evaluate candidate and baseline, judge, write the record.
 
-The candidate, the baseline (the latest blessed model) and the most-popular ranking are evaluated
-on the same eval data by components/evaluation/model_evaluation.py and judged by
+The candidate, its retrieval stage (its own `retrieve` signature: the ranking its DQN head
+reranks), the baseline (the latest blessed model) and the most-popular ranking are evaluated on
+the same eval data by components/evaluation/model_evaluation.py and judged by
 components/evaluation/release_gate.py. The outcome is written to an output directory as
 `evaluation.json` (the machine-readable record: the models' metrics, slices, off-policy
 estimates, the verdict and the gate configuration) and `report.html`
@@ -17,6 +18,7 @@ import tensorflow as tf
 from components.evaluation import model_evaluation
 from components.evaluation import release_gate
 from components.evaluation import report as evaluation_report
+from schemas import contract
 
 EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
@@ -29,15 +31,18 @@ class EvaluationResult:
   verdict: release_gate.Verdict
   gate: release_gate.GateConfig
   popularity: Optional[model_evaluation.ModelReport] = None
+  # The candidate's `retrieve` signature, what the gate's rerank rule holds its served ranking to.
+  retrieval_stage: Optional[model_evaluation.ModelReport] = None
   # Earlier blessed models' metrics, oldest first, each {"name": ..., "metrics": {...}}: the
   # report plots them; they were measured on their own runs' data.
   past_models: List[Dict] = dataclasses.field(default_factory=list)
 
   def to_dict(self) -> Dict:
-    return {"candidate": self.candidate.to_dict(),
-            "baseline": None if self.baseline is None else self.baseline.to_dict(),
+    reports = {"candidate": self.candidate, "baseline": self.baseline,
+               "popularity": self.popularity, "retrieval_stage": self.retrieval_stage}
+    return {**{name: None if report is None else report.to_dict()
+               for name, report in reports.items()},
             "verdict": self.verdict.to_dict(),
-            "popularity": None if self.popularity is None else self.popularity.to_dict(),
             "gate": self.gate.to_yaml(),
             "past_models": self.past_models}
 
@@ -50,13 +55,17 @@ def evaluate_candidate(candidate_dir: str, baseline_dir: Optional[str],
   vectors = model_evaluation.item_factors(data.train_engagements, data.catalog,
                                           config.item_factors)
   candidate = model_evaluation.evaluate(candidate_dir, data, vectors, config)
+  # The candidate's only: the rerank rule compares a model with itself, never with the baseline.
+  retrieval_stage = model_evaluation.evaluate(candidate_dir, data, vectors, config,
+                                              contract.RETRIEVE_SIGNATURE)
   baseline = (model_evaluation.evaluate(baseline_dir, data, vectors, config)
               if baseline_dir else None)
   popularity = model_evaluation.evaluate_popularity(data, vectors, config)
   verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics,
-                               popularity.metrics)
+                               popularity.metrics, retrieval_stage.metrics)
   return EvaluationResult(candidate=candidate, baseline=baseline, verdict=verdict, gate=gate,
-                          popularity=popularity, past_models=list(past_models or []))
+                          popularity=popularity, retrieval_stage=retrieval_stage,
+                          past_models=list(past_models or []))
 
 
 def write(result: EvaluationResult, output_dir: str) -> None:

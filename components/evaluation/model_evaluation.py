@@ -4,7 +4,9 @@ What is measured is what TF Serving would answer: the exported `serving_default`
 called with raw ids, Transform graph and reranker included. The candidate and the baseline are
 evaluated by the same function on the same data, so their figures compare; so is the most-popular
 ranking (`evaluate_popularity`: the training split's most engaged items, the user's seen ones
-removed), the floor any model must clear to be worth serving, whatever the data.
+removed), the floor any model must clear to be worth serving, whatever the data, and so is the
+candidate's own `retrieve` signature (`evaluate`'s `signature_name`), its two-tower ranking
+without the DQN head's reranking, which the head must not make worse.
 
 The queries are the eval split's engagements (SessionBuilder's `examples`): for each, the model
 is asked with the user, their history before it and the engagement's time, and the engaged item
@@ -396,10 +398,11 @@ def off_policy_estimates(model: model_queries.RankingSignature, data: EvalData,
   return estimates
 
 
-def simulator_metrics(model_dir: str, n_sessions: int, seed: int) -> Dict[str, float]:
+def simulator_metrics(model_dir: str, n_sessions: int, seed: int,
+                      signature_name: str = contract.SERVING_SIGNATURE) -> Dict[str, float]:
   """The model's greedy ranking on-policy in the default dataset's simulated world."""
-  outcome = simulator.simulate(model_policy.SavedModelPolicy(model_dir), n_sessions, seed,
-                               world=generator.default_world()).sessions
+  outcome = simulator.simulate(model_policy.SavedModelPolicy(model_dir, signature_name),
+                               n_sessions, seed, world=generator.default_world()).sessions
   impressions = outcome["steps"].sum() * simulator.DEFAULT_SLATE_SIZE
   clicks = outcome["clicks"].sum()
   return {"simulator_ctr": float(clicks / impressions),
@@ -437,16 +440,22 @@ def _report(lists: pd.DataFrame, data: EvalData, vectors: Dict[str, np.ndarray],
 
 
 def evaluate(model_dir: str, data: EvalData, vectors: Dict[str, np.ndarray],
-             config: EvaluationConfig) -> ModelReport:
-  """Every metric of the module docstring for one model."""
-  model = model_queries.RankingSignature(model_dir, batch_size=_BATCH_SIZE)
+             config: EvaluationConfig,
+             signature_name: str = contract.SERVING_SIGNATURE) -> ModelReport:
+  """Every metric of the module docstring for one ranking signature of a model.
+
+  Every signature's rollouts start from `config.simulator_seed` and so meet the same users in the
+  same order: two signatures' simulator figures differ by their rankings and the clicks' draws.
+  """
+  model = model_queries.RankingSignature(model_dir, signature_name, batch_size=_BATCH_SIZE)
   lists = recommendation_lists(model, data.queries, _list_length(config))
   metrics, estimates = {}, {}
   if data.impressions is not None:
     estimates = off_policy_estimates(model, data, config.ope_rank_temperature)
     metrics.update({name: estimate["value"] for name, estimate in estimates.items()})
   if config.simulator_sessions:
-    metrics.update(simulator_metrics(model_dir, config.simulator_sessions, config.simulator_seed))
+    metrics.update(simulator_metrics(model_dir, config.simulator_sessions, config.simulator_seed,
+                                     signature_name))
   return _report(lists, data, vectors, config, metrics, estimates)
 
 

@@ -1,6 +1,6 @@
 """The release gate: whether a candidate model ships, judged on several metrics at once.
 
-Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all four
+Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all five
 rules hold, checked in this order:
   1. floors: every configured floor is met;
   2. over popularity: the candidate beats the most-popular ranking, evaluated on the same data in
@@ -12,10 +12,16 @@ rules hold, checked in this order:
      same data) by more than its allowance, relative to the baseline's value or absolute;
   4. Pareto: the baseline does not dominate the candidate on the Pareto set, i.e. it is not at
      least as good on every Pareto metric and strictly better on one (differences within a
-     metric's `pareto_epsilon` are ties).
+     metric's `pareto_epsilon` are ties);
+  5. no rerank loss: the served ranking (`serving_default`, retrieval reranked by the DQN head)
+     falls behind the candidate's own retrieval stage (its `retrieve` signature, evaluated on the
+     same data in the same run) by no more than the metric's allowance, relative to the
+     retrieval stage's value or absolute. A head that makes the ranking worse than serving
+     retrieval alone would be refused by no other rule: popularity and the baseline may be
+     beaten all the same.
 Rule 4 lets a model trade one objective for another (a little accuracy for much more diversity)
 as far as rule 3's allowances go, and refuses one that only gets worse. Without a baseline (the
-first run) rules 1 and 2 apply.
+first run) rules 1, 2 and 5 apply.
 
 The weighted-sum score, sum over metrics of weight x value with "lower is better" metrics
 negated, is reported for candidate and baseline as the one-number summary a dashboard wants; it
@@ -36,8 +42,10 @@ import schemas
 
 HIGHER, LOWER = "higher", "lower"
 RELATIVE, ABSOLUTE = "relative", "absolute"
-_METRIC_KEYS = {"direction", "floor", "over_popularity", "max_regression", "pareto",
-                "pareto_epsilon", "weight"}
+# The (RELATIVE or ABSOLUTE, amount) settings, in the order of their rules.
+_RELATIVE_OR_ABSOLUTE_KEYS = ("over_popularity", "max_regression", "max_rerank_loss")
+_METRIC_KEYS = {"direction", "floor", "pareto", "pareto_epsilon", "weight",
+                *_RELATIVE_OR_ABSOLUTE_KEYS}
 
 
 class GateConfigError(ValueError):
@@ -55,6 +63,9 @@ class MetricRule:
   max_regression: Optional[tuple] = None
   pareto: bool = False
   pareto_epsilon: float = 0.0
+  # (RELATIVE or ABSOLUTE, allowance) by which the served ranking may fall behind the model's
+  # retrieval stage, or None for no rerank rule.
+  max_rerank_loss: Optional[tuple] = None
   weight: float = 0.0
 
   def better(self, value: float, than: float, by: float = 0.0) -> bool:
@@ -64,9 +75,6 @@ class MetricRule:
   def shortfall(self, value: float, target: float) -> float:
     """How far `value` is on the wrong side of `target` (positive when it is)."""
     return target - value if self.direction == HIGHER else value - target
-
-  def allowance(self, baseline: float) -> float:
-    return _amount(self.max_regression, baseline)
 
   def popularity_target(self, popularity: float) -> float:
     """The value the candidate must reach: popularity's, moved by the margin in the metric's
@@ -123,10 +131,10 @@ class GateConfig:
                   "pareto_epsilon": rule.pareto_epsilon, "weight": rule.weight}
       if rule.floor is not None:
         settings["floor"] = rule.floor
-      if rule.over_popularity is not None:
-        settings["over_popularity"] = {rule.over_popularity[0]: rule.over_popularity[1]}
-      if rule.max_regression is not None:
-        settings["max_regression"] = {rule.max_regression[0]: rule.max_regression[1]}
+      for key in _RELATIVE_OR_ABSOLUTE_KEYS:
+        setting = getattr(rule, key)
+        if setting is not None:
+          settings[key] = {setting[0]: setting[1]}
       metrics[rule.name] = settings
     return yaml.safe_dump({"metrics": metrics}, sort_keys=False)
 
@@ -163,12 +171,11 @@ def _parse_rule(name: str, settings: Mapping, source: str) -> MetricRule:
   pareto = settings.get("pareto", False)
   if not isinstance(pareto, bool):
     raise GateConfigError(f"{where}: pareto must be true or false, got {pareto!r}")
-  return MetricRule(name=name, direction=direction, floor=number("floor"),
-                    over_popularity=_relative_or_absolute(settings, "over_popularity", where),
-                    max_regression=_relative_or_absolute(settings, "max_regression", where),
-                    pareto=pareto,
+  return MetricRule(name=name, direction=direction, floor=number("floor"), pareto=pareto,
                     pareto_epsilon=number("pareto_epsilon", 0.0, minimum=0.0),
-                    weight=number("weight", 0.0))
+                    weight=number("weight", 0.0),
+                    **{key: _relative_or_absolute(settings, key, where)
+                       for key in _RELATIVE_OR_ABSOLUTE_KEYS})
 
 
 def _relative_or_absolute(settings: Mapping, key: str, where: str) -> Optional[tuple]:
@@ -193,7 +200,7 @@ def _non_negative(value, where: str) -> float:
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """One broken rule: which, for which metric, and by how much."""
-  rule: str  # "floor", "popularity", "regression" or "pareto"
+  rule: str  # "floor", "popularity", "regression", "pareto" or "rerank"
   metric: str
   message: str
 
@@ -207,6 +214,7 @@ class Verdict:
   candidate_score: Optional[float]
   baseline_score: Optional[float]
   has_baseline: bool = False
+  has_retrieval_stage: bool = False  # whether rule 5 had the retrieval stage's metrics
 
   @property
   def reason(self) -> str:
@@ -221,14 +229,15 @@ class Verdict:
       return f"refused: {'; '.join(failure.message for failure in self.failures)}{scores}"
     checked = ("floors, popularity margins, regressions and Pareto rule" if self.has_baseline
                else "floors and popularity margins (first model: no baseline)")
-    return f"blessed: {checked} hold{scores}"
+    rerank = ", as do the rerank allowances" if self.has_retrieval_stage else ""
+    return f"blessed: {checked} hold{rerank}{scores}"
 
   def to_dict(self) -> Dict:
     return {"blessed": self.blessed, "reason": self.reason,
             "failures": [dataclasses.asdict(failure) for failure in self.failures],
             "not_measured": list(self.not_measured),
             "candidate_score": self.candidate_score, "baseline_score": self.baseline_score,
-            "has_baseline": self.has_baseline}
+            "has_baseline": self.has_baseline, "has_retrieval_stage": self.has_retrieval_stage}
 
 
 def weighted_score(config: GateConfig, metrics: Mapping[str, float]) -> float:
@@ -240,9 +249,11 @@ def weighted_score(config: GateConfig, metrics: Mapping[str, float]) -> float:
 
 def judge(config: GateConfig, candidate: Mapping[str, float],
           baseline: Optional[Mapping[str, float]] = None,
-          popularity: Optional[Mapping[str, float]] = None) -> Verdict:
-  """Applies the module docstring's rules to the candidate's (and baseline's, and the
-  most-popular ranking's) metrics; rule 2 skips metrics popularity has no value for."""
+          popularity: Optional[Mapping[str, float]] = None,
+          retrieval_stage: Optional[Mapping[str, float]] = None) -> Verdict:
+  """Applies the module docstring's rules to the candidate's (and baseline's, the most-popular
+  ranking's and the candidate's retrieval stage's) metrics; rules 2 and 5 skip metrics
+  popularity or the retrieval stage has no value for."""
   measured = [rule for rule in config.rules
               if rule.name in candidate and (baseline is None or rule.name in baseline)]
   not_measured = [rule.name for rule in config.rules if rule not in measured]
@@ -265,17 +276,8 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
                               f"{_describe(rule.over_popularity)}: short of "
                               f"{target:.4f} by {rule.shortfall(value, target):.4f}"))
   if baseline is not None:
-    for rule in measured:
-      if rule.max_regression is None:
-        continue
-      value, reference = candidate[rule.name], baseline[rule.name]
-      allowance = rule.allowance(reference)
-      regression = rule.shortfall(value, reference)
-      if regression > allowance:
-        failures.append(Failure("regression", rule.name,
-                                f"{rule.name} = {value:.4f} regresses from the baseline's "
-                                f"{reference:.4f} by {regression:.4f}, more than the allowed "
-                                f"{_describe(rule.max_regression)}"))
+    failures += _losses(measured, "max_regression", candidate, baseline, "regression",
+                        "regresses from the baseline's")
     pareto = [rule for rule in measured if rule.pareto]
     if pareto and _dominates(pareto, baseline, candidate):
       worse = ", ".join(f"{rule.name} {candidate[rule.name]:.4f} vs {baseline[rule.name]:.4f}"
@@ -285,6 +287,9 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
       failures.append(Failure("pareto", ",".join(rule.name for rule in pareto),
                               f"the baseline dominates on the Pareto set (worse on {worse}; "
                               f"no better on the rest)"))
+  if retrieval_stage is not None:
+    failures += _losses(measured, "max_rerank_loss", candidate, retrieval_stage, "rerank",
+                        "after reranking falls behind its retrieval stage's")
   weighted = any(rule.weight for rule in measured)
 
   def score(metrics):
@@ -293,7 +298,27 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
   return Verdict(blessed=not failures, failures=tuple(failures), not_measured=tuple(not_measured),
                  candidate_score=score(candidate) if weighted else None,
                  baseline_score=score(baseline) if weighted and baseline is not None else None,
-                 has_baseline=baseline is not None)
+                 has_baseline=baseline is not None,
+                 has_retrieval_stage=retrieval_stage is not None)
+
+
+def _losses(rules: Sequence[MetricRule], key: str, candidate: Mapping[str, float],
+            reference: Mapping[str, float], rule_name: str, behind: str) -> List[Failure]:
+  """Rules 3 and 5: a `rule_name` Failure for each rule whose candidate value falls behind
+  `reference`'s by more than the rule's `key` setting (max_regression or max_rerank_loss) allows;
+  `behind` words the comparison in the message."""
+  failures = []
+  for rule in rules:
+    allowance = getattr(rule, key)
+    if allowance is None or rule.name not in reference:
+      continue
+    value, target = candidate[rule.name], reference[rule.name]
+    loss = rule.shortfall(value, target)
+    if loss > _amount(allowance, target):
+      failures.append(Failure(rule_name, rule.name,
+                              f"{rule.name} = {value:.4f} {behind} {target:.4f} by {loss:.4f}, "
+                              f"more than the allowed {_describe(allowance)}"))
+  return failures
 
 
 def _dominates(rules: Sequence[MetricRule], better: Mapping[str, float],

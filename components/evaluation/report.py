@@ -1,9 +1,10 @@
 """The evaluation report: one self-contained HTML page per run, charts embedded as PNG images.
 
 It renders the record components/evaluation/candidate_evaluation.py writes (`evaluation.json`): the
-verdict, a metric table against the baseline, bars per gated metric, Pareto-front scatters of
-candidate, baseline and earlier blessed models, off-policy estimates with their intervals, and
-slices. Self-contained so that it opens from an artifact store, a CI page or an e-mail alike.
+verdict, a metric table against the baseline, the most-popular ranking and the candidate's
+retrieval stage, bars per gated metric, Pareto-front scatters of candidate, baseline and earlier
+blessed models, off-policy estimates with their intervals, and slices. Self-contained so that it
+opens from an artifact store, a CI page or an e-mail alike.
 """
 import base64
 import html
@@ -21,6 +22,8 @@ from components.evaluation import release_gate  # pylint: disable=wrong-import-p
 CANDIDATE_COLOR, BASELINE_COLOR, PAST_COLOR = "#1f77b4", "#ff7f0e", "#9e9e9e"
 # Pareto scatters drawn at most: one per pair of Pareto metrics.
 _MAX_PARETO_PLOTS = 3
+# The rankings the metric table shows beside the baseline: record key -> column heading.
+_REFERENCE_RANKINGS = {"popularity": "most popular", "retrieval_stage": "retrieval stage"}
 _STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 70em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -41,8 +44,10 @@ def render(record: Dict) -> str:
       f"<b>{html.escape(verdict['reason'])}</b></p>",
       f"<h2>Metrics</h2><p>Over {candidate['queries']} held-out engagements; "
       f"{candidate['repeat_queries']} re-engagements with an item of the history are left out, "
-      "as seen items are removed from the lists.</p>"
-      + _metric_table(gate, candidate, baseline, record.get("popularity"), verdict),
+      "as seen items are removed from the lists. The retrieval stage is the candidate's own "
+      "ranking before its DQN head reranks it (the <code>retrieve</code> signature).</p>"
+      + _metric_table(gate, candidate, baseline,
+                      [record.get(key) for key in _REFERENCE_RANKINGS], verdict),
       "<h2>Gated metrics</h2>" + _gated_section(gate, candidate, baseline),
   ]
   pareto = [name for name in gate.pareto_metrics if name in candidate["metrics"]]
@@ -70,25 +75,28 @@ def _setting(setting: Optional[tuple]) -> str:
 
 
 def _metric_table(gate: release_gate.GateConfig, candidate: Dict, baseline: Optional[Dict],
-                  popularity: Optional[Dict], verdict: Dict) -> str:
+                  rankings: List[Optional[Dict]], verdict: Dict) -> str:
+  """`rankings`: the records of _REFERENCE_RANKINGS, in its order, None where there is none."""
   rules = {rule.name: rule for rule in gate.rules}
   failed = {failure["metric"] for failure in verdict["failures"]}
   failed |= {name for failure in verdict["failures"] for name in failure["metric"].split(",")}
   rows = ["<tr><th>metric</th><th>candidate</th><th>baseline</th><th>change</th>"
-          "<th>most popular</th><th>floor</th><th>over popularity</th><th>max regression</th>"
-          "<th>Pareto</th><th>weight</th></tr>"]
+          + "".join(f"<th>{heading}</th>" for heading in _REFERENCE_RANKINGS.values())
+          + "<th>floor</th><th>over popularity</th><th>max regression</th><th>Pareto</th>"
+          "<th>max rerank loss</th><th>weight</th></tr>"]
   for name, value in sorted(candidate["metrics"].items(), key=lambda item: (
       item[0] not in rules, item[0])):
     reference = baseline["metrics"].get(name) if baseline else None
     rule = rules.get(name)
     cells = [name, f"{value:.4f}", _number(reference),
-             "" if reference is None else f"{value - reference:+.4f}",
-             _number(popularity["metrics"].get(name) if popularity else None)]
+             "" if reference is None else f"{value - reference:+.4f}"]
+    cells += [_number(ranking["metrics"].get(name) if ranking else None) for ranking in rankings]
     if rule:
       cells += [_number(rule.floor), _setting(rule.over_popularity),
-                _setting(rule.max_regression), "yes" if rule.pareto else "", f"{rule.weight:g}"]
+                _setting(rule.max_regression), "yes" if rule.pareto else "",
+                _setting(rule.max_rerank_loss), f"{rule.weight:g}"]
     else:
-      cells += ["", "", "", "", ""]
+      cells += [""] * 6
     css = " class=\"fail\"" if name in failed else ""
     rows.append(f"<tr{css}>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in cells)
                 + "</tr>")

@@ -13,7 +13,11 @@ from components.evaluation import model_evaluation
 from components.evaluation import ranking_metrics
 from components.evaluation import release_gate
 from components.models import queries
+from components.simulation import generator
+from components.simulation import model_policy
+from components.simulation import simulator
 from schemas import contract
+from tests import fake_recommender
 
 N_ITEMS = 1000  # random top-10s hit 1 % of the time
 N_LAST_ITEMS = 100  # users' last items are among the first 100: popularity is a real baseline
@@ -25,13 +29,32 @@ def _item(number: int) -> str:
   return f"i{number:04d}"
 
 
-class _RuleRanker(tf.Module):
+def _rule_ranking(kind: str, user_id, history):
   """Ranks from the number n of the history's last item.
 
   "next": n+1, n+2, ... (neighbours share a category: ten items per category).
   "diverse": n+1, then every 37th item after it, across categories.
   "random": a fresh random permutation per request.
   """
+  # Clients pad shorter histories with '' at the end.
+  length = tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int32), axis=1)
+  last_item = tf.gather(history, length - 1, batch_dims=1)
+  last = tf.strings.to_number(tf.strings.substr(last_item, 1, 4), tf.int32)
+  if kind == "random":
+    items = tf.argsort(tf.random.uniform([tf.shape(user_id)[0], N_ITEMS]))[:, :TOP_K]
+  else:
+    step = 1 if kind == "next" else 37
+    offsets = tf.concat([[1], 1 + step * tf.range(1, TOP_K)], axis=0)
+    items = (last[:, None] + offsets[None, :]) % N_ITEMS
+  ids = tf.strings.join(["i", tf.strings.as_string(items, width=4, fill="0")])
+  scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
+  return {contract.ITEM_IDS: ids, contract.SCORES: scores}
+
+
+class _RuleRanker(tf.Module):
+  """`serving_default` ranks by its kind's rule (`_rule_ranking`); `retrieve` by "next", as a
+  retrieval stage that fits the data would, so that "diverse" and "random" rerank it for less
+  accuracy."""
 
   def __init__(self, kind: str):
     super().__init__()
@@ -40,19 +63,12 @@ class _RuleRanker(tf.Module):
   @tf.function(input_signature=queries.INPUT_SPECS)
   def serve(self, user_id, history, timestamp):
     del timestamp
-    # Clients pad shorter histories with '' at the end.
-    length = tf.reduce_sum(tf.cast(tf.not_equal(history, ""), tf.int32), axis=1)
-    last_item = tf.gather(history, length - 1, batch_dims=1)
-    last = tf.strings.to_number(tf.strings.substr(last_item, 1, 4), tf.int32)
-    if self._kind == "random":
-      items = tf.argsort(tf.random.uniform([tf.shape(user_id)[0], N_ITEMS]))[:, :TOP_K]
-    else:
-      step = 1 if self._kind == "next" else 37
-      offsets = tf.concat([[1], 1 + step * tf.range(1, TOP_K)], axis=0)
-      items = (last[:, None] + offsets[None, :]) % N_ITEMS
-    ids = tf.strings.join(["i", tf.strings.as_string(items, width=4, fill="0")])
-    scores = -tf.cast(tf.broadcast_to(tf.range(TOP_K), tf.shape(items)), tf.float32)
-    return {contract.ITEM_IDS: ids, contract.SCORES: scores}
+    return _rule_ranking(self._kind, user_id, history)
+
+  @tf.function(input_signature=queries.INPUT_SPECS)
+  def retrieve(self, user_id, history, timestamp):
+    del timestamp
+    return _rule_ranking("next", user_id, history)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +78,8 @@ def models(tmp_path_factory):
     path = str(tmp_path_factory.mktemp(kind))
     module = _RuleRanker(kind)
     tf.saved_model.save(module, path, signatures={
-        contract.SERVING_SIGNATURE: module.serve.get_concrete_function()})
+        contract.SERVING_SIGNATURE: module.serve.get_concrete_function(),
+        contract.RETRIEVE_SIGNATURE: module.retrieve.get_concrete_function()})
     paths[kind] = path
   return paths
 
@@ -169,6 +186,27 @@ def test_a_random_model_is_refused_naming_the_metric(models, data):
                                                  CONFIG).verdict.blessed
 
 
+def test_a_reranker_worse_than_its_own_retrieval_stage_is_refused(models, data):
+  gate = release_gate.GateConfig.from_yaml(
+      "metrics:\n  recall@10: {max_rerank_loss: {relative: 0.02}}\n")
+  result = candidate_evaluation.evaluate_candidate(models["random"], None, data, gate, CONFIG)
+  # Its retrieval stage is its `retrieve` signature, the "next" rule, on the same data.
+  vectors = model_evaluation.item_factors(data.train_engagements, data.catalog,
+                                          CONFIG.item_factors)
+  assert result.retrieval_stage == model_evaluation.evaluate(models["next"], data, vectors,
+                                                             CONFIG)
+  served = result.candidate.metrics["recall@10"]
+  retrieved = result.retrieval_stage.metrics["recall@10"]
+  assert [(failure.rule, failure.metric) for failure in result.verdict.failures] == [
+      ("rerank", "recall@10")]
+  assert (f"recall@10 = {served:.4f} after reranking falls behind its retrieval stage's "
+          f"{retrieved:.4f} by {retrieved - served:.4f}, more than the allowed 2% of it"
+          ) in result.verdict.reason
+  # The "next" model serves its retrieval stage's ranking as it is: nothing lost.
+  kept = candidate_evaluation.evaluate_candidate(models["next"], None, data, gate, CONFIG)
+  assert kept.verdict.blessed, kept.verdict.reason
+
+
 def test_popularity_lists_rank_the_training_favourites_without_the_seen_ones(data):
   lists = model_evaluation.popularity_lists(data, 3)
   counts = data.train_engagements[contract.ITEM_ID].value_counts()
@@ -206,8 +244,10 @@ def test_gate_cutoffs_are_measured(models, data):
   assert result.verdict.not_measured == ()
 
 
-def test_logged_slates_become_an_off_policy_log(models, data):
-  """Whole slates only; all rewards 1 make the self-normalised estimate exactly 1."""
+@pytest.fixture(scope="module")
+def logged(data) -> model_evaluation.EvalData:
+  """40 of `data`'s queries, each with a logged slate of three, clicked, at propensity 0.5; the
+  last slate lacks position 2."""
   eval_examples = data.queries.head(40)
   slates = []
   for slate, (_, query) in enumerate(eval_examples.iterrows()):
@@ -219,12 +259,16 @@ def test_logged_slates_become_an_off_policy_log(models, data):
                      contract.CATEGORY: "c0", contract.HISTORY: query[contract.HISTORY],
                      contract.POSITION: position, contract.PROPENSITY: 0.5,
                      contract.CLICK: 1, contract.PURCHASE: 0, contract.REVENUE: 0.0})
-  impressions = pd.DataFrame(slates[:-1])  # the last slate lacks position 2: left out
-  logged = model_evaluation.eval_data(
+  return model_evaluation.eval_data(
       data.train_engagements.assign(**{contract.CATEGORY: "c0"}), eval_examples.assign(**{
           contract.SESSION: "s", contract.TIMESTAMP: 0}),
-      pd.DataFrame({contract.ITEM_ID: data.catalog, contract.CATEGORY: "c0"}), impressions)
-  assert len(logged.impressions) == 39 * 3
+      pd.DataFrame({contract.ITEM_ID: data.catalog, contract.CATEGORY: "c0"}),
+      pd.DataFrame(slates[:-1]))
+
+
+def test_logged_slates_become_an_off_policy_log(models, logged):
+  """Whole slates only; all rewards 1 make the self-normalised estimate exactly 1."""
+  assert len(logged.impressions) == 39 * 3  # the incomplete last slate is left out
   assert logged.impressions.groupby(["session", "step"]).size().eq(3).all()
   model = queries.RankingSignature(models["next"])
   asked = []
@@ -239,6 +283,32 @@ def test_logged_slates_become_an_off_policy_log(models, data):
   assert estimates["ope_ctr_ips"]["n_sessions"] == 20
 
 
+def test_a_named_signature_is_judged_on_every_metric_of_the_served_one(models, logged):
+  """The "random" model's `retrieve` is the "next" rule: evaluated with that signature it scores
+  what the "next" model serves, off-policy estimates included (its served random lists match
+  too few logged slates to be estimated at all)."""
+  vectors = model_evaluation.item_factors(logged.train_engagements, logged.catalog, 4)
+  retrieved = model_evaluation.evaluate(models["random"], logged, vectors, CONFIG,
+                                        contract.RETRIEVE_SIGNATURE)
+  assert retrieved == model_evaluation.evaluate(models["next"], logged, vectors, CONFIG)
+  assert retrieved.metrics["recall@10"] == 1.0
+  assert retrieved.metrics["ope_ctr"] == retrieved.off_policy["ope_ctr"]["value"]
+
+
+def test_simulator_metrics_roll_out_the_named_signature(tmp_path):
+  # The rule models' ids are not the simulated world's; the fake recommender's are.
+  model_dir = fake_recommender.save(tmp_path / "1")
+  served, retrieved = (model_evaluation.simulator_metrics(model_dir, 40, 0, signature_name)
+                       for signature_name in (contract.SERVING_SIGNATURE,
+                                              contract.RETRIEVE_SIGNATURE))
+  sessions = simulator.simulate(
+      model_policy.SavedModelPolicy(model_dir, contract.RETRIEVE_SIGNATURE), 40, 0,
+      world=generator.default_world()).sessions
+  assert retrieved["simulator_clicks_per_session"] == pytest.approx(sessions["clicks"].mean())
+  assert set(retrieved) == set(model_evaluation.SIMULATOR_METRICS)
+  assert served != retrieved
+
+
 def test_the_record_and_report_are_written(models, data, tmp_path):
   gate = release_gate.GateConfig.load()
   result = candidate_evaluation.evaluate_candidate(
@@ -248,6 +318,7 @@ def test_the_record_and_report_are_written(models, data, tmp_path):
   record = candidate_evaluation.read(str(tmp_path))
   assert record["verdict"]["reason"] == result.verdict.reason
   assert record["baseline"]["metrics"] == result.baseline.metrics
+  assert record["retrieval_stage"]["metrics"] == result.retrieval_stage.metrics
   page = (tmp_path / candidate_evaluation.REPORT_FILE).read_text()
   assert html.escape(result.verdict.reason) in page
   # Gated bars, three Pareto scatters (three Pareto metrics), every image a decodable PNG.

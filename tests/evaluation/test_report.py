@@ -29,6 +29,10 @@ CANDIDATE_METRICS = {"recall@10": 0.2512, "ndcg@10": 0.1304, "coverage@10": 0.42
 POPULARITY_METRICS = {"recall@10": 0.1100, "ndcg@10": 0.0600, "coverage@10": 0.0200,
                       "category_diversity@10": 0.4000, "exposure_gini@10": 0.9900,
                       "recall@5": 0.0700, "novelty@10": 5.1000}
+# The candidate's own retrieve signature: a little more accurate, a little lower off-policy CTR.
+RETRIEVAL_STAGE_METRICS = {"recall@10": 0.2530, "ndcg@10": 0.1311, "coverage@10": 0.4010,
+                           "category_diversity@10": 0.6080, "exposure_gini@10": 0.5610,
+                           "ope_ctr": 0.1150, "recall@5": 0.1650, "novelty@10": 7.1990}
 BASELINE_METRICS = {"recall@10": 0.2400, "ndcg@10": 0.1250, "coverage@10": 0.4000,
                     "category_diversity@10": 0.6000, "exposure_gini@10": 0.5600,
                     "ope_ctr": 0.1100, "recall@5": 0.1580, "novelty@10": 7.1000}
@@ -63,18 +67,20 @@ def _model_report(metrics: Dict[str, float], off_policy: bool = True,
 
 def _record(candidate_metrics: Optional[Dict[str, float]] = None,
             with_baseline: bool = True, off_policy: bool = True,
-            past_models: Optional[List[Dict]] = None) -> Dict:
+            past_models: Optional[List[Dict]] = None,
+            retrieval_stage_metrics: Optional[Dict[str, float]] = None) -> Dict:
   """evaluation.json as candidate_evaluation.write leaves it, judged by the shipped gate."""
   gate = release_gate.GateConfig.load()
   candidate = _model_report(candidate_metrics or CANDIDATE_METRICS, off_policy)
   baseline = (_model_report(BASELINE_METRICS, off_policy, shift=-0.01) if with_baseline
               else None)
   popularity = _model_report(POPULARITY_METRICS, off_policy=False)
+  retrieval_stage = _model_report(retrieval_stage_metrics or RETRIEVAL_STAGE_METRICS, off_policy)
   verdict = release_gate.judge(gate, candidate.metrics, baseline and baseline.metrics,
-                               popularity.metrics)
+                               popularity.metrics, retrieval_stage.metrics)
   result = candidate_evaluation.EvaluationResult(
       candidate=candidate, baseline=baseline, verdict=verdict, gate=gate, popularity=popularity,
-      past_models=past_models or [])
+      retrieval_stage=retrieval_stage, past_models=past_models or [])
   return json.loads(json.dumps(result.to_dict(), sort_keys=True))
 
 
@@ -169,22 +175,41 @@ def test_the_metric_table_puts_candidate_and_baseline_side_by_side(blessed_recor
                                                                    blessed_page):
   table = _Page(blessed_page).table_starting_with("metric")
   assert table["metric"][:4] == ["candidate", "baseline", "change", "most popular"]
+  # The candidate's retrieval stage beside popularity, the gate's settings after them.
+  assert table["metric"][4:] == ["retrieval stage", "floor", "over popularity",
+                                 "max regression", "Pareto", "max rerank loss", "weight"]
   assert set(table) - {"metric"} == set(CANDIDATE_METRICS)
   for name, value in CANDIDATE_METRICS.items():
     reference = BASELINE_METRICS[name]
     assert table[name][:3] == [f"{value:.4f}", f"{reference:.4f}", f"{value - reference:+.4f}"]
     assert table[name][3] == (f"{POPULARITY_METRICS[name]:.4f}" if name in POPULARITY_METRICS
                               else "")
+    assert table[name][4] == f"{RETRIEVAL_STAGE_METRICS[name]:.4f}"
   # The gate's settings of a gated metric; an ungated one has none.
-  assert table["recall@10"][4:] == ["", "0.05 relative", "0.1 relative", "yes", "1"]
-  assert table["exposure_gini@10"][4:] == ["", "", "0.05 absolute", "", "0.25"]
-  assert table["novelty@10"][4:] == ["", "", "", "", ""]
+  assert table["recall@10"][5:] == ["", "0.05 relative", "0.1 relative", "yes", "", "1"]
+  assert table["exposure_gini@10"][5:] == ["", "", "0.05 absolute", "", "", "0.25"]
+  assert table["ope_ctr"][5:] == ["", "", "", "", "0.01 absolute", "1"]
+  assert table["novelty@10"][5:] == ["", "", "", "", "", ""]
+
+
+def test_a_reranker_behind_its_retrieval_stage_is_refused_and_its_row_marked():
+  record = _record(retrieval_stage_metrics=dict(RETRIEVAL_STAGE_METRICS, ope_ctr=0.1400))
+  page = _Page(report.render(record))
+  verdict = [text for css, text in page.paragraphs if css == "refused"]
+  assert verdict == [record["verdict"]["reason"]]
+  assert ("ope_ctr = 0.1187 after reranking falls behind its retrieval stage's 0.1400 by 0.0213, "
+          "more than the allowed 0.0100") in verdict[0]
+  metric_rows = [row[0] for row in page.tables[0]]
+  failed = {name for name, css in zip(metric_rows, page.row_classes) if css == "fail"}
+  assert failed == {"ope_ctr"}
+  assert page.table_starting_with("metric")["ope_ctr"][4] == "0.1400"
 
 
 def test_metrics_the_gate_configures_but_the_run_did_not_measure_are_listed(blessed_page):
   note = [text for _, text in _Page(blessed_page).paragraphs
           if text.startswith("Configured but not measured")]
-  assert note == ["Configured but not measured on these data: simulator_ctr"]
+  assert note == ["Configured but not measured on these data: simulator_ctr, "
+                  "simulator_clicks_per_session"]
 
 
 def test_a_first_run_without_a_baseline_renders_with_empty_baseline_cells():

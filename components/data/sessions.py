@@ -28,7 +28,7 @@ Train/eval split by time, without leakage, in one of two ways (SessionConfig.eva
     lie; nothing in train happens after it, but users whose activity ended before it are never
     evaluated and users who arrived after it are evaluated cold, and the pushed model never
     learns the last period of anyone. On ml-latest-small the pushed model then scores nDCG@10
-    0.303 against the per-user split's 0.317 under the Microsoft protocol (README, Benchmarks).
+    0.285 against the per-user split's 0.313 under the Microsoft protocol (README, Benchmarks).
 Either way eval records keep the users' earlier history as context: a model is judged on
 predicting the future from the past.
 

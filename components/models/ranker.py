@@ -98,15 +98,23 @@ def next_slate_values(online_values: tf.Tensor, target_click_logits: tf.Tensor,
   """V(s'): the value of the slate the online network would show in each next state (Double DQN).
 
   The online network's ranking values pick the slate, the top `slate_size` of the [B, N]
-  candidates; the target network values it, SlateQ's way: the sum over its slots r of
-  P(click | s', item_r, slot r) * consumed value of item_r, the click probability being
-  sigmoid(target click logit + position_logits[r]). One network choosing and valuing both would
-  overestimate the value.
+  candidates; the target network values it: P(some item of it is clicked) times the consumed
+  value of its items weighted by their click probabilities, P(click | s', item_r, slot r) =
+  sigmoid(target click logit + position_logits[r]), clicks being independent across slots. One
+  network choosing and valuing both would overestimate the value.
+
+  Why not SlateQ's sum over the slots of P(click) * consumed value: that counts the state after
+  the slate once per click on it, and a slate with more than 1 / gamma expected clicks (the
+  head's chosen slates have about two) makes the targets grow without bound; they did, from the
+  first epoch. Valued so, targets contract at a rate of at most gamma (with
+  `bellman_targets`' shares), at the price of undervaluing slates clicked several times.
   """
   _, slate = tf.math.top_k(online_values, k=slate_size)
   clicks = tf.sigmoid(tf.gather(target_click_logits, slate, batch_dims=1)
                       + position_logits[None, :slate_size])
-  return tf.reduce_sum(clicks * tf.gather(target_consumed_values, slate, batch_dims=1), axis=1)
+  any_click = 1.0 - tf.reduce_prod(1.0 - clicks, axis=1)
+  values = tf.gather(target_consumed_values, slate, batch_dims=1)
+  return any_click * tf.reduce_sum(clicks * values, axis=1) / tf.reduce_sum(clicks, axis=1)
 
 
 def cql_penalty(candidate_q: tf.Tensor, logged_q: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -280,8 +288,8 @@ class DQNRanker(tf.keras.Model):
     click_logits = click_logits[:, 0] + self.q_network.position_logits(batch[contract.POSITION])
     click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, click_logits))
     logged_values = logged_values[:, 0]
-    td_loss = _weighted_mean(
-        tf.keras.losses.huber(targets[:, None, None], logged_values[:, None, None]), clicked)
+    td_loss = _weighted_mean(tf.keras.losses.huber(targets[:, None], logged_values[:, None]),
+                             clicked)
     _, candidates = self.catalog.top_candidates(states, self.train_candidates)
     _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
     candidate_values = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,

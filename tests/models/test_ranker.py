@@ -55,10 +55,12 @@ def test_next_slate_is_chosen_online_and_valued_by_the_target_network():
   click_logits = tf.constant([[0.0, np.log(3.0), 10.0], [0.0, 10.0, np.log(1 / 3)]])
   values = tf.constant([[10.0, 4.0, 20.0], [2.0, 30.0, 8.0]])
   slots = tf.constant([0.0, -np.log(3.0)])
-  # Online picks items (1, 2) and (0, 2). Row 1: sigmoid(log 3) * 4 + sigmoid(10 - log 3) * 20;
-  # row 2: sigmoid(0) * 2 + sigmoid(log(1/3) - log 3) * 8 = 1 + 8 / 10. Not the target's own
-  # favourites, items 2 and 1.
-  expected = [0.75 * 4 + 20 / (1 + 3 * np.exp(-10.0)), 1.0 + 0.8]
+  # Online picks items (1, 2) and (0, 2), not the target's own favourites, items 2 and 1.
+  # Row 2: click probabilities sigmoid(0) = 1/2 and sigmoid(log(1/3) - log 3) = 1/10, so
+  # P(a click) = 1 - (1/2)(9/10) = 0.55 and the click-weighted value (1/2 * 2 + 1/10 * 8) / 0.6.
+  first = np.array([0.75, 1 / (1 + 3 * np.exp(-10.0))])
+  expected = [(1 - np.prod(1 - first)) * (first @ [4.0, 20.0]) / first.sum(),
+              0.55 * (1.0 + 0.8) / 0.6]
   np.testing.assert_allclose(
       ranker.next_slate_values(online, click_logits, values, slots, 2).numpy(), expected,
       rtol=1e-5)

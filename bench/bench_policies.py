@@ -1,19 +1,23 @@
 """On-policy value of the DQN reranking against retrieval only and a myopic head, per user.
 
 Run: .venv/bin/python bench/bench_policies.py [--model HOME/serving/recommender/VERSION]
-         [--myopic-model DIR] [--seeds 5] [--users 2000] [--horizon 5]
+         [--myopic-model DIR] [--seeds 5] [--users 2000] [--events 200000] [--horizon 5]
          [--out bench/results/policies.json]
 
-Policies, each run as a simulator policy (components/simulation/model_policy.py) in the default
-dataset's world, whose users wrote the data the models were trained on:
+The world is the built-in dataset's (components/simulation/generator.py, seed 0) with `--users`
+users, and the models learn from a dataset the generator logs in it (`--events` impressions;
+the built-in one has 1,000 users and 100,000). Policies, each run as a simulator policy
+(components/simulation/model_policy.py) in that world, whose users wrote the data the models were
+trained on:
   * `serving_default`: the exported graph, retrieval top-N reranked by the DQN head;
   * `retrieve`: the same model's two-tower top-K only;
   * `myopic`: the `serving_default` of a model trained the same way with the head's discount
     gamma = 0, which values an item by its immediate reward only;
   * `logging`, the policy that logged the training data, and `oracle` (policies.OraclePolicy),
     which is handed the users' hidden interest and ranks by click probability, for scale.
-Without --model (--myopic-model) the real pipeline (`recsys run` on the built-in dataset, into
-a temporary home; with `--set model.ranker.gamma=0`) trains and pushes one first.
+Without --model (--myopic-model) the real pipeline (`recsys run --interactions` on that dataset,
+into a temporary home; with `--set model.ranker.gamma=0 --set model.ranker.session_gamma=0`)
+trains and pushes one first.
 
 For each seed 0 .. seeds-1, every policy follows the same `--users` users (the world's first
 ones, each starting new) over up to `--horizon` sessions (`simulator.run_users`): after each
@@ -120,11 +124,17 @@ def _means_per_seed(policy: simulator.Policy, seeds: Sequence[int], n_users: int
   return pd.DataFrame(rows, index=pd.Index(seeds, name="seed"))[list(METRICS)]
 
 
-def _trained_model(work_dir: pathlib.Path, settings: Sequence[str] = ()) -> pathlib.Path:
-  """Trains and pushes a model with the real pipeline on the built-in dataset; its version dir."""
+MYOPIC_SETTINGS = ("model.ranker.gamma=0", "model.ranker.session_gamma=0")
+
+
+def _trained_model(work_dir: pathlib.Path, dataset: generator.GeneratedDataset,
+                   settings: Sequence[str] = ()) -> pathlib.Path:
+  """Trains and pushes a model with the real pipeline on `dataset`; its version dir."""
   home = work_dir / "home"
   # The bench measures the model, it does not gate it: push whatever trained.
-  result = CliRunner().invoke(cli.main, ["run", "--home", str(home), "--gate-config",
+  result = CliRunner().invoke(cli.main, ["run", "--home", str(home), "--interactions",
+                                         str(dataset.interactions), "--items",
+                                         str(dataset.items), "--gate-config",
                                          str(schemas.REPORT_ONLY_GATE_CONFIG),
                                          *[arg for setting in settings
                                            for arg in ("--set", setting)]],
@@ -156,20 +166,23 @@ def main() -> None:
                       help="The same, trained with gamma = 0; default: train one.")
   parser.add_argument("--seeds", type=int, default=5)
   parser.add_argument("--users", type=int, default=2000)
+  parser.add_argument("--events", type=int, default=200_000)
   parser.add_argument("--horizon", type=int, default=5)
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "results" / "policies.json")
   args = parser.parse_args()
   seeds = list(range(args.seeds))
-  world = generator.default_world()
-  if args.users > world.n_users:
-    raise SystemExit(f"--users {args.users} exceeds the world's {world.n_users} users")
+  world = generator.default_world(n_users=args.users)
   start = time.perf_counter()
   # The trained models' files live in work_dir, so their policies run before it is removed.
   with tempfile.TemporaryDirectory() as work_dir:
-    model_dir = args.model or _trained_model(pathlib.Path(work_dir) / "discounted")
-    myopic_dir = args.myopic_model or _trained_model(pathlib.Path(work_dir) / "myopic",
-                                                     ["model.ranker.gamma=0"])
+    work_dir = pathlib.Path(work_dir)
+    if not (args.model and args.myopic_model):
+      dataset = generator.generate_dataset(work_dir / "data", n_users=args.users,
+                                           n_events=args.events)
+    model_dir = args.model or _trained_model(work_dir / "discounted", dataset)
+    myopic_dir = args.myopic_model or _trained_model(work_dir / "myopic", dataset,
+                                                     MYOPIC_SETTINGS)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
     candidates = {
@@ -185,11 +198,11 @@ def main() -> None:
   report = {
       "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
                  f"Python {platform.python_version()}",
-      "models": {"discounted": str(args.model or "trained by `recsys run` on the built-in "
-                                                   "dataset"),
-                 "myopic": str(args.myopic_model or "trained by `recsys run --set "
-                                                    "model.ranker.gamma=0`")},
-      "seeds": seeds, "users": args.users, "horizon": args.horizon,
+      "models": {"discounted": str(args.model or "trained by `recsys run`"),
+                 "myopic": str(args.myopic_model or "trained by `recsys run " + " ".join(
+                     f"--set {setting}" for setting in MYOPIC_SETTINGS) + "`")},
+      "seeds": seeds, "users": args.users, "training_events": args.events,
+      "horizon": args.horizon,
       "reward_weights": REWARD_WEIGHTS,
       "means": {role: means[role].mean().round(4).to_dict() for role in means},
       "per_seed": {role: {metric: means[role][metric].round(4).tolist() for metric in METRICS}

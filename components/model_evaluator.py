@@ -32,7 +32,7 @@ def ModelEvaluator(
     past_evaluations: tfx.dsl.components.InputArtifact[
         List[tfx.types.standard_artifacts.ModelEvaluation]] = None,
     gate_config: tfx.dsl.components.Parameter[str] = "",
-    simulator_sessions: tfx.dsl.components.Parameter[int] = 0,
+    simulator_users: tfx.dsl.components.Parameter[int] = 0,
 ) -> None:
   """Evaluates the candidate and the baseline model and blesses the candidate or not.
 
@@ -57,7 +57,7 @@ def ModelEvaluator(
   result = candidate_evaluation.evaluate_candidate(
       path_utils.serving_model_path(model.uri),
       path_utils.serving_model_path(baseline_model.uri) if baseline_model else None, data, gate,
-      model_evaluation.EvaluationConfig(simulator_sessions=simulator_sessions), past_models)
+      model_evaluation.EvaluationConfig(simulator_users=simulator_users), past_models)
   candidate_evaluation.write(result, evaluation.uri)
   (logging.info if result.verdict.blessed else logging.warning)("Model %s", result.verdict.reason)
   evaluation.set_int_custom_property(artifact_properties.BLESSED, int(result.verdict.blessed))

@@ -148,7 +148,7 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
     interactions, items, fmt = dataset.interactions, dataset.items, "generic"
   else:
     # The simulator's world holds the built-in dataset's users, not these.
-    config = dataclasses.replace(config, simulator_sessions=0)
+    config = dataclasses.replace(config, simulator_users=0)
   input_base = config.input_base
   try:
     staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging",

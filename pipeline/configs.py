@@ -83,9 +83,10 @@ class PipelineConfig:
   # The release gate's rules (components/evaluation/release_gate.py): floors, allowed regressions
   # against the latest blessed model, the Pareto set.
   gate_config: pathlib.Path = schemas.DEFAULT_GATE_CONFIG
-  # On-policy rollouts of candidate and baseline in the simulator's world, for the built-in
-  # dataset only (`recsys run` sets 0 for other data, whose users the simulator does not know).
-  simulator_sessions: int = 1000
+  # Users of the on-policy rollouts of candidate and baseline in the simulator's world, each over
+  # a few sessions, for the built-in dataset only (`recsys run` sets 0 for other data, whose
+  # users the simulator does not know).
+  simulator_users: int = 1000
   # Earlier blessed models the evaluation report plots next to the candidate.
   report_past_models: int = 10
   # Infra validation (serving/infra_validation.py): the p99 latency a single-user request may

@@ -145,7 +145,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       past_evaluations=past_evaluations.outputs["evaluations"],
       # The YAML itself, not its path: the cache then knows when the gate changed.
       gate_config=release_gate.GateConfig.load(config.gate_config).to_yaml(),
-      simulator_sessions=config.simulator_sessions)
+      simulator_users=config.simulator_users)
   infra_validation = infra_validator.ServingInfraValidator(
       model=model_trainer.outputs["model"],
       transform_graph=transform.outputs["transform_graph"],

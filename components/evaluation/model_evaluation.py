@@ -32,9 +32,15 @@ Metrics (names as the gate config, schemas/gate/gate.yaml, uses them):
     Plackett–Luce policy (`ope_rank_temperature`): a greedy ranking matches almost no logged
     slate beyond its first positions, so its estimates would be undefined (SNIPS) or zero (IPS)
     there;
-  * business, on-policy, when the data come from the built-in simulator: simulator_ctr,
-    simulator_conversion_rate (purchases per click), simulator_clicks_per_session,
-    simulator_revenue_per_session, from `simulator_sessions` rollouts in the default world.
+  * business and retention, on-policy, when the data come from the built-in simulator: the
+    world's first `simulator_users` users, each followed over up to `SIMULATOR_HORIZON` sessions
+    (`simulator.run_users`: a user comes back after a session with a probability their
+    satisfaction sets). Per session: simulator_ctr, simulator_conversion_rate (purchases per
+    click), simulator_clicks_per_session, simulator_revenue_per_session,
+    simulator_satisfaction (at the session's end), simulator_session_length (steps); per user:
+    simulator_clicks_per_user and simulator_revenue_per_user (over all of the user's sessions,
+    what a ranking that keeps users earns), simulator_sessions_per_user and
+    simulator_return_rate (share of sessions after which the user came back).
 Slices (reported, not gated): recall and nDCG at `slice_k` for new vs returning users (any
 engagement in the training split), by the relevant item's category, and by session length (the
 number of eval engagements in the query's session).
@@ -75,7 +81,12 @@ LIST_METRICS = ("coverage", "category_diversity", "embedding_diversity", "novelt
 OFF_POLICY_METRICS = ("ope_ctr", "ope_ctr_ips", "ope_ctr_snips", "ope_purchase_rate",
                       "ope_revenue_per_impression")
 SIMULATOR_METRICS = ("simulator_ctr", "simulator_conversion_rate",
-                     "simulator_clicks_per_session", "simulator_revenue_per_session")
+                     "simulator_clicks_per_session", "simulator_revenue_per_session",
+                     "simulator_satisfaction", "simulator_session_length",
+                     "simulator_clicks_per_user", "simulator_revenue_per_user",
+                     "simulator_sessions_per_user", "simulator_return_rate")
+# Sessions per user of the on-policy rollouts: enough for returns to show.
+SIMULATOR_HORIZON = 3
 METRIC_NAME_PATTERNS = ([f"{name}@K" for name in ACCURACY_METRICS + LIST_METRICS]
                         + list(OFF_POLICY_METRICS + SIMULATOR_METRICS))
 
@@ -93,8 +104,9 @@ class EvaluationConfig:
   ks: Sequence[int] = (5, 10, 20)  # cut-offs of the accuracy metrics
   list_ks: Sequence[int] = (10,)  # cut-offs of the beyond-accuracy metrics
   slice_k: int = 10  # cut-off of the sliced metrics
-  # On-policy rollouts in the simulator's default world, for data the simulator wrote; 0 = none.
-  simulator_sessions: int = 0
+  # Users of the on-policy rollouts in the simulator's default world, for data the simulator
+  # wrote (at most the world's); 0 = none.
+  simulator_users: int = 0
   simulator_seed: int = 0
   item_factors: int = 16  # dimension of the fixed item space of embedding diversity
   # The off-policy target samples the model's ranking without replacement with logits falling
@@ -398,17 +410,27 @@ def off_policy_estimates(model: model_queries.RankingSignature, data: EvalData,
   return estimates
 
 
-def simulator_metrics(model_dir: str, n_sessions: int, seed: int,
+def simulator_metrics(model_dir: str, n_users: int, seed: int,
                       signature_name: str = contract.SERVING_SIGNATURE) -> Dict[str, float]:
-  """The model's greedy ranking on-policy in the default dataset's simulated world."""
-  outcome = simulator.simulate(model_policy.SavedModelPolicy(model_dir, signature_name),
-                               n_sessions, seed, world=generator.default_world()).sessions
+  """The signature's ranking on-policy in the default dataset's simulated world (module
+  docstring)."""
+  world = generator.default_world()
+  n_users = min(n_users, world.n_users)
+  outcome = simulator.run_users(world, model_policy.SavedModelPolicy(model_dir, signature_name),
+                                np.arange(n_users), SIMULATOR_HORIZON,
+                                np.random.default_rng(seed)).sessions
   impressions = outcome["steps"].sum() * simulator.DEFAULT_SLATE_SIZE
   clicks = outcome["clicks"].sum()
   return {"simulator_ctr": float(clicks / impressions),
           "simulator_conversion_rate": float(outcome["purchases"].sum() / max(clicks, 1)),
           "simulator_clicks_per_session": float(outcome["clicks"].mean()),
-          "simulator_revenue_per_session": float(outcome["revenue"].mean())}
+          "simulator_revenue_per_session": float(outcome["revenue"].mean()),
+          "simulator_satisfaction": float(outcome["satisfaction"].mean()),
+          "simulator_session_length": float(outcome["steps"].mean()),
+          "simulator_clicks_per_user": float(clicks / n_users),
+          "simulator_revenue_per_user": float(outcome["revenue"].sum() / n_users),
+          "simulator_sessions_per_user": float(len(outcome) / n_users),
+          "simulator_return_rate": float(outcome["returned"].mean())}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,8 +475,8 @@ def evaluate(model_dir: str, data: EvalData, vectors: Dict[str, np.ndarray],
   if data.impressions is not None:
     estimates = off_policy_estimates(model, data, config.ope_rank_temperature)
     metrics.update({name: estimate["value"] for name, estimate in estimates.items()})
-  if config.simulator_sessions:
-    metrics.update(simulator_metrics(model_dir, config.simulator_sessions, config.simulator_seed,
+  if config.simulator_users:
+    metrics.update(simulator_metrics(model_dir, config.simulator_users, config.simulator_seed,
                                      signature_name))
   return _report(lists, data, vectors, config, metrics, estimates)
 

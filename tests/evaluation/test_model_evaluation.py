@@ -301,10 +301,16 @@ def test_simulator_metrics_roll_out_the_named_signature(tmp_path):
   served, retrieved = (model_evaluation.simulator_metrics(model_dir, 40, 0, signature_name)
                        for signature_name in (contract.SERVING_SIGNATURE,
                                               contract.RETRIEVE_SIGNATURE))
-  sessions = simulator.simulate(
-      model_policy.SavedModelPolicy(model_dir, contract.RETRIEVE_SIGNATURE), 40, 0,
-      world=generator.default_world()).sessions
+  sessions = simulator.run_users(
+      generator.default_world(),
+      model_policy.SavedModelPolicy(model_dir, contract.RETRIEVE_SIGNATURE), np.arange(40),
+      model_evaluation.SIMULATOR_HORIZON, np.random.default_rng(0)).sessions
   assert retrieved["simulator_clicks_per_session"] == pytest.approx(sessions["clicks"].mean())
+  assert retrieved["simulator_clicks_per_user"] == pytest.approx(sessions["clicks"].sum() / 40)
+  assert retrieved["simulator_sessions_per_user"] == pytest.approx(len(sessions) / 40)
+  assert retrieved["simulator_return_rate"] == pytest.approx(sessions["returned"].mean())
+  assert retrieved["simulator_satisfaction"] == pytest.approx(sessions["satisfaction"].mean())
+  assert 1.0 < retrieved["simulator_sessions_per_user"] <= model_evaluation.SIMULATOR_HORIZON
   assert set(retrieved) == set(model_evaluation.SIMULATOR_METRICS)
   assert served != retrieved
 

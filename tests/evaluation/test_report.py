@@ -209,7 +209,7 @@ def test_metrics_the_gate_configures_but_the_run_did_not_measure_are_listed(bles
   note = [text for _, text in _Page(blessed_page).paragraphs
           if text.startswith("Configured but not measured")]
   assert note == ["Configured but not measured on these data: simulator_ctr, "
-                  "simulator_clicks_per_session"]
+                  "simulator_clicks_per_user"]
 
 
 def test_a_first_run_without_a_baseline_renders_with_empty_baseline_cells():

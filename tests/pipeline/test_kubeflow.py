@@ -77,7 +77,7 @@ def test_paths_and_parameters_are_the_cluster_s(spec):
       f"{KUBEFLOW.serving_root}/{CONFIG.model_name}")
   evaluator = _parameters(spec, "ModelEvaluator")
   assert evaluator["gate_config"] == release_gate.GateConfig.load(CONFIG.gate_config).to_yaml()
-  assert evaluator["simulator_sessions"] == CONFIG.simulator_sessions
+  assert evaluator["simulator_users"] == CONFIG.simulator_users
   assert _parameters(spec, "ServingInfraValidator")["latency_budget_ms"] == (
       CONFIG.serving_latency_budget_ms)
 

@@ -30,7 +30,8 @@ WARM_UP_EVENTS = 1_000
 def measure(n_events: int, out_dir: pathlib.Path) -> dict:
   """Seconds, events per second and the outcome counts of one generated dataset."""
   start = time.perf_counter()
-  dataset = generator.generate_dataset(out_dir, n_events=n_events)
+  dataset = generator.generate_dataset(out_dir, n_users=generator.users_for(n_events),
+                                       n_events=n_events)
   seconds = time.perf_counter() - start
   events = pd.read_csv(dataset.interactions, usecols=["event"])["event"].value_counts()
   return {"seconds": round(seconds, 2), "events_per_second": round(n_events / seconds),

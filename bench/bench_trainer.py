@@ -44,7 +44,8 @@ def _trainer_window(log_path: pathlib.Path):
 
 
 def _run(events: int, work: pathlib.Path) -> dict:
-  dataset = generator.generate_dataset(work / "raw", n_events=events)
+  dataset = generator.generate_dataset(work / "raw", n_users=generator.users_for(events),
+                                       n_events=events)
   command = [sys.executable, "-m", "pipeline.cli", "run", "--interactions",
              str(dataset.interactions), "--items", str(dataset.items), "--home",
              str(work / "home"), "--gate-config", str(schemas.REPORT_ONLY_GATE_CONFIG)]

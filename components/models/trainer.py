@@ -4,6 +4,9 @@ towers, and exports both as one serving graph with its warmup requests.
 The pipeline names this function by string (pipeline/configs.py, TRAINER_RUN_FN), as TFX's
 templates do; the steps it runs live in components/models/training.py and the model modules.
 """
+import json
+import os
+
 from absl import logging
 import numpy as np
 import tensorflow as tf
@@ -62,12 +65,16 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       retrieval.candidate_tower({key: tf.constant(values)
                                  for key, values in catalog_inputs.items()}).numpy(),
       catalog_inputs[two_tower.CATEGORY_XF], catalog_inputs[two_tower.PRICE_BUCKET_XF])
-  with strategy.scope():
-    dqn = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
-                           ranker.item_novelty(items.engagement_share), num_categories,
-                           preprocessing.NUM_PRICE_BUCKETS, config.ranker)
-    dqn.build_networks(config.embedding_dim)
-    dqn.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
+  def ranking_head():
+    with strategy.scope():
+      head = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
+                              ranker.item_novelty(items.engagement_share), num_categories,
+                              preprocessing.NUM_PRICE_BUCKETS, config.ranker)
+      head.build_networks(config.embedding_dim)
+      head.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
+    return head
+
+  dqn = ranking_head()
   if training.has_unengaged_impressions(transitions):
     history = dqn.fit(
         transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
@@ -76,6 +83,17 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     logging.info("DQN TD loss per epoch: %s, click loss: %s, CQL penalty: %s",
                  history.history["td_loss"], history.history["click_loss"],
                  history.history["cql_penalty"])
+    # On the eval split's transitions, which the head never saw, against an untrained head: what
+    # training bought, kept with the model run for whoever asks whether the head learnt at all.
+    held_out = training.transitions_dataset(fn_args, fn_args.eval_files,
+                                            tf_transform_output).batch(config.ranker.batch_size)
+    evaluation = {"trained": training.held_out_losses(dqn, held_out),
+                  "untrained": training.held_out_losses(ranking_head(), held_out)}
+    logging.info("DQN head on held-out transitions: %s", evaluation)
+    tf.io.gfile.makedirs(fn_args.model_run_dir)
+    with tf.io.gfile.GFile(
+        os.path.join(fn_args.model_run_dir, training.HEAD_EVALUATION_FILE), "w") as out:
+      out.write(json.dumps(evaluation, indent=2))
   else:
     # Every logged action was engaged with (ratings data): no reward tells one action from
     # another, and the head would learn the logging order. Untrained, it ranks as retrieval does

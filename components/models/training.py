@@ -58,6 +58,22 @@ class EpochLog(tf.keras.callbacks.Callback):
                                                     "loss": loss})
 
 
+# Written into the Trainer's model run directory: the DQN head's losses on held-out transitions.
+HEAD_EVALUATION_FILE = "head_evaluation.json"
+
+
+def held_out_losses(dqn, transitions: tf.data.Dataset) -> Dict[str, float]:
+  """The head's loss terms (`DQNRanker.loss_terms`) averaged over batches of held-out
+  transitions, weighted by the batches' sizes."""
+  totals, count = {}, 0
+  for batch in transitions:
+    size = int(tf.shape(batch[contract.CLICK])[0])
+    for name, value in dqn.loss_terms(batch).items():
+      totals[name] = totals.get(name, 0.0) + float(value) * size
+    count += size
+  return {name: total / max(count, 1) for name, total in totals.items()}
+
+
 class CatalogFeatures(NamedTuple):
   """Per item index (vocabulary plus OOV), what the training transitions say about it."""
   categories: np.ndarray  # int64 category index

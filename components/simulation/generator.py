@@ -49,6 +49,9 @@ DEFAULT_USERS = 1_000
 DEFAULT_ITEMS = 500
 DEFAULT_EVENTS = 100_000
 DEFAULT_CATEGORIES = 10
+# Impressions per user at the default sizes. Users stop coming back, so a larger dataset needs
+# more of them (`users_for`).
+EVENTS_PER_USER = DEFAULT_EVENTS // DEFAULT_USERS
 
 INTERACTIONS_FILE = "interactions.csv"
 ITEMS_FILE = "items.csv"
@@ -73,6 +76,11 @@ def default_world(seed: int = DEFAULT_SEED, n_users: int = DEFAULT_USERS,
   """The world the dataset of this seed, sizes and dynamics was logged in."""
   return simulator.World.sample(np.random.default_rng(seed), n_users, n_items, n_categories,
                                 simulator.DYNAMICS[dynamics].clickbait_share)
+
+
+def users_for(n_events: int) -> int:
+  """Users for a dataset of n_events impressions at the default sizes' ratio."""
+  return max(1, n_events // EVENTS_PER_USER)
 
 
 def logging_policy(world: simulator.World,

@@ -60,7 +60,7 @@ Satisfaction (a number per session, in [-satisfaction_bound, satisfaction_bound]
     adds budget_per_satisfaction times the step's satisfaction change. Good items extend the
     session, clickbait, repeats and monotony cut it short; it ends when the time is spent.
   * Returning: after a session the user comes back with probability
-    sigmoid(return_bias + return_weight * final satisfaction) (`return_probability`, 0.82 at
+    sigmoid(return_bias + return_weight * final satisfaction) (`return_probability`, 0.88 at
     neutral satisfaction). `run_users` follows users session after session and drops those who do
     not come back; `run_sessions` is a platform's traffic, whose users keep visiting, and the
     generator spaces a user's sessions by it (the less likely the return, the longer the gap).
@@ -229,7 +229,7 @@ class UserModel:
   session_budget: float = 8.0  # steps of time a session starts with
   budget_per_satisfaction: float = 2.0  # steps a unit of satisfaction gained adds
   satisfaction_purchase: float = 0.5  # of satisfaction in the purchase logit
-  return_bias: float = 1.5
+  return_bias: float = 2.0
   return_weight: float = 1.0  # of the session's final satisfaction in the return logit
   trust_carry: float = 0.5  # share of a session's final satisfaction the next one starts with
 

@@ -46,7 +46,8 @@ def _versions(home: pathlib.Path):
 def trained(tmp_path_factory):
   home = tmp_path_factory.mktemp("home")
   dataset = generator.generate_dataset(
-      tmp_path_factory.mktemp("raw"), seed=7, n_users=80, n_items=60, n_events=20000)
+      tmp_path_factory.mktemp("raw"), seed=7, n_users=generator.users_for(20_000), n_items=60,
+      n_events=20_000)
   # Default training (early stopping ends it in seconds on these data): the default gate wants a
   # margin over popularity, which two epochs of Adam do not always reach.
   args = ["--interactions", str(dataset.interactions), "--items", str(dataset.items),

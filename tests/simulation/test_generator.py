@@ -203,3 +203,10 @@ def test_dynamics_are_chosen_by_name(tmp_path):
   assert satisfaction.interactions.read_bytes() != independent.interactions.read_bytes()
   with pytest.raises(ValueError, match="'moody'"):
     generator.generate_dataset(tmp_path / "c", dynamics="moody")
+
+
+def test_users_for_keeps_the_default_ratio_of_events_to_users(tmp_path):
+  assert generator.users_for(generator.DEFAULT_EVENTS) == generator.DEFAULT_USERS
+  dataset = generator.generate_dataset(tmp_path, n_users=generator.users_for(5_000),
+                                       n_items=40, n_events=5_000)
+  assert len(pd.read_csv(dataset.interactions)) == 5_000

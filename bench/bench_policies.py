@@ -2,11 +2,14 @@
 
 Run: .venv/bin/python bench/bench_policies.py [--model HOME/serving/recommender/VERSION]
          [--myopic-model DIR] [--seeds 5] [--users 2000] [--events 200000] [--horizon 5]
+         [--dynamics satisfaction|independent] [--reward TERM=WEIGHT,...] [--work-dir DIR]
          [--out bench/results/policies.json]
 
 The world is the built-in dataset's (components/simulation/generator.py, seed 0) with `--users`
 users, and the models learn from a dataset the generator logs in it (`--events` impressions;
-the built-in one has 1,000 users and 100,000). Policies, each run as a simulator policy
+the built-in one has 1,000 users and 100,000). `--dynamics` names the users' behaviour
+(`simulator.DYNAMICS`): `independent` is the simulator before satisfaction, clickbait and
+returns, where a myopic ranking is near-optimal. Policies, each run as a simulator policy
 (components/simulation/model_policy.py) in that world, whose users wrote the data the models were
 trained on:
   * `serving_default`: the exported graph, retrieval top-N reranked by the DQN head;
@@ -16,8 +19,9 @@ trained on:
   * `logging`, the policy that logged the training data, and `oracle` (policies.OraclePolicy),
     which is handed the users' hidden interest and ranks by click probability, for scale.
 Without --model (--myopic-model) the real pipeline (`recsys run --interactions` on that dataset,
-into a temporary home; with `--set model.ranker.gamma=0 --set model.ranker.session_gamma=0`)
-trains and pushes one first.
+into a home under --work-dir, a temporary directory by default; with `--set model.ranker.gamma=0
+--set model.ranker.session_gamma=0`) trains and pushes one first, with `--reward` as
+`recsys run --reward` takes it.
 
 For each seed 0 .. seeds-1, every policy follows the same `--users` users (the world's first
 ones, each starting new) over up to `--horizon` sessions (`simulator.run_users`): after each
@@ -25,13 +29,14 @@ session a user comes back with a probability their satisfaction sets, so a polic
 disappoints loses sessions as well as clicks. Reported per policy, as the mean over seeds of the
 per-seed means:
   * per session: clicks, purchases, revenue, reward (`session_reward`), satisfaction at the
-    session's end, steps (the session's length);
+    session's end, steps (the session's length); clickbait: the share of shown items that are;
   * per user: reward (cumulative over the user's sessions, the quantity the head is meant to
     maximise), sessions, and the return rate (share of sessions after which the user came back).
 For `serving_default` minus each of `retrieve` and `myopic`: the mean over seeds of the paired
 per-seed differences and a 95% Student t interval. Seeds are the independent replicates.
 """
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -57,7 +62,8 @@ from pipeline import configs
 import schemas
 from schemas import contract
 
-SESSION_METRICS = ("clicks", "purchases", "revenue", "reward", "satisfaction", "steps")
+SESSION_METRICS = ("clicks", "purchases", "revenue", "reward", "satisfaction", "steps",
+                   "clickbait")
 USER_METRICS = ("reward_per_user", "sessions_per_user", "return_rate")
 METRICS = SESSION_METRICS + USER_METRICS
 COMPARED = ("retrieve", "myopic")
@@ -103,9 +109,13 @@ def paired_difference(policy: Sequence[float], baseline: Sequence[float],
   return {"mean": float(mean), "low": float(mean - half_width), "high": float(mean + half_width)}
 
 
-def per_user_metrics(sessions: pd.DataFrame, n_users: int) -> Dict[str, float]:
+def per_user_metrics(result: simulator.SimulationResult, world: simulator.World,
+                     n_users: int) -> Dict[str, float]:
   """The METRICS of one run of `simulator.run_users` over n_users users."""
-  sessions = sessions.assign(reward=session_reward(sessions))
+  sessions = result.sessions.assign(reward=session_reward(result.sessions))
+  shown_clickbait = pd.Series(world.item_clickbait[result.impressions["item"].to_numpy()])
+  sessions["clickbait"] = shown_clickbait.groupby(
+      result.impressions["session"].to_numpy()).mean().loc[sessions["session"]].to_numpy()
   metrics = sessions[list(SESSION_METRICS)].mean().to_dict()
   metrics.update(reward_per_user=sessions["reward"].sum() / n_users,
                  sessions_per_user=len(sessions) / n_users,
@@ -114,20 +124,20 @@ def per_user_metrics(sessions: pd.DataFrame, n_users: int) -> Dict[str, float]:
 
 
 def _means_per_seed(policy: simulator.Policy, seeds: Sequence[int], n_users: int, horizon: int,
-                    world: simulator.World) -> pd.DataFrame:
+                    world: simulator.World, user_model: simulator.UserModel) -> pd.DataFrame:
   """[seed, METRICS]: the policy's metrics over the same users, one row per seed."""
   rows = []
   for seed in seeds:
-    sessions = simulator.run_users(world, policy, np.arange(n_users), horizon,
-                                   np.random.default_rng(seed)).sessions
-    rows.append(per_user_metrics(sessions, n_users))
+    result = simulator.run_users(world, policy, np.arange(n_users), horizon,
+                                 np.random.default_rng(seed), user_model)
+    rows.append(per_user_metrics(result, world, n_users))
   return pd.DataFrame(rows, index=pd.Index(seeds, name="seed"))[list(METRICS)]
 
 
 MYOPIC_SETTINGS = ("model.ranker.gamma=0", "model.ranker.session_gamma=0")
 
 
-def _trained_model(work_dir: pathlib.Path, dataset: generator.GeneratedDataset,
+def _trained_model(work_dir: pathlib.Path, dataset: generator.GeneratedDataset, reward: str,
                    settings: Sequence[str] = ()) -> pathlib.Path:
   """Trains and pushes a model with the real pipeline on `dataset`; its version dir."""
   home = work_dir / "home"
@@ -136,6 +146,7 @@ def _trained_model(work_dir: pathlib.Path, dataset: generator.GeneratedDataset,
                                          str(dataset.interactions), "--items",
                                          str(dataset.items), "--gate-config",
                                          str(schemas.REPORT_ONLY_GATE_CONFIG),
+                                         "--reward", reward,
                                          *[arg for setting in settings
                                            for arg in ("--set", setting)]],
                               catch_exceptions=False)
@@ -168,20 +179,27 @@ def main() -> None:
   parser.add_argument("--users", type=int, default=2000)
   parser.add_argument("--events", type=int, default=200_000)
   parser.add_argument("--horizon", type=int, default=5)
+  parser.add_argument("--dynamics", choices=sorted(simulator.DYNAMICS),
+                      default=simulator.DEFAULT_DYNAMICS)
+  parser.add_argument("--reward", default="",
+                      help="The heads' reward weights, as `recsys run --reward` takes them.")
+  parser.add_argument("--work-dir", type=pathlib.Path,
+                      help="Where the trained models are kept; default: a temporary directory.")
   parser.add_argument("--out", type=pathlib.Path,
                       default=pathlib.Path(__file__).parent / "results" / "policies.json")
   args = parser.parse_args()
   seeds = list(range(args.seeds))
-  world = generator.default_world(n_users=args.users)
+  world = generator.default_world(n_users=args.users, dynamics=args.dynamics)
+  user_model = simulator.DYNAMICS[args.dynamics].user_model
   start = time.perf_counter()
   # The trained models' files live in work_dir, so their policies run before it is removed.
-  with tempfile.TemporaryDirectory() as work_dir:
-    work_dir = pathlib.Path(work_dir)
+  with contextlib.ExitStack() as stack:
+    work_dir = args.work_dir or pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory()))
     if not (args.model and args.myopic_model):
       dataset = generator.generate_dataset(work_dir / "data", n_users=args.users,
-                                           n_events=args.events)
-    model_dir = args.model or _trained_model(work_dir / "discounted", dataset)
-    myopic_dir = args.myopic_model or _trained_model(work_dir / "myopic", dataset,
+                                           n_events=args.events, dynamics=args.dynamics)
+    model_dir = args.model or _trained_model(work_dir / "discounted", dataset, args.reward)
+    myopic_dir = args.myopic_model or _trained_model(work_dir / "myopic", dataset, args.reward,
                                                      MYOPIC_SETTINGS)
     train_seconds = time.perf_counter() - start
     start = time.perf_counter()
@@ -192,8 +210,9 @@ def main() -> None:
                                                   world.n_items),
         "myopic": model_policy.SavedModelPolicy(myopic_dir, contract.SERVING_SIGNATURE,
                                                 world.n_items),
-        "logging": generator.logging_policy(world), "oracle": policies.OraclePolicy(world)}
-    means = {role: _means_per_seed(policy, seeds, args.users, args.horizon, world)
+        "logging": generator.logging_policy(world),
+        "oracle": policies.OraclePolicy(world, user_model)}
+    means = {role: _means_per_seed(policy, seeds, args.users, args.horizon, world, user_model)
              for role, policy in candidates.items()}
   report = {
       "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
@@ -201,7 +220,9 @@ def main() -> None:
       "models": {"discounted": str(args.model or "trained by `recsys run`"),
                  "myopic": str(args.myopic_model or "trained by `recsys run " + " ".join(
                      f"--set {setting}" for setting in MYOPIC_SETTINGS) + "`")},
-      "seeds": seeds, "users": args.users, "training_events": args.events,
+      "dynamics": args.dynamics, "trained_reward": args.reward or "RewardConfig defaults",
+      "seeds": seeds, "users": args.users,
+      "training_events": args.events,
       "horizon": args.horizon,
       "reward_weights": REWARD_WEIGHTS,
       "means": {role: means[role].mean().round(4).to_dict() for role in means},

@@ -19,6 +19,7 @@ from tfx import v1 as tfx
 
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
+from components.models.config import MODEL_CONFIG_KEY
 from pipeline import run_report
 from pipeline.configs import PipelineConfig
 
@@ -127,11 +128,26 @@ def _details(store: _Store, artifact: metadata_store_pb2.Artifact) -> Dict[str, 
       metrics = json.loads(path.read_text())["candidate"]["metrics"]
       details["metrics"] = ", ".join(f"{name} {metrics[name]:.4f}" for name in HEADLINE_METRICS
                                      if name in metrics)
+  elif type_name == tfx.types.standard_artifacts.Model.TYPE_NAME:
+    details.update(_reward(store, artifact))
   elif type_name == tfx.types.standard_artifacts.ModelBlessing.TYPE_NAME:
     details["verdict"] = artifact.custom_properties["blessing_message"].string_value
   elif type_name == tfx.types.standard_artifacts.InfraBlessing.TYPE_NAME:
     details["verdict"] = artifact.custom_properties[artifact_properties.INFRA_REASON].string_value
   return details
+
+
+def _reward(store: _Store, model: metadata_store_pb2.Artifact) -> Dict[str, str]:
+  """The reward the model's ranking head was trained for, from its Trainer's custom_config."""
+  execution_id = store.producer(model.id)
+  if execution_id is None:
+    return {}
+  (execution,) = store.store.get_executions_by_id([execution_id])
+  if "custom_config" not in execution.custom_properties:
+    return {}
+  custom_config = json.loads(execution.custom_properties["custom_config"].string_value)
+  reward = custom_config.get(MODEL_CONFIG_KEY, {}).get("ranker", {}).get("reward", {})
+  return {"reward": ", ".join(f"{term} {weight:g}" for term, weight in reward.items())}
 
 
 def lineage(config: PipelineConfig, version: Optional[int] = None) -> Lineage:

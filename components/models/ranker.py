@@ -1,43 +1,48 @@
-"""The DQN ranking head: Q(state, item), learned offline from the logged sessions' transitions.
+"""The DQN ranking head: long-term value of showing an item, learned offline from logged sessions.
 
-A session is a Markov decision process. The state is what the two-tower model's query tower makes
-of the user and their recent history; an action is an item shown; the reward is a configurable
-weighted sum of what the user then did (`RewardConfig`); rewards are discounted over the session
-by `gamma`. Q(s, a) estimates the discounted reward of showing `a` in state `s` and reranking
-greedily afterwards, so the reranker can prefer an item that keeps the session going over one
-that is merely clicked.
+A session is a Markov decision process, and so is a user's sequence of sessions. The state is what
+the two-tower model's query tower makes of the user and their history; an action is an item
+shown; the reward is a configurable weighted sum of what the user then did (`RewardConfig`);
+rewards are discounted by `gamma` per step within a session and by `session_gamma` from a
+session's end to the user's next session, when they came back. The head ranks the retrieval
+candidates by what showing each is worth, now and later, so it can prefer an item that keeps the
+user satisfied and coming back over one that is merely clicked (clickbait: README, Benchmarks).
 
 Why it is built this way:
-  * Item-wise transitions. A logged slate is several transitions, one per shown item, all from
-    the same state to the same next state (SessionBuilder, components/data/sessions.py): the
-    item-wise decomposition SlateQ (Ie et al., 2019) justifies when a user's response to an item
-    depends on that item only.
+  * SlateQ's decomposition (Ie et al., 2019; `QNetwork`). A logged slate is several
+    transitions, one per shown item, all from one state to one next state (SessionBuilder,
+    components/data/sessions.py). What happens next depends on what the user consumed, not on
+    what they scrolled past, so the value of showing an item is P(click) times its consumed
+    value Q, the click's reward plus the discounted value of the state it leads to: a click
+    model learnt from every impression, and Q learnt by temporal differences from the clicked
+    ones only. The clicks of one slate share their next state's value (`bellman_targets`).
+  * Positions. The click model learns each logged slot's effect, so it is not the logging
+    policy's position bias; items are ranked as if shown in the top slot.
   * Candidate actions. The serving graph reranks the retrieval top-N of a state, so the next
-    state's best action is sought among that state's retrieval top-`train_candidates` too: a max
-    over the whole catalog would value actions the serving graph never takes.
-  * Double DQN (van Hasselt et al., 2016). The online network picks the next state's best action
-    and a target network values it; one network doing both overestimates Q.
+    state's slate is sought among that state's retrieval top-`train_candidates` too: a max over
+    the whole catalog would value actions the serving graph never takes.
+  * Double DQN (van Hasselt et al., 2016). The online network picks the next state's slate and
+    a target network values it (`next_slate_values`); one network doing both overestimates Q.
   * Target network, soft updates. The target's weights follow the online ones by Polyak
     averaging with rate `target_update_rate` after every step, so the regression target moves
     slowly.
-  * Conservative Q-learning (CQL, Kumar et al., 2020). The logs hold only the actions the
-    logging policy chose; an unlogged action's Q is never corrected by data, and the max in the
-    target seeks out exactly those errors. CQL adds
+  * Conservative Q-learning (CQL, Kumar et al., 2020), optional. The logs hold only the actions
+    the logging policy chose; an unlogged action's Q is never corrected by data, and the max in
+    the target seeks out exactly those errors. CQL adds
         cql_weight * (logsumexp over a in candidates(s) and the logged action of Q(s, a)
                       - Q(s, logged action)),
-    which pushes down every candidate's Q relative to the logged action's: the learned policy
-    stays near the data where the data say nothing. How near is `cql_weight`, 0 by default: it
-    pays when the logging policy is good, and on the simulator's logs, whose logging policy
-    ranks worse than the two-tower model, reranked slates got 27-32% fewer clicks than the
-    retrieval order with a weight of 0.1, against 9-10% without (README, Benchmarks). Set it for
-    logs from a policy worth staying near.
+    over the clicked transitions, which pushes down every candidate's Q relative to the logged
+    action's: the learned policy stays near the data where the data say nothing. How near is
+    `cql_weight`, 0 by default: it pays when the logging policy is good, and the simulator's
+    ranks worse than the two-tower model (README, Benchmarks). Set it for logs from a policy
+    worth staying near.
   * Frozen towers. The state and the actions' embeddings come from the trained two-tower model,
     whose gradients are stopped: the ranking head cannot distort the retrieval space it reranks.
-  * A correction to the retrieval score, not a free regression (`QNetwork`). About ten logged
-    items per state, shown in slots the logging policy chose, teach a free MLP that policy's
-    position-biased preferences; the retrieval score, learnt from the same engagements against
-    the whole catalog, ranks better. Starting from it, the head learns only what the rewards
-    add (README, Benchmarks).
+  * Corrections of the retrieval score, not a free regression. About ten logged items per state,
+    shown in slots the logging policy chose, taught a free MLP that policy's position-biased
+    preferences; the retrieval score, learnt from the same engagements against the whole
+    catalog, ranks better. Starting from it, with corrections that start at zero, the head learns
+    only what the rewards add, and the untrained head ranks exactly as retrieval does.
 """
 from typing import Dict, Sequence, Tuple
 
@@ -263,8 +268,14 @@ class DQNRanker(tf.keras.Model):
       network.position_logits(tf.zeros([1], tf.int64))
     self.target_network.set_weights(self.q_network.get_weights())
 
-  def loss_terms(self, batch) -> Dict[str, tf.Tensor]:
-    """The click loss, the TD loss, the CQL penalty and their weighted sum for one batch."""
+  def loss_terms(self, batch, bootstrap: bool = False) -> Dict[str, tf.Tensor]:
+    """The click loss, the TD loss, the CQL penalty and their weighted sum for one batch.
+
+    Training values the next state with the target network; with `bootstrap`, the online
+    network values it itself, so the TD loss is its own Bellman residual: what judges how well a
+    head fits held-out transitions, whatever its target network lags.
+    """
+    valuing = self.q_network if bootstrap else self.target_network
     states = self._state(batch, contract.transformed_name(contract.HISTORY))
     next_states = self._state(batch, contract.transformed_name(contract.NEXT_HISTORY))
     logged = batch[contract.transformed_name(contract.ITEM_ID)]
@@ -272,11 +283,10 @@ class DQNRanker(tf.keras.Model):
 
     _, next_candidates = self.catalog.top_candidates(next_states, self.train_candidates)
     next_actions = self.catalog.actions(next_candidates)
-    target_clicks, target_values = self.target_network.estimates((next_states, next_actions))
+    target_clicks, target_values = valuing.estimates((next_states, next_actions))
     next_values = next_slate_values(
         tf.stop_gradient(self.q_network((next_states, next_actions))), target_clicks,
-        target_values,
-        self.target_network.position_logits(tf.range(self.next_slate_size, dtype=tf.int64)),
+        target_values, valuing.position_logits(tf.range(self.next_slate_size, dtype=tf.int64)),
         self.next_slate_size)
     targets = tf.stop_gradient(bellman_targets(
         rewards(batch, tf.gather(self.novelty, logged), self.config.reward), next_values,

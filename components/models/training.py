@@ -63,12 +63,12 @@ HEAD_EVALUATION_FILE = "head_evaluation.json"
 
 
 def held_out_losses(dqn, transitions: tf.data.Dataset) -> Dict[str, float]:
-  """The head's loss terms (`DQNRanker.loss_terms`) averaged over batches of held-out
-  transitions, weighted by the batches' sizes."""
+  """The head's loss terms (`DQNRanker.loss_terms`, its TD loss the Bellman residual of the
+  online network) averaged over batches of held-out transitions, weighted by their sizes."""
   totals, count = {}, 0
   for batch in transitions:
     size = int(tf.shape(batch[contract.CLICK])[0])
-    for name, value in dqn.loss_terms(batch).items():
+    for name, value in dqn.loss_terms(batch, bootstrap=True).items():
       totals[name] = totals.get(name, 0.0) + float(value) * size
     count += size
   return {name: total / max(count, 1) for name, total in totals.items()}

@@ -3,11 +3,13 @@ import importlib.util
 import json
 import pathlib
 import sys
+import types
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from components.simulation import simulator
 from schemas import contract
 from tests import fake_recommender
 
@@ -37,15 +39,21 @@ def test_paired_difference_needs_two_seeds():
 
 
 def test_per_user_metrics_count_users_without_later_sessions():
-  sessions = pd.DataFrame({"user": [0, 0, 1], "clicks": [2, 1, 0], "purchases": [1, 0, 0],
-                           "revenue": [10.0, 0.0, 0.0], "satisfaction": [1.0, -1.0, 0.0],
-                           "steps": [3, 2, 1], "returned": [True, False, False]})
-  metrics = bench_policies.per_user_metrics(sessions, n_users=4)
+  sessions = pd.DataFrame({"session": [0, 1, 2], "user": [0, 0, 1], "clicks": [2, 1, 0],
+                           "purchases": [1, 0, 0], "revenue": [10.0, 0.0, 0.0],
+                           "satisfaction": [1.0, -1.0, 0.0], "steps": [3, 2, 1],
+                           "returned": [True, False, False]})
+  # Session 0 showed items 0 and 1, session 1 item 2, session 2 items 1 and 2; item 1 is bait.
+  impressions = pd.DataFrame({"session": [0, 0, 1, 2, 2], "item": [0, 1, 2, 1, 2]})
+  world = types.SimpleNamespace(item_clickbait=np.array([False, True, False]))
+  result = simulator.SimulationResult(sessions=sessions, impressions=impressions, state=None)
+  metrics = bench_policies.per_user_metrics(result, world, n_users=4)
   # Rewards 2 + 1 + 0.1 and 1: over 4 users, two of whom had no session here.
   assert metrics["reward_per_user"] == pytest.approx(4.1 / 4)
   assert metrics["sessions_per_user"] == pytest.approx(3 / 4)
   assert metrics["return_rate"] == pytest.approx(1 / 3)
   assert metrics["steps"] == pytest.approx(2.0)
+  assert metrics["clickbait"] == pytest.approx((0.5 + 0.0 + 0.5) / 3)
 
 
 def test_a_policy_against_itself_differs_by_exactly_zero(tmp_path, monkeypatch):

@@ -22,10 +22,13 @@ from tfx import v1 as tfx
 
 from components import artifact_properties
 from components.data import sessions
+from components.models import queries
+from components.models import training
 from components.models import warmup
 from components.simulation import generator
 from pipeline import cli
 import schemas
+from schemas import contract
 from serving import client as client_lib
 from serving import model_config
 from serving import server as server_lib
@@ -119,10 +122,33 @@ def test_lineage_names_everything_the_pushed_version_came_from(trained):
                               ("InfraBlessing", "ServingInfraValidator")]:
     assert re.search(rf"^  {artifact} +{component} +run ", result.output, re.M), artifact
   assert "span: 1" in result.output
+  # The reward the head was trained for, recorded in ML Metadata with the model.
+  assert "reward: click 1, purchase 1, revenue 0.01, novelty 0, retention 0" in result.output
   assert re.search(r"metrics: recall@10 0\.\d{4}", result.output)
   assert "verdict: blessed" in result.output and "verdict: loaded, answered" in result.output
   unknown = CliRunner().invoke(cli.main, ["lineage", "--home", str(home), "--version", "7"])
   assert unknown.exit_code != 0 and "no run of this pipeline pushed version 7" in unknown.output
+
+
+def test_the_pipeline_trained_ranking_head_has_learnt_and_reranks(trained):
+  """The untrained head ranks exactly as retrieval does: a pipeline that skipped its training
+  would pass every other test."""
+  home, dataset, _, _ = trained
+  (report,) = home.glob(f"pipelines/*/Trainer/model_run/*/{training.HEAD_EVALUATION_FILE}")
+  evaluation = json.loads(report.read_text())
+  # On the eval split's transitions, which it never saw, it predicts clicks and fits its
+  # Bellman targets better than an untrained head.
+  for loss in ("click_loss", "td_loss"):
+    assert evaluation["trained"][loss] < evaluation["untrained"][loss], loss
+  (version,) = _versions(home)
+  model_dir = home / "serving" / "recommender" / version
+  users = sorted(pd.read_csv(dataset.interactions)["user_id"].unique())[:50]
+  served, retrieved = (queries.RankingSignature(model_dir, name)(users, [[]] * len(users))
+                       for name in (contract.SERVING_SIGNATURE, contract.RETRIEVE_SIGNATURE))
+  top = slice(0, 10)
+  differ = [list(a[top]) != list(b[top])
+            for a, b in zip(served[contract.ITEM_IDS], retrieved[contract.ITEM_IDS])]
+  assert sum(differ) > len(users) / 2
 
 
 def test_second_run_keeps_the_served_version(trained):

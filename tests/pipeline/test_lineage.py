@@ -17,6 +17,10 @@ from tfx.components.evaluator import constants as evaluator_constants
 
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
+from components.models.config import custom_config
+from components.models.config import ModelConfig
+from components.models.config import RankerConfig
+from components.models.config import RewardConfig
 from pipeline import configs
 from pipeline import lineage
 from serving import model_config
@@ -83,8 +87,10 @@ class _Metadata:
     return artifact
 
   def execute(self, node: str, run_id: str, inputs: Dict[str, Sequence],
-              outputs: Dict[str, Sequence], cached: bool = False) -> int:
-    """Records one execution of `node` in run `run_id`: its input and output events, contexts.
+              outputs: Dict[str, Sequence], cached: bool = False,
+              exec_properties: Optional[Dict[str, str]] = None) -> int:
+    """Records one execution of `node` in run `run_id`: its input and output events, contexts
+    and execution properties, which TFX records as custom properties.
 
     An output artifact that already has an id is reused, as a CACHED execution does.
     """
@@ -93,6 +99,8 @@ class _Metadata:
             metadata_store_pb2.ExecutionType(name=EXECUTION_TYPES[node])),
         last_known_state=(metadata_store_pb2.Execution.CACHED if cached
                           else metadata_store_pb2.Execution.COMPLETE))
+    for name, value in (exec_properties or {}).items():
+      execution.custom_properties[name].string_value = value
     pairs, written = [], []
     for event_type, channels in ((metadata_store_pb2.Event.INPUT, inputs),
                                  (metadata_store_pb2.Event.OUTPUT, outputs)):
@@ -169,7 +177,9 @@ def _upstream(metadata: _Metadata, run_id: str, span: int) -> Dict:
   metadata.execute("Trainer", run_id,
                    {"examples": [made["transitions"]], "transform_graph":
                     [made["transform_graph"]], "schema": [made["schema"]]},
-                   {"model": [made["model"]], "model_run": [made["model_run"]]})
+                   {"model": [made["model"]], "model_run": [made["model_run"]]},
+                   exec_properties={"custom_config": json.dumps(custom_config(ModelConfig(
+                       ranker=RankerConfig(reward=RewardConfig(revenue=0.05, retention=2.0)))))})
   return made
 
 
@@ -298,7 +308,9 @@ def test_the_gates_verdicts_the_headline_metrics_and_the_span_are_shown(config, 
   assert span.details == {"span": "3"}
   assert all(not step.details for step in found.find("Examples")
              if step.component == "SessionBuilder")
-  assert not found.find("Model")[0].details
+  # The reward the head was trained for, from the Trainer's custom_config in ML Metadata.
+  assert found.find("Model")[0].details == {
+      "reward": "click 1, purchase 1, revenue 0.05, novelty 0, retention 2"}
 
 
 def test_the_description_lists_every_step_with_its_run_details_and_uri(config, one_run):

@@ -275,6 +275,19 @@ class DQNRanker(tf.keras.Model):
     network values it itself, so the TD loss is its own Bellman residual: what judges how well a
     head fits held-out transitions, whatever its target network lags.
     """
+    terms = self.transition_terms(batch, bootstrap)
+    clicked = terms["clicked"]
+    td_loss = _weighted_mean(
+        tf.keras.losses.huber(terms["targets"][:, None], terms["values"][:, None]), clicked)
+    click_loss = tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(clicked, terms["click_logits"]))
+    return {"td_loss": td_loss, "click_loss": click_loss, "cql_penalty": terms["cql_penalty"],
+            "loss": td_loss + click_loss + self.config.cql_weight * terms["cql_penalty"]}
+
+  def transition_terms(self, batch, bootstrap: bool = False) -> Dict[str, tf.Tensor]:
+    """Per transition of a batch ([B] each): `clicked`, the click logit of the logged slot,
+    the Bellman target and the online consumed value Q of the logged action; and the batch's
+    CQL penalty. `bootstrap` as in `loss_terms`."""
     valuing = self.q_network if bootstrap else self.target_network
     states = self._state(batch, contract.transformed_name(contract.HISTORY))
     next_states = self._state(batch, contract.transformed_name(contract.NEXT_HISTORY))
@@ -296,17 +309,14 @@ class DQNRanker(tf.keras.Model):
     click_logits, logged_values = self.q_network.estimates(
         (states, self.catalog.actions(logged[:, None])))
     click_logits = click_logits[:, 0] + self.q_network.position_logits(batch[contract.POSITION])
-    click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, click_logits))
     logged_values = logged_values[:, 0]
-    td_loss = _weighted_mean(tf.keras.losses.huber(targets[:, None], logged_values[:, None]),
-                             clicked)
     _, candidates = self.catalog.top_candidates(states, self.train_candidates)
     _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
     candidate_values = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
                                 candidate_values)
-    penalty = cql_penalty(candidate_values, logged_values, clicked)
-    return {"td_loss": td_loss, "click_loss": click_loss, "cql_penalty": penalty,
-            "loss": td_loss + click_loss + self.config.cql_weight * penalty}
+    return {"clicked": clicked, "click_logits": click_logits, "targets": targets,
+            "values": logged_values,
+            "cql_penalty": cql_penalty(candidate_values, logged_values, clicked)}
 
   def train_step(self, batch):
     with tf.GradientTape() as tape:

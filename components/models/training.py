@@ -63,15 +63,27 @@ HEAD_EVALUATION_FILE = "head_evaluation.json"
 
 
 def held_out_losses(dqn, transitions: tf.data.Dataset) -> Dict[str, float]:
-  """The head's loss terms (`DQNRanker.loss_terms`, its TD loss the Bellman residual of the
-  online network) averaged over batches of held-out transitions, weighted by their sizes."""
-  totals, count = {}, 0
+  """How well the head fits held-out transitions, its online network valuing next states.
+
+  `click_loss`: the click model's cross-entropy over every transition. On the clicked ones,
+  whose consumed value the head learns: `td_error`, the mean squared Bellman residual
+  (target - Q)^2, and `relative_td_error`, that divided by the variance of the targets, since
+  a head whose values are small has small residuals: 1 or more for a head that predicts no
+  better than a constant (an untrained one is one), 0 for one that predicts every target.
+  """
+  columns = {name: [] for name in ("clicked", "click_logits", "targets", "values")}
   for batch in transitions:
-    size = int(tf.shape(batch[contract.CLICK])[0])
-    for name, value in dqn.loss_terms(batch, bootstrap=True).items():
-      totals[name] = totals.get(name, 0.0) + float(value) * size
-    count += size
-  return {name: total / max(count, 1) for name, total in totals.items()}
+    terms = dqn.transition_terms(batch, bootstrap=True)
+    for name, values in columns.items():
+      values.append(terms[name].numpy())
+  clicked, logits, targets, values = (np.concatenate(columns[name]) for name in columns)
+  click_loss = np.mean(np.maximum(logits, 0) - logits * clicked
+                       + np.log1p(np.exp(-np.abs(logits))))
+  engaged = clicked > 0
+  td_error = float(np.mean((targets[engaged] - values[engaged]) ** 2))
+  return {"click_loss": float(click_loss), "td_error": td_error,
+          "relative_td_error": td_error / max(float(np.var(targets[engaged])), 1e-12),
+          "clicked_transitions": int(engaged.sum())}
 
 
 class CatalogFeatures(NamedTuple):

@@ -12,7 +12,8 @@ Time
     in order, at least `MIN_SESSION_GAP` seconds apart: the window's idle time is cut into random
     (exponential) gaps, so sessions are days apart for a typical user and hours apart for the most
     active. A gap's draw is divided by the probability that the session before it brought the
-    user back (`simulator.return_probability`): a disappointed user takes longer to return. The pipeline cuts sessions at 30 minutes of inactivity and recovers these exactly.
+    user back (`simulator.return_probability`): a disappointed user takes longer to return. The
+    pipeline cuts sessions at 30 minutes of inactivity and recovers these exactly.
 
 Files, in the generic input format of components/data/ingest.py:
   * `interactions.csv`: user_id,item_id,timestamp,event,price,session_id,position,propensity;
@@ -25,8 +26,8 @@ Sessions are simulated until there are `n_events` impressions; the last session 
 Users' interest walks, click histories and trust go on across all of a dataset's sessions. The
 users behave by `simulator.DYNAMICS[dynamics]` (satisfaction and clickbait by default). At the
 default sizes (1,000 users, 500 items, 100,000 impressions) about 13% of impressions are clicked
-and nearly a quarter of the clicks are bought. The same seed gives byte-identical files, whatever the
-machine.
+and nearly a quarter of the clicks are bought. The same seed gives byte-identical files,
+whatever the machine.
 
 Usage: python -m components.simulation.generator OUT_DIR [--seed N] [--users N] [--items N]
          [--events N] [--dynamics satisfaction|independent]

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from components.simulation import simulator
-from schemas import contract
 from tests import fake_recommender
 
 _BENCH = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_policies.py"

@@ -154,7 +154,7 @@ def test_the_rerank_allowance_round_trips():
 def test_the_default_gate_holds_the_head_to_its_retrieval_stage_on_business_metrics_only():
   gate = release_gate.GateConfig.load()
   assert {rule.name for rule in gate.rules if rule.max_rerank_loss} == {
-      "simulator_clicks_per_user", "ope_ctr"}
+      "simulator_clicks_per_user", "ope_revenue_per_impression"}
   # Ratings data measure neither: an untrained head's lists are retrieval's, and accuracy on
   # logged engagements is not what the head optimises, so it is not held to retrieval's.
   popularity = {"recall@10": 0.02, "ndcg@10": 0.01}

@@ -24,18 +24,22 @@ DATA_URI = "data:image/png;base64,"
 # plus two ungated ones the evaluator also writes.
 CANDIDATE_METRICS = {"recall@10": 0.2512, "ndcg@10": 0.1304, "coverage@10": 0.4210,
                      "category_diversity@10": 0.6120, "exposure_gini@10": 0.5530,
-                     "ope_ctr": 0.1187, "recall@5": 0.1633, "novelty@10": 7.2140}
+                     "ope_ctr": 0.1187, "ope_revenue_per_impression": 0.9100,
+                     "recall@5": 0.1633, "novelty@10": 7.2140}
 # The most-popular ranking has the list-based metrics only.
 POPULARITY_METRICS = {"recall@10": 0.1100, "ndcg@10": 0.0600, "coverage@10": 0.0200,
                       "category_diversity@10": 0.4000, "exposure_gini@10": 0.9900,
                       "recall@5": 0.0700, "novelty@10": 5.1000}
-# The candidate's own retrieve signature: a little more accurate, a little lower off-policy CTR.
+# The candidate's own retrieve signature: a little more accurate, a little lower off-policy CTR
+# and revenue.
 RETRIEVAL_STAGE_METRICS = {"recall@10": 0.2530, "ndcg@10": 0.1311, "coverage@10": 0.4010,
                            "category_diversity@10": 0.6080, "exposure_gini@10": 0.5610,
-                           "ope_ctr": 0.1150, "recall@5": 0.1650, "novelty@10": 7.1990}
+                           "ope_ctr": 0.1150, "ope_revenue_per_impression": 0.8800,
+                           "recall@5": 0.1650, "novelty@10": 7.1990}
 BASELINE_METRICS = {"recall@10": 0.2400, "ndcg@10": 0.1250, "coverage@10": 0.4000,
                     "category_diversity@10": 0.6000, "exposure_gini@10": 0.5600,
-                    "ope_ctr": 0.1100, "recall@5": 0.1580, "novelty@10": 7.1000}
+                    "ope_ctr": 0.1100, "ope_revenue_per_impression": 0.8500,
+                    "recall@5": 0.1580, "novelty@10": 7.1000}
 
 
 def _estimate(value: float, half_width: float, sessions: int) -> Dict:
@@ -50,7 +54,9 @@ def _model_report(metrics: Dict[str, float], off_policy: bool = True,
   if off_policy:
     estimates = {"ope_ctr": _estimate(metrics["ope_ctr"], 0.0150, 812),
                  "ope_ctr_ips": _estimate(0.1210 + shift, 0.0310, 812),
-                 "ope_purchase_rate": _estimate(0.0240 + shift, 0.0060, 812)}
+                 "ope_purchase_rate": _estimate(0.0240 + shift, 0.0060, 812),
+                 "ope_revenue_per_impression": _estimate(
+                     metrics["ope_revenue_per_impression"], 0.1000, 812)}
   else:
     metrics = {name: value for name, value in metrics.items() if not name.startswith("ope_")}
   return model_evaluation.ModelReport(
@@ -188,21 +194,23 @@ def test_the_metric_table_puts_candidate_and_baseline_side_by_side(blessed_recor
   # The gate's settings of a gated metric; an ungated one has none.
   assert table["recall@10"][5:] == ["", "0.05 relative", "0.1 relative", "yes", "", "1"]
   assert table["exposure_gini@10"][5:] == ["", "", "0.05 absolute", "", "", "0.25"]
-  assert table["ope_ctr"][5:] == ["", "", "", "", "0.01 absolute", "1"]
+  assert table["ope_ctr"][5:] == ["", "", "", "", "", "1"]
+  assert table["ope_revenue_per_impression"][5:] == ["", "", "", "", "0.1 relative", "0"]
   assert table["novelty@10"][5:] == ["", "", "", "", "", ""]
 
 
 def test_a_reranker_behind_its_retrieval_stage_is_refused_and_its_row_marked():
-  record = _record(retrieval_stage_metrics=dict(RETRIEVAL_STAGE_METRICS, ope_ctr=0.1400))
+  record = _record(retrieval_stage_metrics=dict(RETRIEVAL_STAGE_METRICS,
+                                                 ope_revenue_per_impression=1.1000))
   page = _Page(report.render(record))
   verdict = [text for css, text in page.paragraphs if css == "refused"]
   assert verdict == [record["verdict"]["reason"]]
-  assert ("ope_ctr = 0.1187 after reranking falls behind its retrieval stage's 0.1400 by 0.0213, "
-          "more than the allowed 0.0100") in verdict[0]
+  assert ("ope_revenue_per_impression = 0.9100 after reranking falls behind its retrieval "
+          "stage's 1.1000 by 0.1900, more than the allowed 10% of it") in verdict[0]
   metric_rows = [row[0] for row in page.tables[0]]
   failed = {name for name, css in zip(metric_rows, page.row_classes) if css == "fail"}
-  assert failed == {"ope_ctr"}
-  assert page.table_starting_with("metric")["ope_ctr"][4] == "0.1400"
+  assert failed == {"ope_revenue_per_impression"}
+  assert page.table_starting_with("metric")["ope_revenue_per_impression"][4] == "1.1000"
 
 
 def test_metrics_the_gate_configures_but_the_run_did_not_measure_are_listed(blessed_page):
@@ -263,7 +271,8 @@ def test_the_pareto_charts_appear_only_with_two_measured_pareto_metrics(blessed_
 def test_off_policy_estimates_show_value_interval_and_sessions(blessed_record, blessed_page):
   estimates = _Page(blessed_page).table_starting_with("estimate")
   assert estimates["estimate"] == ["candidate", "baseline", "sessions"]
-  assert set(estimates) - {"estimate"} == {"ope_ctr", "ope_ctr_ips", "ope_purchase_rate"}
+  assert set(estimates) - {"estimate"} == {"ope_ctr", "ope_ctr_ips", "ope_purchase_rate",
+                                           "ope_revenue_per_impression"}
   candidate = blessed_record["candidate"]["off_policy"]["ope_ctr"]
   baseline = blessed_record["baseline"]["off_policy"]["ope_ctr"]
   assert estimates["ope_ctr"] == [

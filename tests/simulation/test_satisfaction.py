@@ -58,8 +58,10 @@ def test_clickbait_is_clicked_more_and_leaves_users_less_satisfied(world):
   ordinary = ordinary[np.argsort(np.abs(world.item_quality[ordinary]))][:len(bait)]
   bait_sessions, bait_log = _outcomes(world, bait)
   plain_sessions, plain_log = _outcomes(world, ordinary)
-  first_step = lambda log: log[log["step"] == 0]["click"].mean()  # pylint: disable=unnecessary-lambda-assignment
-  assert first_step(bait_log) > 1.5 * first_step(plain_log)
+  def first_step_ctr(log):
+    return log[log["step"] == 0]["click"].mean()
+
+  assert first_step_ctr(bait_log) > 1.5 * first_step_ctr(plain_log)
   assert bait_sessions["satisfaction"].mean() < plain_sessions["satisfaction"].mean() - 0.5
   assert (bait_sessions["satisfaction"] < 0).mean() > 0.5
 
@@ -76,8 +78,10 @@ def test_satisfaction_extends_sessions_raises_purchases_and_returns(world):
   assert (good_sessions["return_probability"].mean()
           > bad_sessions["return_probability"].mean() + 0.1)
   # Per click, satisfied users buy more (price and affinity being comparable in both sets).
-  clicked = lambda log: log[log["click"]]  # pylint: disable=unnecessary-lambda-assignment
-  assert clicked(good_log)["purchase"].mean() > clicked(bad_log)["purchase"].mean()
+  def purchases_per_click(log):
+    return log[log["click"]]["purchase"].mean()
+
+  assert purchases_per_click(good_log) > purchases_per_click(bad_log)
 
 
 def test_the_time_budget_ends_a_session_that_disappoints():
@@ -99,10 +103,10 @@ def test_fatigue_grows_when_one_category_is_shown_over_and_over():
   exposure = np.zeros((2, 3))
   one_category = np.zeros((1, 10), dtype=int)
   mixed = np.array([[0, 1, 2, 0, 1, 2, 0, 1, 2, 0]])
+  expose = simulator._category_exposure  # pylint: disable=protected-access
   for _ in range(5):
-    exposure = np.concatenate([
-        simulator._category_exposure(exposure[:1], one_category, model),  # pylint: disable=protected-access
-        simulator._category_exposure(exposure[1:], mixed, model)])  # pylint: disable=protected-access
+    exposure = np.concatenate([expose(exposure[:1], one_category, model),
+                               expose(exposure[1:], mixed, model)])
   # 1 + 0.7 + 0.7^2 + 0.7^3 + 0.7^4 for the one category.
   assert exposure[0, 0] == pytest.approx(sum(0.7 ** k for k in range(5)))
   nothing = np.zeros((2, 10))

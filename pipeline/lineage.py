@@ -20,6 +20,7 @@ from tfx import v1 as tfx
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
 from components.models.config import MODEL_CONFIG_KEY
+from components.models.config import ModelConfig
 from pipeline import run_report
 from pipeline.configs import PipelineConfig
 
@@ -146,8 +147,9 @@ def _reward(store: _Store, model: metadata_store_pb2.Artifact) -> Dict[str, str]
   if "custom_config" not in execution.custom_properties:
     return {}
   custom_config = json.loads(execution.custom_properties["custom_config"].string_value)
-  reward = custom_config.get(MODEL_CONFIG_KEY, {}).get("ranker", {}).get("reward", {})
-  return {"reward": ", ".join(f"{term} {weight:g}" for term, weight in reward.items())}
+  reward = ModelConfig.from_dict(custom_config[MODEL_CONFIG_KEY]).ranker.reward
+  return {"reward": ", ".join(f"{term} {weight:g}"
+                              for term, weight in dataclasses.asdict(reward).items())}
 
 
 def lineage(config: PipelineConfig, version: Optional[int] = None) -> Lineage:

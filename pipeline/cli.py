@@ -341,9 +341,17 @@ def rollback(home, to_version, label_delay) -> None:
              f"{config.serving_root / model_config.MODEL_CONFIG_FILE}")
 
 
+# History items the printed recommendations name: the request sends up to contract.HISTORY_LENGTH.
+_SHOWN_HISTORY = 5
+
+
 def _print_recommendations(user: str, history: Sequence[str], recommendations) -> None:
-  click.echo(f"Top {len(recommendations)} for user {user}"
-             f" (recent history: {', '.join(history) if history else 'none'}):")
+  if history:
+    latest = ", ".join(history[-_SHOWN_HISTORY:])
+    shown = latest if len(history) <= _SHOWN_HISTORY else f"{len(history)} items, latest {latest}"
+  else:
+    shown = "none"
+  click.echo(f"Top {len(recommendations)} for user {user} (history: {shown}):")
   for rank, recommendation in enumerate(recommendations, start=1):
     click.echo(f"{rank:>3}. {recommendation.item_id:<24} score {recommendation.score:.4f}")
 

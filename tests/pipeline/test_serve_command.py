@@ -3,6 +3,7 @@
 systemd, Docker and Kubernetes signal the main process; a server running as its child would
 outlive it, still bound to the ports (found running, parentless, an hour later).
 """
+import collections
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import time
 import grpc
 import pytest
 
+from pipeline import cli
 from serving import client as client_lib
 from serving import push
 from serving import server as server_lib
@@ -60,3 +62,13 @@ def test_sigterm_to_recsys_serve_stops_the_server_and_frees_its_ports(home):
   finally:
     serve.kill()
     serve.wait()
+
+
+def test_printed_recommendations_name_only_the_latest_history_items(capsys):
+  recommendation = collections.namedtuple("Recommendation", "item_id score")
+  cli._print_recommendations("u1", list("abcdefg"), [recommendation("i9", 0.5)])
+  assert capsys.readouterr().out.splitlines() == [
+      "Top 1 for user u1 (history: 7 items, latest c, d, e, f, g):",
+      "  1. i9                       score 0.5000"]
+  cli._print_recommendations("u1", ["a"], [])
+  assert capsys.readouterr().out.strip() == "Top 0 for user u1 (history: a):"

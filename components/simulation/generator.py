@@ -103,20 +103,14 @@ def _impressions(world: simulator.World, user_model: simulator.UserModel,
   """
   policy = logging_policy(world, seed)
   slate_size = min(simulator.DEFAULT_SLATE_SIZE, world.n_items)
-  users, state, rounds, total = np.arange(world.n_users), None, [], 0
-  while total < n_events and len(users) and len(rounds) < MAX_SESSIONS_PER_USER:
-    result = simulator.run_users(world, policy, users, 1, rng, user_model, slate_size, state)
-    offset = sum(len(sessions) for sessions, _ in rounds)
-    for frame in (result.sessions, result.impressions):
-      frame["session"] += offset
-    rounds.append((result.sessions, result.impressions))
-    total += len(result.impressions)
-    users, state = users[result.sessions["returned"].to_numpy()], result.state
-  if total < n_events:
-    raise ValueError(f"{world.n_users} users stop coming back after {total} impressions, "
-                     f"fewer than n_events = {n_events}: ask for more users or fewer events")
-  impressions = pd.concat([frame for _, frame in rounds], ignore_index=True).iloc[:n_events]
-  sessions = pd.concat([frame for frame, _ in rounds], ignore_index=True)
+  result = simulator.run_users(world, policy, np.arange(world.n_users), MAX_SESSIONS_PER_USER,
+                               rng, user_model, slate_size, max_impressions=n_events)
+  if len(result.impressions) < n_events:
+    raise ValueError(f"{world.n_users} users stop coming back after {len(result.impressions)} "
+                     f"impressions, fewer than n_events = {n_events}: ask for more users or "
+                     f"fewer events")
+  impressions = result.impressions.iloc[:n_events]
+  sessions = result.sessions
   return impressions, sessions[sessions["session"].isin(impressions["session"].unique())]
 
 

@@ -570,27 +570,28 @@ def run_sessions(world: World, policy: Policy, n_sessions: int, rng: np.random.G
 def run_users(world: World, policy: Policy, users: np.ndarray, horizon: int,
               rng: np.random.Generator, user_model: UserModel = UserModel(),
               slate_size: int = DEFAULT_SLATE_SIZE,
-              state: Optional[UserState] = None) -> SimulationResult:
+              max_impressions: Optional[int] = None) -> SimulationResult:
   """Follows each of `users` over up to `horizon` sessions: retention under a policy.
 
-  Every user has a session; after each session a user comes back for the next with its
-  `return_probability`, and one who does not is gone. Sessions are simulated round by round,
-  the k-th sessions of the users still there together, and numbered in that order; `sessions`
-  has a `round` column (0 for the first). Users start new (`UserState.new`) unless `state`
-  continues earlier sessions.
+  Every user starts new (`UserState.new`) and has a session; after each session a user comes
+  back for the next with its `return_probability`, and one who does not is gone. Sessions are
+  simulated round by round, the k-th sessions of the users still there together, and numbered
+  in that order; `sessions` has a `round` column (0 for the first). With `max_impressions`, no
+  round starts once the rounds before it showed that many impressions.
   """
   if horizon < 1:
     raise ValueError(f"horizon must be at least 1, got {horizon}")
   users = np.asarray(users)
-  rounds, offset = [], 0
+  state, rounds, offset, impressions = None, [], 0, 0
   for round_number in range(horizon):
-    if not len(users):
+    if not len(users) or (max_impressions is not None and impressions >= max_impressions):
       break
     result = _run(world, policy, users, rng, user_model, slate_size, state)
     for frame in (result.sessions, result.impressions):
       frame["session"] += offset
     rounds.append((result.sessions.assign(round=round_number), result.impressions))
     offset += len(users)
+    impressions += len(result.impressions)
     users, state = users[result.sessions["returned"].to_numpy()], result.state
   return SimulationResult(sessions=pd.concat([r[0] for r in rounds], ignore_index=True),
                           impressions=pd.concat([r[1] for r in rounds], ignore_index=True),

@@ -162,3 +162,16 @@ def test_independent_clicks_keep_users_unchanged_by_what_they_are_shown(world):
       world.item_clickbait)), 500, 0, world, user_model=model).sessions
   assert (sessions["satisfaction"] == 0).all() and sessions["returned"].all()
   assert simulator.DYNAMICS[simulator.INDEPENDENT].clickbait_share == 0.0
+
+
+def test_run_users_starts_no_round_once_max_impressions_are_shown(world):
+  policy = policies.LoggingPolicy(world, seed=0)
+  full = simulator.run_users(world, policy, np.arange(100), 4, np.random.default_rng(0))
+  first_round = (full.impressions["session"] < 100).sum()
+  bounded = simulator.run_users(world, policy, np.arange(100), 4, np.random.default_rng(0),
+                                max_impressions=first_round)
+  assert bounded.sessions["round"].max() == 0 and len(bounded.impressions) == first_round
+  # One impression more than the first round showed lets the second round run, and only it.
+  longer = simulator.run_users(world, policy, np.arange(100), 4, np.random.default_rng(0),
+                               max_impressions=first_round + 1)
+  assert longer.sessions["round"].max() == 1

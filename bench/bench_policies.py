@@ -15,7 +15,7 @@ trained on:
   * `serving_default`: the exported graph, retrieval top-N reranked by the DQN head;
   * `retrieve`: the same model's two-tower top-K only;
   * `myopic`: the `serving_default` of a model trained the same way with the head's discount
-    gamma = 0, which values an item by its immediate reward only;
+    gamma = session_gamma = 0, which values an item by its immediate reward only;
   * `logging`, the policy that logged the training data, and `oracle` (policies.OraclePolicy),
     which is handed the users' hidden interest and ranks by click probability, for scale.
 Without --model (--myopic-model) the real pipeline (`recsys run --interactions` on that dataset,

@@ -165,8 +165,8 @@ class QNetwork(tf.keras.Model):
       P(click | s, a) * Q(s, a),
   the click probability times the consumed value Q(s, a), the reward of a click on a plus the
   discounted value of the state it leads to. A user's next state depends on what they consumed,
-  not on what they scrolled past, so Q is learnt from clicked transitions only, and the items of
-  one slate, which share the next state, stop sharing its value.
+  not on what they scrolled past, so Q is learnt from clicked transitions only: the items of a
+  slate the user scrolled past take no share of the value of the state the slate leads to.
     * click logit = scale * <s, a> + offset + click correction(s, a): the retrieval score <s, a>
       already ranks the candidates by what users engage with, learnt against the whole catalog,
       and the correction learns what the impressions add (an attractive item that is not

@@ -77,8 +77,7 @@ def held_out_losses(dqn, transitions: tf.data.Dataset) -> Dict[str, float]:
     for name, values in columns.items():
       values.append(terms[name].numpy())
   clicked, logits, targets, values = (np.concatenate(columns[name]) for name in columns)
-  click_loss = np.mean(np.maximum(logits, 0) - logits * clicked
-                       + np.log1p(np.exp(-np.abs(logits))))
+  click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, logits))
   engaged = clicked > 0
   td_error = float(np.mean((targets[engaged] - values[engaged]) ** 2))
   return {"click_loss": float(click_loss), "td_error": td_error,

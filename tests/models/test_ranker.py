@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from components.models import ranker
+from components.models import training
 from components.models import two_tower
 from components.models.config import ModelConfig
 from components.models.config import RankerConfig
@@ -250,3 +251,24 @@ def test_config_round_trips_through_a_dict():
 def test_config_rejects_a_discount_of_one():
   with pytest.raises(ValueError, match="gamma"):
     RankerConfig(gamma=1.0)
+
+
+def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
+  tf.keras.utils.set_random_seed(0)
+  retrieval, catalog = _world()
+  users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
+  clicks = (items % 2 == 0).astype(int)
+  data = tf.data.Dataset.from_tensor_slices(_transitions(users, items, clicks, np.ones(24, int)))
+  config = RankerConfig(hidden_units=(16,), train_candidates=6)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+  dqn.build_networks(4)
+  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  untrained = training.held_out_losses(dqn, data.batch(10))
+  # Only the clicked transitions have a consumed value to fit. Every click's reward is 1 and
+  # every step is a last one here, so every target is 1, which the untrained value
+  # (softplus(0.5413) = 1) already predicts.
+  assert untrained["clicked_transitions"] == 12
+  assert untrained["td_error"] == pytest.approx(0.0, abs=1e-6)
+  dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0)
+  trained = training.held_out_losses(dqn, data.batch(10))
+  assert trained["click_loss"] < untrained["click_loss"] / 10

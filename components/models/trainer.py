@@ -87,8 +87,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     # training bought, kept with the model run for whoever asks whether the head learnt at all.
     held_out = training.transitions_dataset(fn_args, fn_args.eval_files,
                                             tf_transform_output).batch(config.ranker.batch_size)
+    # Both heads are judged on the trained head's Bellman targets.
     evaluation = {"trained": training.held_out_losses(dqn, held_out),
-                  "untrained": training.held_out_losses(ranking_head(), held_out)}
+                  "untrained": training.held_out_losses(ranking_head(), held_out,
+                                                        targets_from=dqn)}
     logging.info("DQN head on held-out transitions: %s", evaluation)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(

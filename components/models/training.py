@@ -62,26 +62,35 @@ class EpochLog(tf.keras.callbacks.Callback):
 HEAD_EVALUATION_FILE = "head_evaluation.json"
 
 
-def held_out_losses(dqn, transitions: tf.data.Dataset) -> Dict[str, float]:
-  """How well the head fits held-out transitions, its online network valuing next states.
+def held_out_losses(dqn, transitions: tf.data.Dataset, targets_from=None) -> Dict[str, float]:
+  """How well the head fits held-out transitions.
 
   `click_loss`: the click model's cross-entropy over every transition. On the clicked ones,
-  whose consumed value the head learns: `td_error`, the mean squared Bellman residual
-  (target - Q)^2, and `relative_td_error`, that divided by the variance of the targets, since
-  a head whose values are small has small residuals: 1 or more for a head that predicts no
-  better than a constant (an untrained one is one), 0 for one that predicts every target.
+  whose consumed value the head learns, against the Bellman targets of `targets_from` (default
+  `dqn`), its target network valuing the next states as in its training loss: `td_error`, the
+  mean squared residual (target - Q)^2, and `relative_td_error`, that divided by the targets'
+  variance, 1 or more for a head that predicts no better than a constant. Judged on one head's
+  targets, a trained head and an untrained one answer the same question; each on its own, the
+  trained head's targets carry the future's variance and the untrained head's a constant's.
+  `bellman_residual`: the mean squared residual against `dqn`'s own targets, its online network
+  valuing the next states, whatever its target network lags.
   """
-  columns = {name: [] for name in ("clicked", "click_logits", "targets", "values")}
+  targets_from = targets_from or dqn
+  columns = {name: [] for name in ("clicked", "click_logits", "targets", "own_targets", "values")}
   for batch in transitions:
     terms = dqn.transition_terms(batch, bootstrap=True)
+    terms["own_targets"] = terms["targets"]
+    terms["targets"] = targets_from.transition_terms(batch)["targets"]
     for name, values in columns.items():
       values.append(terms[name].numpy())
-  clicked, logits, targets, values = (np.concatenate(columns[name]) for name in columns)
+  clicked, logits, targets, own_targets, values = (np.concatenate(columns[name])
+                                                   for name in columns)
   click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, logits))
   engaged = clicked > 0
   td_error = float(np.mean((targets[engaged] - values[engaged]) ** 2))
   return {"click_loss": float(click_loss), "td_error": td_error,
           "relative_td_error": td_error / max(float(np.var(targets[engaged])), 1e-12),
+          "bellman_residual": float(np.mean((own_targets[engaged] - values[engaged]) ** 2)),
           "clicked_transitions": int(engaged.sum())}
 
 

@@ -253,16 +253,26 @@ def test_config_rejects_a_discount_of_one():
     RankerConfig(gamma=1.0)
 
 
-def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
+def _even_items_clicked(done: int, heads: int, config: RankerConfig):
+  """Four users each shown the six items, the even ones clicked, every step done or none; and
+  `heads` compiled heads on a toy world. Returns (the transitions, their clicks, the heads)."""
   tf.keras.utils.set_random_seed(0)
   retrieval, catalog = _world()
   users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
   clicks = (items % 2 == 0).astype(int)
-  data = tf.data.Dataset.from_tensor_slices(_transitions(users, items, clicks, np.ones(24, int)))
-  config = RankerConfig(hidden_units=(16,), train_candidates=6)
-  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
-  dqn.build_networks(4)
-  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  data = tf.data.Dataset.from_tensor_slices(
+      _transitions(users, items, clicks, np.full(24, done)))
+  dqns = [ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
+          for _ in range(heads)]
+  for dqn in dqns:
+    dqn.build_networks(4)
+    dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  return data, clicks, dqns
+
+
+def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
+  data, _, (dqn,) = _even_items_clicked(1, 1, RankerConfig(hidden_units=(16,),
+                                                             train_candidates=6))
   untrained = training.held_out_losses(dqn, data.batch(10))
   # Only the clicked transitions have a consumed value to fit. Every click's reward is 1 and
   # every step is a last one here, so every target is 1, which the untrained value
@@ -272,3 +282,25 @@ def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
   dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0)
   trained = training.held_out_losses(dqn, data.batch(10))
   assert trained["click_loss"] < untrained["click_loss"] / 10
+
+
+def test_held_out_losses_judge_a_head_on_another_heads_bellman_targets():
+  # Steps that continue: each target is 1 + gamma * V(s') / engagements, and V(s') is what the
+  # valuing head makes of the next state, so two heads' targets differ.
+  data, clicks, (trained, untrained) = _even_items_clicked(
+      0, 2, RankerConfig(hidden_units=(16,), train_candidates=6, slate_size=3))
+  trained.fit(data.repeat(20).shuffle(480).batch(24), epochs=2, verbose=0)
+  everything = next(iter(data.batch(24)))
+  targets = trained.transition_terms(everything)["targets"].numpy()[clicks > 0]
+  values = untrained.transition_terms(everything)["values"].numpy()[clicks > 0]
+  on_trained_targets = training.held_out_losses(untrained, data.batch(10), targets_from=trained)
+  on_own_targets = training.held_out_losses(untrained, data.batch(10))
+  assert on_trained_targets["td_error"] == pytest.approx(np.mean((targets - values) ** 2),
+                                                         rel=1e-5)
+  assert on_trained_targets["relative_td_error"] == pytest.approx(
+      np.mean((targets - values) ** 2) / np.var(targets), rel=1e-5)
+  # Its own residual is its own: an untrained head's targets, not the trained one's.
+  assert on_own_targets["td_error"] == pytest.approx(on_own_targets["bellman_residual"])
+  assert on_trained_targets["bellman_residual"] == pytest.approx(
+      on_own_targets["bellman_residual"])
+  assert abs(on_trained_targets["td_error"] - on_own_targets["td_error"]) > 1e-3

@@ -16,6 +16,17 @@ Why it is built this way:
     value Q, the click's reward plus the discounted value of the state it leads to: a click
     model learnt from every impression, and Q learnt by temporal differences from the clicked
     ones only. The clicks of one slate share their next state's value (`bellman_targets`).
+  * Cooperating agents, one per objective (Q-decomposition, Russell & Zimdars, 2003). Each term
+    of the reward (OBJECTIVES: click, purchase, revenue, novelty, retention) has its own consumed
+    value Q_i on the shared trunk, learnt from that term's reward alone, and the served ranking
+    combines them: P(click) * sum_i w_i Q_i, with the weights `RewardConfig` names, kept in the
+    network as a variable the export bakes in. Every agent values the next state by the slate
+    the combined ranking would show there, not the one it would pick itself: valued so, the
+    weighted sum of the agents' values is the value of the weighted reward (each agent maximising
+    its own future would promise futures no single policy delivers). A new trade-off needs new
+    weights, not new agents (`recsys tune`); one-hot weights rank by one agent's values. Each
+    agent's values are in units of its reward's mean over clicked transitions (`reward_scales`),
+    so that one step size suits a click worth 1 and a revenue worth tens.
   * Positions. The click model learns each logged slot's effect, so it is not the logging
     policy's position bias; items are ranked as if shown in the top slot.
   * Candidate actions. The serving graph reranks the retrieval top-N of a state, so the next
@@ -44,11 +55,12 @@ Why it is built this way:
     catalog, ranks better. Starting from it, with corrections that start at zero, the head learns
     only what the rewards add, and the untrained head ranks exactly as retrieval does.
 """
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 
+from components.models.config import OBJECTIVES
 from components.models.config import RankerConfig
 from components.models.config import RewardConfig
 from schemas import contract
@@ -60,14 +72,28 @@ _INITIAL_SCORE_SCALE = 0.1
 _INITIAL_VALUE_OFFSET = 0.5413
 
 
-def rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor, config: RewardConfig) -> tf.Tensor:
-  """[batch] rewards of transitions; `novelty` is each shown item's, in [0, 1]."""
+def objective_rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor) -> tf.Tensor:
+  """[batch, OBJECTIVES] each objective's reward of transitions; `novelty` is each shown item's,
+  in [0, 1] (RewardConfig says what each term is)."""
   click = tf.cast(batch[contract.CLICK], tf.float32)
-  return (config.click * click
-          + config.purchase * tf.cast(batch[contract.PURCHASE], tf.float32)
-          + config.revenue * tf.cast(batch[contract.REVENUE], tf.float32)
-          + config.novelty * click * novelty
-          + config.retention * click * tf.cast(batch[contract.RETURNED], tf.float32))
+  terms = {"click": click, "purchase": tf.cast(batch[contract.PURCHASE], tf.float32),
+           "revenue": tf.cast(batch[contract.REVENUE], tf.float32),
+           "novelty": click * novelty,
+           "retention": click * tf.cast(batch[contract.RETURNED], tf.float32)}
+  return tf.stack([terms[name] for name in OBJECTIVES], axis=1)
+
+
+def reward_scales(transitions: tf.data.Dataset, novelty: np.ndarray) -> np.ndarray:
+  """[OBJECTIVES] each objective's mean reward over the clicked transitions (1 where it is never
+  earned): the unit each agent's values are learnt in."""
+  totals, clicked = np.zeros(len(OBJECTIVES)), 0.0
+  novelty = tf.constant(novelty, tf.float32)
+  for batch in transitions.batch(4096):
+    items = batch[contract.transformed_name(contract.ITEM_ID)]
+    totals += objective_rewards(batch, tf.gather(novelty, items)).numpy().sum(axis=0)
+    clicked += float(tf.reduce_sum(tf.cast(batch[contract.CLICK] > 0, tf.float32)))
+  means = totals / max(clicked, 1.0)
+  return np.where(means > 0, means, 1.0).astype(np.float32)
 
 
 def item_novelty(item_probability: np.ndarray) -> np.ndarray:
@@ -83,7 +109,9 @@ def item_novelty(item_probability: np.ndarray) -> np.ndarray:
 def bellman_targets(rewards_: tf.Tensor, next_values: tf.Tensor, done: tf.Tensor,
                     returned: tf.Tensor, step_engagements: tf.Tensor, gamma: float,
                     session_gamma: float) -> tf.Tensor:
-  """A consumed item's r + discount * V(s') / (the step's engagements).
+  """A consumed item's r + discount * V(s') / (the step's engagements), per objective.
+
+  rewards_ and next_values are [B, objectives]; done, returned and step_engagements [B].
 
   The discount is gamma within a session; after a session's last step, session_gamma if the
   user came back (s' is then their next session's first state), else 0. The items engaged with
@@ -94,16 +122,18 @@ def bellman_targets(rewards_: tf.Tensor, next_values: tf.Tensor, done: tf.Tensor
   done, returned = tf.cast(done, tf.float32), tf.cast(returned, tf.float32)
   discount = (1.0 - done) * gamma + done * returned * session_gamma
   shares = tf.maximum(tf.cast(step_engagements, tf.float32), 1.0)
-  return rewards_ + discount * next_values / shares
+  return rewards_ + (discount / shares)[:, None] * next_values
 
 
 def next_slate_values(online_values: tf.Tensor, target_click_logits: tf.Tensor,
                       target_consumed_values: tf.Tensor, position_logits: tf.Tensor,
                       slate_size: int) -> tf.Tensor:
-  """V(s'): the value of the slate the online network would show in each next state (Double DQN).
+  """V(s'): each objective's value of the slate the online network would show in each next state
+  (Double DQN), [B, objectives].
 
-  The online network's ranking values pick the slate, the top `slate_size` of the [B, N]
-  candidates; the target network values it: P(some item of it is clicked) times the consumed
+  The online network's combined ranking values pick the slate, the top `slate_size` of the
+  [B, N] candidates; the target network values it, with each agent's consumed values
+  ([B, N, objectives]): P(some item of it is clicked) times the consumed
   value of its items weighted by their click probabilities, P(click | s', item_r, slot r) =
   sigmoid(target click logit + position_logits[r]), clicks being independent across slots. One
   network choosing and valuing both would overestimate the value.
@@ -117,9 +147,10 @@ def next_slate_values(online_values: tf.Tensor, target_click_logits: tf.Tensor,
   _, slate = tf.math.top_k(online_values, k=slate_size)
   clicks = tf.sigmoid(tf.gather(target_click_logits, slate, batch_dims=1)
                       + position_logits[None, :slate_size])
-  any_click = 1.0 - tf.reduce_prod(1.0 - clicks, axis=1)
-  values = tf.gather(target_consumed_values, slate, batch_dims=1)
-  return any_click * tf.reduce_sum(clicks * values, axis=1) / tf.reduce_sum(clicks, axis=1)
+  any_click = 1.0 - tf.reduce_prod(1.0 - clicks, axis=1, keepdims=True)
+  values = tf.gather(target_consumed_values, slate, batch_dims=1)  # [B, slate, objectives]
+  return any_click * tf.reduce_sum(clicks[..., None] * values, axis=1) / tf.reduce_sum(
+      clicks, axis=1, keepdims=True)
 
 
 def cql_penalty(candidate_q: tf.Tensor, logged_q: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -171,32 +202,47 @@ class QNetwork(tf.keras.Model):
       already ranks the candidates by what users engage with, learnt against the whole catalog,
       and the correction learns what the impressions add (an attractive item that is not
       engaged with again, a price);
-    * Q(s, a) = softplus(value offset + value correction(s, a)), positive as rewards are.
-  Both corrections are one MLP's two outputs, which start at zero, plus a learnt per-item term
-  each (what an item is worth beyond what its features say), so the untrained head ranks exactly
-  as retrieval does. The MLP reads the state, the item embedding, their product and dot product,
+    * each agent's Q_i(s, a) = scale_i * softplus(value offset_i + value correction_i(s, a)),
+      positive as its rewards are, scale_i its reward's mean over clicked transitions; the
+      ranking value combines them, P(click | s, a) * sum_i w_i Q_i(s, a).
+  The corrections are one MLP's outputs, which start at zero, plus a learnt per-item term each
+  (what an item is worth beyond what its features say), so the untrained head ranks exactly as
+  retrieval does. The MLP reads the state, the item embedding, their product and dot product,
   and the item's category and price bucket. `position_logits` is the logged slot's effect on the
   click, learnt so that the click model is not the logging policy's position bias; the head
   ranks items as if each were shown in the top slot.
   """
 
   def __init__(self, num_items: int, num_categories: int, num_price_buckets: int,
-               hidden_units: Sequence[int], num_positions: int):
+               hidden_units: Sequence[int], num_positions: int,
+               objective_weights: Sequence[float] = RewardConfig().weights(),
+               reward_scales: Optional[Sequence[float]] = None):
     super().__init__()
-    self.item_terms = tf.keras.layers.Embedding(num_items, 2, embeddings_initializer="zeros")
+    outputs = 1 + len(OBJECTIVES)  # the click correction, then each agent's value correction
+    self.item_terms = tf.keras.layers.Embedding(num_items, outputs,
+                                                embeddings_initializer="zeros")
     self.category_embedding = tf.keras.layers.Embedding(num_categories, 8)
     self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, 4)
     self.hidden = [tf.keras.layers.Dense(units, activation="relu") for units in hidden_units]
-    self.corrections = tf.keras.layers.Dense(2, kernel_initializer="zeros")
+    self.corrections = tf.keras.layers.Dense(outputs, kernel_initializer="zeros")
     self.slot_logits = tf.keras.layers.Embedding(num_positions, 1,
                                                  embeddings_initializer="zeros")
     self.score_scale = tf.Variable(_INITIAL_SCORE_SCALE, name="score_scale")
     self.click_offset = tf.Variable(0.0, name="click_offset")
-    self.value_offset = tf.Variable(_INITIAL_VALUE_OFFSET, name="value_offset")
+    self.value_offsets = tf.Variable(tf.fill([len(OBJECTIVES)], _INITIAL_VALUE_OFFSET),
+                                     name="value_offsets")
+    scales = np.ones(len(OBJECTIVES)) if reward_scales is None else reward_scales
+    self.reward_scales = tf.constant(scales, tf.float32, shape=[len(OBJECTIVES)])
+    # The combiner's weights: not learnt, set (and baked into the export) by whoever chooses the
+    # trade-off.
+    self.objective_weights = tf.Variable(tf.constant(objective_weights, tf.float32,
+                                                     shape=[len(OBJECTIVES)]),
+                                         trainable=False, name="objective_weights")
     self.num_positions = num_positions
 
   def estimates(self, inputs) -> Tuple[tf.Tensor, tf.Tensor]:
-    """(click logits, consumed values Q), each [B, N], of the top slot."""
+    """(click logits [B, N], each agent's consumed values Q_i [B, N, OBJECTIVES]), of the top
+    slot."""
     states, actions = inputs  # [B, D] and {name: [B, N, ...]}
     items = actions["embedding"]
     states = tf.broadcast_to(states[:, None, :], tf.shape(items))
@@ -209,9 +255,14 @@ class QNetwork(tf.keras.Model):
     ], axis=-1)
     for dense in self.hidden:
       layer = dense(layer)
-    corrections = self.corrections(layer) + self.item_terms(actions["item"])  # [B, N, 2]
+    corrections = self.corrections(layer) + self.item_terms(actions["item"])  # [B, N, 1 + O]
     click_logits = self.score_scale * scores + self.click_offset + corrections[..., 0]
-    return click_logits, tf.math.softplus(self.value_offset + corrections[..., 1])
+    return click_logits, self.reward_scales * tf.math.softplus(self.value_offsets
+                                                               + corrections[..., 1:])
+
+  def combined(self, values: tf.Tensor) -> tf.Tensor:
+    """The combiner: sum_i w_i Q_i of agents' values [..., OBJECTIVES]."""
+    return tf.reduce_sum(values * self.objective_weights, axis=-1)
 
   def position_logits(self, positions: tf.Tensor) -> tf.Tensor:
     """Each slot's click logit relative to the top slot's (0 there); later slots share the
@@ -221,14 +272,19 @@ class QNetwork(tf.keras.Model):
     return logits - tf.squeeze(self.slot_logits(tf.zeros([1], positions.dtype)), axis=-1)
 
   def call(self, inputs):
-    """The ranking value P(click) * Q, [B, N]."""
+    """The ranking value P(click) * sum_i w_i Q_i, [B, N]."""
+    return self.combined(self.agent_values(inputs))
+
+  def agent_values(self, inputs) -> tf.Tensor:
+    """Each agent's ranking value P(click) * Q_i, [B, N, OBJECTIVES]."""
     click_logits, values = self.estimates(inputs)
-    return tf.sigmoid(click_logits) * values
+    return tf.sigmoid(click_logits)[..., None] * values
 
 
 class DQNRanker(tf.keras.Model):
-  """Trains a QNetwork: its click model on every logged impression, its consumed value by Double
-  DQN with a target network (and optionally the CQL regulariser) on the clicked ones.
+  """Trains a QNetwork: its click model on every logged impression, each agent's consumed value
+  by Double DQN with a target network on its own reward (and optionally the CQL regulariser on
+  the combined value) on the clicked ones.
 
   A training batch holds transformed transitions: the state (`user_id_xf`, `history_xf`,
   `hour_of_week_xf`), the logged action (`item_id_xf`) and its slot (`position`), the reward
@@ -236,7 +292,8 @@ class DQNRanker(tf.keras.Model):
   """
 
   def __init__(self, query_tower: tf.keras.Model, catalog: Catalog, novelty: np.ndarray,
-               num_categories: int, num_price_buckets: int, config: RankerConfig):
+               num_categories: int, num_price_buckets: int, config: RankerConfig,
+               reward_scales: Optional[Sequence[float]] = None):
     super().__init__()
     self.query_tower = query_tower
     self.catalog = catalog
@@ -245,7 +302,7 @@ class DQNRanker(tf.keras.Model):
     num_items = int(catalog.embeddings.shape[0])
     self.q_network, self.target_network = (
         QNetwork(num_items, num_categories, num_price_buckets, config.hidden_units,
-                 config.slate_size) for _ in range(2))
+                 config.slate_size, config.reward.weights(), reward_scales) for _ in range(2))
     self.train_candidates = min(config.train_candidates, num_items)
     self.next_slate_size = min(config.slate_size, self.train_candidates)
 
@@ -269,7 +326,8 @@ class DQNRanker(tf.keras.Model):
     self.target_network.set_weights(self.q_network.get_weights())
 
   def loss_terms(self, batch, bootstrap: bool = False) -> Dict[str, tf.Tensor]:
-    """The click loss, the TD loss, the CQL penalty and their weighted sum for one batch.
+    """The click loss, the TD loss (summed over the agents), the CQL penalty and their weighted
+    sum for one batch.
 
     Training values the next state with the target network; with `bootstrap`, the online
     network values it itself, so the TD loss is its own Bellman residual: what judges how well a
@@ -277,17 +335,20 @@ class DQNRanker(tf.keras.Model):
     """
     terms = self.transition_terms(batch, bootstrap)
     clicked = terms["clicked"]
-    td_loss = _weighted_mean(
-        tf.keras.losses.huber(terms["targets"][:, None], terms["values"][:, None]), clicked)
+    # In each agent's reward unit, so that no objective's scale outweighs the others'.
+    scales = self.q_network.reward_scales
+    agent_losses = tf.keras.losses.huber((terms["targets"] / scales)[..., None],
+                                         (terms["values"] / scales)[..., None])  # [B, O]
+    td_loss = _weighted_mean(tf.reduce_sum(agent_losses, axis=1), clicked)
     click_loss = tf.reduce_mean(
         tf.nn.sigmoid_cross_entropy_with_logits(clicked, terms["click_logits"]))
     return {"td_loss": td_loss, "click_loss": click_loss, "cql_penalty": terms["cql_penalty"],
             "loss": td_loss + click_loss + self.config.cql_weight * terms["cql_penalty"]}
 
   def transition_terms(self, batch, bootstrap: bool = False) -> Dict[str, tf.Tensor]:
-    """Per transition of a batch ([B] each): `clicked`, the click logit of the logged slot,
-    the Bellman target and the online consumed value Q of the logged action; and the batch's
-    CQL penalty. `bootstrap` as in `loss_terms`."""
+    """Per transition of a batch: `clicked` and the click logit of the logged slot ([B] each),
+    each agent's Bellman target and online consumed value Q_i of the logged action ([B, O]
+    each); and the batch's CQL penalty. `bootstrap` as in `loss_terms`."""
     valuing = self.q_network if bootstrap else self.target_network
     states = self._state(batch, contract.transformed_name(contract.HISTORY))
     next_states = self._state(batch, contract.transformed_name(contract.NEXT_HISTORY))
@@ -297,12 +358,14 @@ class DQNRanker(tf.keras.Model):
     _, next_candidates = self.catalog.top_candidates(next_states, self.train_candidates)
     next_actions = self.catalog.actions(next_candidates)
     target_clicks, target_values = valuing.estimates((next_states, next_actions))
+    # Every agent values the slate the combined ranking would show (the module docstring says
+    # why).
     next_values = next_slate_values(
         tf.stop_gradient(self.q_network((next_states, next_actions))), target_clicks,
         target_values, valuing.position_logits(tf.range(self.next_slate_size, dtype=tf.int64)),
         self.next_slate_size)
     targets = tf.stop_gradient(bellman_targets(
-        rewards(batch, tf.gather(self.novelty, logged), self.config.reward), next_values,
+        objective_rewards(batch, tf.gather(self.novelty, logged)), next_values,
         batch[contract.DONE], batch[contract.RETURNED], batch[contract.STEP_ENGAGEMENTS],
         self.config.gamma, self.config.session_gamma))
 
@@ -312,11 +375,12 @@ class DQNRanker(tf.keras.Model):
     logged_values = logged_values[:, 0]
     _, candidates = self.catalog.top_candidates(states, self.train_candidates)
     _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
-    candidate_values = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
-                                candidate_values)
+    candidate_q = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
+                           self.q_network.combined(candidate_values))
     return {"clicked": clicked, "click_logits": click_logits, "targets": targets,
             "values": logged_values,
-            "cql_penalty": cql_penalty(candidate_values, logged_values, clicked)}
+            "cql_penalty": cql_penalty(candidate_q, self.q_network.combined(logged_values),
+                                       clicked)}
 
   def train_step(self, batch):
     with tf.GradientTape() as tape:

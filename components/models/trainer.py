@@ -21,6 +21,7 @@ from components.models import two_tower
 from components.models import warmup
 from components.models.config import MODEL_CONFIG_KEY
 from components.models.config import ModelConfig
+from components.models.config import OBJECTIVES
 from schemas import contract
 
 # Ids the warmup requests use: the most frequent users and items (vocabularies are by frequency).
@@ -65,32 +66,43 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
       retrieval.candidate_tower({key: tf.constant(values)
                                  for key, values in catalog_inputs.items()}).numpy(),
       catalog_inputs[two_tower.CATEGORY_XF], catalog_inputs[two_tower.PRICE_BUCKET_XF])
+  novelty = ranker.item_novelty(items.engagement_share)
+  reward_scales = ranker.reward_scales(transitions, novelty)
+  logging.info("The ranking head's agents learn in units of %s",
+               dict(zip(OBJECTIVES, reward_scales.round(4).tolist())))
+
   def ranking_head():
     with strategy.scope():
-      head = ranker.DQNRanker(retrieval.query_tower, catalog_actions,
-                              ranker.item_novelty(items.engagement_share), num_categories,
-                              preprocessing.NUM_PRICE_BUCKETS, config.ranker)
+      head = ranker.DQNRanker(retrieval.query_tower, catalog_actions, novelty, num_categories,
+                              preprocessing.NUM_PRICE_BUCKETS, config.ranker, reward_scales)
       head.build_networks(config.embedding_dim)
       head.compile(optimizer=tf.keras.optimizers.Adam(config.ranker.learning_rate))
     return head
 
   dqn = ranking_head()
   if training.has_unengaged_impressions(transitions):
+    fit_transitions, validation_transitions = training.split_users(
+        transitions, config.ranker.validation_fraction)
     history = dqn.fit(
-        transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+        fit_transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
         epochs=config.ranker.epochs, verbose=0,
         callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
     logging.info("DQN TD loss per epoch: %s, click loss: %s, CQL penalty: %s",
                  history.history["td_loss"], history.history["click_loss"],
                  history.history["cql_penalty"])
-    # On the eval split's transitions, which the head never saw, against an untrained head: what
-    # training bought, kept with the model run for whoever asks whether the head learnt at all.
-    held_out = training.transitions_dataset(fn_args, fn_args.eval_files,
-                                            tf_transform_output).batch(config.ranker.batch_size)
-    # Both heads are judged on the trained head's Bellman targets.
-    evaluation = {"trained": training.held_out_losses(dqn, held_out),
-                  "untrained": training.held_out_losses(ranking_head(), held_out,
-                                                        targets_from=dqn)}
+    # On transitions the head never saw, against an untrained head: what training bought, kept
+    # with the model run for whoever asks whether the head learnt at all. The held-out users of
+    # the train split, and the eval split (every user's last engagements). Both heads are judged
+    # on the trained head's Bellman targets.
+    untrained = ranking_head()
+    evaluation = {}
+    for split, held_out in (
+        ("validation", validation_transitions),
+        ("eval", training.transitions_dataset(fn_args, fn_args.eval_files, tf_transform_output))):
+      held_out = held_out.batch(config.ranker.batch_size)
+      evaluation[split] = {"trained": training.held_out_losses(dqn, held_out),
+                           "untrained": training.held_out_losses(untrained, held_out,
+                                                                 targets_from=dqn)}
     logging.info("DQN head on held-out transitions: %s", evaluation)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(

@@ -22,6 +22,7 @@ from components.models import histories
 from components.models import preprocessing
 from components.models import two_tower
 from components.models.config import ModelConfig
+from components.models.config import OBJECTIVES
 from components.models.config import SAMPLED_HISTORY
 from schemas import contract
 
@@ -29,6 +30,8 @@ from schemas import contract
 _RAW_FIELDS = (contract.CLICK, contract.PURCHASE, contract.REVENUE, contract.DONE,
                contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT)
 _READ_BATCH = 1024
+# The resolution of `split_users`' share of the users.
+_USER_BUCKETS = 1000
 # The cut-off of the validation recall early stopping watches: the gate's recall@10.
 VALIDATION_K = 10
 # Transitions are read in file order, a user's together; this mixes users within a batch.
@@ -73,9 +76,12 @@ def held_out_losses(dqn, transitions: tf.data.Dataset, targets_from=None) -> Dic
   targets, a trained head and an untrained one answer the same question; each on its own, the
   trained head's targets carry the future's variance and the untrained head's a constant's.
   `bellman_residual`: the mean squared residual against `dqn`'s own targets, its online network
-  valuing the next states, whatever its target network lags.
+  valuing the next states, whatever its target network lags. Q and the targets are the
+  combined ones (sum_i w_i Q_i, `dqn`'s weights), what ranks; `agent_td_errors` is each agent's
+  td_error on its own reward.
   """
-  targets_from = targets_from or dqn
+  if targets_from is None:
+    targets_from = dqn
   columns = {name: [] for name in ("clicked", "click_logits", "targets", "own_targets", "values")}
   for batch in transitions:
     terms = dqn.transition_terms(batch, bootstrap=True)
@@ -83,15 +89,47 @@ def held_out_losses(dqn, transitions: tf.data.Dataset, targets_from=None) -> Dic
     terms["targets"] = targets_from.transition_terms(batch)["targets"]
     for name, values in columns.items():
       values.append(terms[name].numpy())
-  clicked, logits, targets, own_targets, values = (np.concatenate(columns[name])
-                                                   for name in columns)
-  click_loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, logits))
+  per_agent = ("targets", "own_targets", "values")
+  clicked, logits, targets, own_targets, values = (
+      np.concatenate(columns[name]) if columns[name]
+      else np.zeros((0, len(OBJECTIVES)) if name in per_agent else 0)
+      for name in columns)
   engaged = clicked > 0
-  td_error = float(np.mean((targets[engaged] - values[engaged]) ** 2))
-  return {"click_loss": float(click_loss), "td_error": td_error,
-          "relative_td_error": td_error / max(float(np.var(targets[engaged])), 1e-12),
-          "bellman_residual": float(np.mean((own_targets[engaged] - values[engaged]) ** 2)),
+  weights = dqn.q_network.objective_weights.numpy()
+  agents_targets, agents_values = targets[engaged], values[engaged]
+  # The combined value, what ranks, against the combined target: the weighted reward's.
+  targets, own_targets, values = (array[engaged] @ weights
+                                  for array in (targets, own_targets, values))
+  # NaN where there is nothing to average (no transitions, or none clicked), not a made-up 0.
+  def mean(values_):
+    return float(np.mean(values_)) if len(values_) else float("nan")
+  click_loss = mean(tf.nn.sigmoid_cross_entropy_with_logits(clicked, logits).numpy())
+  td_error = mean((targets - values) ** 2)
+  return {"click_loss": click_loss, "td_error": td_error,
+          "relative_td_error": td_error / max(mean((targets - mean(targets)) ** 2), 1e-12),
+          "bellman_residual": mean((own_targets - values) ** 2),
+          "agent_td_errors": {name: mean((agents_targets[:, i] - agents_values[:, i]) ** 2)
+                              for i, name in enumerate(OBJECTIVES)},
           "clicked_transitions": int(engaged.sum())}
+
+
+def split_users(transitions: tf.data.Dataset,
+                fraction: float) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
+  """(fit, validation): the transitions of about `fraction` of the users, chosen by a hash of
+  their vocabulary index, held out of the fit.
+
+  By user, not by transition: a user's transitions chain into each other (one's next state is
+  the next one's state), so a random share of transitions would judge the head on states whose
+  neighbours it was fitted to.
+  """
+  threshold = int(round(fraction * _USER_BUCKETS))
+
+  def held_out(transition):
+    user = tf.strings.as_string(transition[two_tower.USER_XF])
+    return tf.strings.to_hash_bucket_fast(user, _USER_BUCKETS) < threshold
+
+  return (transitions.filter(lambda transition: tf.logical_not(held_out(transition))),
+          transitions.filter(held_out))
 
 
 class CatalogFeatures(NamedTuple):

@@ -135,12 +135,14 @@ def test_the_pipeline_trained_ranking_head_has_learnt_and_reranks(trained):
   would pass every other test."""
   home, dataset, _, _ = trained
   (report,) = home.glob(f"pipelines/*/Trainer/model_run/*/{training.HEAD_EVALUATION_FILE}")
-  evaluation = json.loads(report.read_text())
-  # On the eval split's transitions, which it never saw, it predicts clicks better than an
-  # untrained head. (Not yet its Bellman targets: on this small data it overvalues them, and an
-  # untrained head's constant predicts them about as well; README, Benchmarks.)
-  assert evaluation["trained"]["click_loss"] < 0.8 * evaluation["untrained"]["click_loss"]
-  assert evaluation["trained"]["clicked_transitions"] > 0
+  evaluation = json.loads(report.read_text())["validation"]
+  # On the transitions of training users it was not fitted to, it predicts clicks and fits its
+  # Bellman targets better than an untrained head. (On the eval split, users' last sessions,
+  # whose futures are shorter than any it was trained on, it overvalues them: README.)
+  head, untrained = evaluation["trained"], evaluation["untrained"]
+  assert head["clicked_transitions"] > 0
+  assert head["click_loss"] < 0.8 * untrained["click_loss"]
+  assert head["td_error"] < untrained["td_error"]
   (version,) = _versions(home)
   model_dir = home / "serving" / "recommender" / version
   users = sorted(pd.read_csv(dataset.interactions)["user_id"].unique())[:50]
@@ -174,7 +176,10 @@ def _execution_states(home, node):
 def test_a_killed_run_completes_when_run_again(trained, tmp_path):
   _, dataset, args, _ = trained
   home = tmp_path / "home"
-  run_args = [*args[:4], "--home", str(home), *args[6:]]
+  # Resumption, not the gate, is under test here: a retraining the gate refuses (the head's
+  # off-policy revenue on these small logs varies from training to training by more than the
+  # rerank allowance) would not say whether the run completed.
+  run_args = [*args[:4], "--home", str(home), *args[6:], *REPORT_ONLY]
   process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *run_args],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)

@@ -1,4 +1,5 @@
-"""The DQN ranking head: rewards, Bellman targets, Double DQN, CQL, training and the serving policy."""
+"""The DQN ranking head: per-objective rewards and agents, Bellman targets, Double DQN, CQL and
+the serving policy."""
 import dataclasses
 
 import numpy as np
@@ -9,6 +10,7 @@ from components.models import ranker
 from components.models import training
 from components.models import two_tower
 from components.models.config import ModelConfig
+from components.models.config import OBJECTIVES
 from components.models.config import RankerConfig
 from components.models.config import RewardConfig
 from components.simulation import policies
@@ -17,17 +19,32 @@ from schemas import contract
 PAD = -1
 
 
-def test_reward_is_the_configured_weighted_sum():
+def test_each_objective_has_its_reward_and_the_config_weighs_them():
   batch = {contract.CLICK: tf.constant([1, 1, 0, 1]),
            contract.PURCHASE: tf.constant([0, 1, 0, 0]),
            contract.REVENUE: tf.constant([0.0, 40.0, 0.0, 0.0]),
            contract.RETURNED: tf.constant([0, 0, 1, 1])}
-  config = RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5, retention=3.0)
   novelty = tf.constant([0.2, 1.0, 1.0, 0.0])
-  # 1 + 0.5 * 0.2; 1 + 2 + 0.4 + 0.5 * 1.0; nothing for an unclicked item, however novel or
-  # followed by a return; 1 + 3 for a click from which the user came back.
-  np.testing.assert_allclose(ranker.rewards(batch, novelty, config).numpy(),
-                             [1.1, 3.9, 0.0, 4.0], rtol=1e-6)
+  assert OBJECTIVES == ("click", "purchase", "revenue", "novelty", "retention")
+  # Nothing for an unclicked item, however novel or followed by a return.
+  np.testing.assert_allclose(ranker.objective_rewards(batch, novelty).numpy(),
+                             [[1, 0, 0, 0.2, 0], [1, 1, 40, 1, 0], [0, 0, 0, 0, 0],
+                              [1, 0, 0, 0, 1]], rtol=1e-6)
+  config = RewardConfig(click=1.0, purchase=2.0, revenue=0.01, novelty=0.5, retention=3.0)
+  assert config.weights() == (1.0, 2.0, 0.01, 0.5, 3.0)
+
+
+def test_reward_scales_are_each_objectives_mean_per_click():
+  items = tf.constant([0, 1, 1, 0], tf.int64)
+  transitions = tf.data.Dataset.from_tensor_slices({
+      contract.transformed_name(contract.ITEM_ID): items,
+      contract.CLICK: tf.constant([1, 1, 0, 1]), contract.PURCHASE: tf.constant([0, 1, 0, 0]),
+      contract.REVENUE: tf.constant([0.0, 30.0, 0.0, 0.0]),
+      contract.RETURNED: tf.constant([0, 0, 0, 0])})
+  # Three clicks: one purchase of 30.00; novelty 0.5 of item 1; nobody returned, so that
+  # agent's unit stays 1.
+  np.testing.assert_allclose(ranker.reward_scales(transitions, np.array([0.0, 0.5])),
+                             [1.0, 1 / 3, 10.0, 0.5 / 3, 1.0], rtol=1e-6)
 
 
 def test_item_novelty_is_scaled_self_information():
@@ -37,8 +54,9 @@ def test_item_novelty_is_scaled_self_information():
 
 
 def test_bellman_target_by_hand():
-  rewards = tf.constant([1.0, 1.0, 2.0, 1.0])
-  next_values = tf.constant([3.0, 5.0, 7.0, 10.0])
+  # Two objectives, the second's rewards and values ten times the first's.
+  rewards = tf.constant([[1.0, 10.0], [1.0, 10.0], [2.0, 20.0], [1.0, 10.0]])
+  next_values = tf.constant([[3.0, 30.0], [5.0, 50.0], [7.0, 70.0], [10.0, 100.0]])
   done = tf.constant([0, 0, 1, 1])
   returned = tf.constant([0, 0, 0, 1])
   engagements = tf.constant([1, 2, 1, 0])
@@ -48,7 +66,7 @@ def test_bellman_target_by_hand():
   np.testing.assert_allclose(
       ranker.bellman_targets(rewards, next_values, done, returned, engagements, 0.9,
                              0.5).numpy(),
-      [3.7, 3.25, 2.0, 6.0], rtol=1e-6)
+      np.outer([3.7, 3.25, 2.0, 6.0], [1.0, 10.0]), rtol=1e-6)
 
 
 def test_next_slate_is_chosen_online_and_valued_by_the_target_network():
@@ -62,9 +80,11 @@ def test_next_slate_is_chosen_online_and_valued_by_the_target_network():
   first = np.array([0.75, 1 / (1 + 3 * np.exp(-10.0))])
   expected = [(1 - np.prod(1 - first)) * (first @ [4.0, 20.0]) / first.sum(),
               0.55 * (1.0 + 0.8) / 0.6]
+  # Each objective's values are valued on the same slate: a second objective of minus them.
+  both = tf.stack([values, -values], axis=-1)
   np.testing.assert_allclose(
-      ranker.next_slate_values(online, click_logits, values, slots, 2).numpy(), expected,
-      rtol=1e-5)
+      ranker.next_slate_values(online, click_logits, both, slots, 2).numpy(),
+      np.stack([expected, -np.array(expected)], axis=1), rtol=1e-5)
 
 
 def test_cql_penalty_by_hand():
@@ -271,12 +291,12 @@ def _even_items_clicked(done: int, heads: int, config: RankerConfig):
 
 
 def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
-  data, _, (dqn,) = _even_items_clicked(1, 1, RankerConfig(hidden_units=(16,),
-                                                             train_candidates=6))
+  data, _, (dqn,) = _even_items_clicked(1, 1, RankerConfig(
+      hidden_units=(16,), train_candidates=6, reward=RewardConfig(purchase=0.0, revenue=0.0)))
   untrained = training.held_out_losses(dqn, data.batch(10))
   # Only the clicked transitions have a consumed value to fit. Every click's reward is 1 and
-  # every step is a last one here, so every target is 1, which the untrained value
-  # (softplus(0.5413) = 1) already predicts.
+  # every step is a last one here, so every target is 1, which the untrained value of the click
+  # agent, the only one weighed (softplus(0.5413) = 1), already predicts.
   assert untrained["clicked_transitions"] == 12
   assert untrained["td_error"] == pytest.approx(0.0, abs=1e-6)
   dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0)
@@ -288,11 +308,13 @@ def test_held_out_losses_judge_a_head_on_another_heads_bellman_targets():
   # Steps that continue: each target is 1 + gamma * V(s') / engagements, and V(s') is what the
   # valuing head makes of the next state, so two heads' targets differ.
   data, clicks, (trained, untrained) = _even_items_clicked(
-      0, 2, RankerConfig(hidden_units=(16,), train_candidates=6, slate_size=3))
+      0, 2, RankerConfig(hidden_units=(16,), train_candidates=6, slate_size=3,
+                         reward=RewardConfig(purchase=0.0, revenue=0.0)))
   trained.fit(data.repeat(20).shuffle(480).batch(24), epochs=2, verbose=0)
   everything = next(iter(data.batch(24)))
-  targets = trained.transition_terms(everything)["targets"].numpy()[clicks > 0]
-  values = untrained.transition_terms(everything)["values"].numpy()[clicks > 0]
+  weights = np.array(trained.config.reward.weights())
+  targets = trained.transition_terms(everything)["targets"].numpy()[clicks > 0] @ weights
+  values = untrained.transition_terms(everything)["values"].numpy()[clicks > 0] @ weights
   on_trained_targets = training.held_out_losses(untrained, data.batch(10), targets_from=trained)
   on_own_targets = training.held_out_losses(untrained, data.batch(10))
   assert on_trained_targets["td_error"] == pytest.approx(np.mean((targets - values) ** 2),
@@ -304,3 +326,52 @@ def test_held_out_losses_judge_a_head_on_another_heads_bellman_targets():
   assert on_trained_targets["bellman_residual"] == pytest.approx(
       on_own_targets["bellman_residual"])
   assert abs(on_trained_targets["td_error"] - on_own_targets["td_error"]) > 1e-3
+
+
+def test_held_out_losses_of_nothing_clicked_are_nan_not_zero():
+  data, clicks, (dqn,) = _even_items_clicked(1, 1, RankerConfig(hidden_units=(16,),
+                                                                  train_candidates=6))
+  unclicked = training.held_out_losses(dqn, data.filter(lambda t: t[contract.CLICK] == 0).batch(5))
+  assert unclicked["clicked_transitions"] == 0
+  assert np.isfinite(unclicked["click_loss"])
+  assert np.isnan(unclicked["td_error"]) and np.isnan(unclicked["bellman_residual"])
+  empty = training.held_out_losses(dqn, data.take(0).batch(5))
+  assert np.isnan(empty["click_loss"]) and empty["clicked_transitions"] == 0
+
+
+def test_each_agent_learns_its_own_reward_and_one_hot_weights_rank_by_it():
+  # Every user is shown the six items four times, one-step sessions. Which item is best depends
+  # on the objective: item 0 is always clicked; item 1 bought at each of its (half as many)
+  # clicks for 1.00; item 2 bought at half of them for 100.00; item 3 is the novel one; after
+  # item 4 the user comes back; item 5 is clicked least.
+  tf.keras.utils.set_random_seed(0)
+  retrieval, catalog = _world()
+  users, items = np.repeat(np.arange(4), 24), np.tile(np.repeat(np.arange(6), 4), 4)
+  repeat = np.tile(np.arange(4), 24)
+  clicks = np.where(items == 0, 1, np.where(items == 5, repeat < 1, repeat < 2)).astype(int)
+  rows = _transitions(users, items, clicks, np.ones(len(users), int))
+  bought = (clicks > 0) & ((items == 1) | ((items == 2) & (repeat == 0)))
+  rows[contract.PURCHASE] = tf.constant(bought, tf.int64)
+  rows[contract.REVENUE] = tf.constant(np.where(items == 1, 1.0, 100.0)
+                                       * rows[contract.PURCHASE].numpy(), tf.float32)
+  rows[contract.RETURNED] = tf.constant(items == 4, tf.int64)
+  data = tf.data.Dataset.from_tensor_slices(rows)
+  novelty = (np.arange(6) == 3).astype(np.float32)
+  config = RankerConfig(hidden_units=(16,), gamma=0.0, session_gamma=0.0, train_candidates=6)
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, novelty, 2, 3, config,
+                         ranker.reward_scales(data, novelty))
+  dqn.build_networks(4)
+  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.02))
+  dqn.fit(data.repeat(30).shuffle(3000, seed=0).batch(32), epochs=4, verbose=0)
+
+  states = _user_states(retrieval)
+  actions = catalog.actions(tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1]))
+  agent_values = dqn.q_network.agent_values((states, actions)).numpy()  # [users, items, agents]
+  best = {"click": 0, "purchase": 1, "revenue": 2, "novelty": 3, "retention": 4}
+  for agent, name in enumerate(OBJECTIVES):
+    assert list(agent_values[:, :, agent].argmax(axis=1)) == [best[name]] * 4, name
+    # One-hot weights: the combined ranking is this agent's.
+    dqn.q_network.objective_weights.assign(np.eye(len(OBJECTIVES))[agent])
+    order, _ = ranker.rerank(dqn.q_network((states, actions)), k=6)
+    np.testing.assert_array_equal(order.numpy(),
+                                  np.argsort(-agent_values[:, :, agent], axis=1, kind="stable"))

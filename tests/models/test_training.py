@@ -114,6 +114,23 @@ def test_validation_rows_are_a_random_held_out_share():
   assert len(training.split_validation(50, 0.0, np.random.default_rng(0))[1]) == 0
 
 
+def test_the_dqn_head_is_validated_on_held_out_users_whole():
+  users = np.repeat(np.arange(400), 3)
+  transitions = tf.data.Dataset.from_tensor_slices({two_tower.USER_XF: users,
+                                                    "step": np.arange(len(users))})
+  fit, validation = (np.array([t["step"] for t in split.as_numpy_iterator()])
+                     for split in training.split_users(transitions, 0.2))
+  assert sorted(np.concatenate([fit, validation])) == list(range(len(users)))
+  # Every transition of a held-out user is held out, none of a fitted one.
+  assert not set(users[fit]) & set(users[validation])
+  assert 0.12 < len(set(users[validation])) / 400 < 0.28
+  # A hash, not the first or the last users; and the same users each time.
+  assert 0 < min(users[validation]) and max(users[validation]) < 399
+  again = [t["step"] for t in training.split_users(transitions, 0.2)[1].as_numpy_iterator()]
+  assert list(validation) == again
+  assert not list(training.split_users(transitions, 0.0)[1].as_numpy_iterator())
+
+
 def _recording_fits(model, monkeypatch, validation_recalls):
   """Makes the validation recall follow `validation_recalls` and records the weights after each
   epoch's fit."""

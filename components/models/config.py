@@ -83,12 +83,12 @@ class RankerConfig:
   batch_size: int = 512
   # Share of the training users whose transitions the head does not fit, so that what it learnt
   # is judged on states from the same time as its training data (the eval split holds users'
-  # last sessions, whose futures are shorter: on the e2e data their mean Bellman target is 1.50
-  # against 2.15 in training). 0 fits every user and judges on the eval split alone.
+  # last sessions, whose futures are shorter: on the e2e data their mean Bellman target is 1.49
+  # against 2.13 in training). 0 fits every user and judges on the eval split alone.
   validation_fraction: float = 0.1
   # Adam's step size. With it and 5 epochs the head earned 10-26 % more reward per user than
-  # retrieval in four trainings on the built-in data, and 32 % in the benchmark (README,
-  # Benchmarks). The head of before (one correction of the retrieval score regressed on every
+  # retrieval in four trainings on the built-in data, and 32 % in the benchmark (53 % with the
+  # per-objective agents; README, Benchmarks). The head of before (one correction of the retrieval score regressed on every
   # impression) had to stay near retrieval: at 3e-4 it cost 60 % of the simulator's clicks.
   learning_rate: float = 1e-3
   target_update_rate: float = 0.01

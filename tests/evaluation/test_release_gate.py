@@ -274,3 +274,25 @@ def test_without_weights_the_reason_has_no_score():
   assert verdict.candidate_score is None and verdict.baseline_score is None
   assert release_gate.judge(gate, {"recall@10": 0.6}, {"recall@10": 0.6}).reason == (
       "blessed: floors, popularity margins, regressions and Pareto rule hold")
+
+
+BUSINESS_GATE = """
+metrics:
+  simulator_revenue_per_user: {floor: 40.0}
+  simulator_conversion_rate: {floor: 0.05}
+  simulator_satisfaction: {floor: 0.0}
+"""
+
+
+@pytest.mark.parametrize("metric,value", [("simulator_revenue_per_user", 39.0),
+                                          ("simulator_conversion_rate", 0.04),
+                                          ("simulator_satisfaction", -0.2)])
+def test_revenue_conversion_and_satisfaction_floors_refuse_naming_the_metric(metric, value):
+  gate = _gate(BUSINESS_GATE)
+  meets = {"simulator_revenue_per_user": 45.0, "simulator_conversion_rate": 0.06,
+           "simulator_satisfaction": 0.3}
+  assert release_gate.judge(gate, meets).blessed
+  verdict = release_gate.judge(gate, dict(meets, **{metric: value}))
+  assert not verdict.blessed
+  assert [(failure.rule, failure.metric) for failure in verdict.failures] == [("floor", metric)]
+  assert f"{metric} = {value:.4f} misses its floor" in verdict.reason

@@ -47,8 +47,8 @@ class RewardConfig:
   """The reward of one transition: a weighted sum of what the user did with the item shown.
 
   Each term is an objective the ranking head learns separately (one agent each, OBJECTIVES), and
-  the weights combine the agents' values into the served ranking; they can change after training
-  (`recsys tune`) without retraining the agents.
+  the weights combine the agents' values into the served ranking; a new weighting needs no
+  retraining of the agents.
 
   `novelty` rewards an engagement with a rarely engaged item: the item's self-information,
   -log2(share of training engagements), divided by the catalog's largest so it lies in [0, 1].

@@ -24,7 +24,7 @@ Why it is built this way:
     the combined ranking would show there, not the one it would pick itself: valued so, the
     weighted sum of the agents' values is the value of the weighted reward (each agent maximising
     its own future would promise futures no single policy delivers). A new trade-off needs new
-    weights, not new agents (`recsys tune`); one-hot weights rank by one agent's values. Each
+    weights, not new agents; one-hot weights rank by one agent's values. Each
     agent's values are in units of its reward's mean over clicked transitions (`reward_scales`),
     so that one step size suits a click worth 1 and a revenue worth tens.
   * Positions. The click model learns each logged slot's effect, so it is not the logging

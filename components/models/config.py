@@ -88,8 +88,9 @@ class RankerConfig:
   validation_fraction: float = 0.1
   # Adam's step size. With it and 5 epochs the head earned 10-26 % more reward per user than
   # retrieval in four trainings on the built-in data, and 32 % in the benchmark (53 % with the
-  # per-objective agents; README, Benchmarks). The head of before (one correction of the retrieval score regressed on every
-  # impression) had to stay near retrieval: at 3e-4 it cost 60 % of the simulator's clicks.
+  # per-objective agents; README, Benchmarks). The head of before (one correction of the
+  # retrieval score regressed on every impression) had to stay near retrieval: at 3e-4 it cost
+  # 60 % of the simulator's clicks.
   learning_rate: float = 1e-3
   target_update_rate: float = 0.01
   # Off by default: the simulator's logging policy ranks worse than the two-tower model, and with

@@ -232,7 +232,10 @@ class QNetwork(tf.keras.Model):
     self.value_offsets = tf.Variable(tf.fill([len(OBJECTIVES)], _INITIAL_VALUE_OFFSET),
                                      name="value_offsets")
     scales = np.ones(len(OBJECTIVES)) if reward_scales is None else reward_scales
-    self.reward_scales = tf.constant(scales, tf.float32, shape=[len(OBJECTIVES)])
+    # A variable, though never learnt, so that the exported model carries it: the trade-off
+    # search reads each agent's unit from it (components/evaluation/tradeoffs.py).
+    self.reward_scales = tf.Variable(tf.constant(scales, tf.float32, shape=[len(OBJECTIVES)]),
+                                     trainable=False, name="reward_scales")
     # The combiner's weights: not learnt, set (and baked into the export) by whoever chooses the
     # trade-off.
     self.objective_weights = tf.Variable(tf.constant(objective_weights, tf.float32,

@@ -94,15 +94,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     # with the model run for whoever asks whether the head learnt at all. The held-out users of
     # the train split, and the eval split (every user's last engagements). Both heads are judged
     # on the trained head's Bellman targets.
-    untrained = ranking_head()
-    evaluation = {}
-    for split, held_out in (
-        ("validation", validation_transitions),
-        ("eval", training.transitions_dataset(fn_args, fn_args.eval_files, tf_transform_output))):
-      held_out = held_out.batch(config.ranker.batch_size)
-      evaluation[split] = {"trained": training.held_out_losses(dqn, held_out),
-                           "untrained": training.held_out_losses(untrained, held_out,
-                                                                 targets_from=dqn)}
+    heads = {"trained": dqn, "untrained": ranking_head()}
+    evaluation = {
+        split: training.held_out_losses(heads, held_out.batch(config.ranker.batch_size), dqn)
+        for split, held_out in (
+            ("validation", validation_transitions),
+            ("eval", training.transitions_dataset(fn_args, fn_args.eval_files,
+                                                  tf_transform_output)))}
     logging.info("DQN head on held-out transitions: %s", evaluation)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(

@@ -5,8 +5,9 @@ graph holds) and cached; the catalog's item features and the retrieval task's en
 out of them, and `train_retrieval` fits the two-tower model on those (components/models/trainer.py
 runs it all).
 """
+import collections
 import logging as python_logging
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Tuple
 
 from absl import logging
 import numpy as np
@@ -20,6 +21,7 @@ from tfx_bsl.public import tfxio
 
 from components.models import histories
 from components.models import preprocessing
+from components.models import ranker
 from components.models import two_tower
 from components.models.config import ModelConfig
 from components.models.config import OBJECTIVES
@@ -27,8 +29,8 @@ from components.models.config import SAMPLED_HISTORY
 from schemas import contract
 
 # Raw fields the models read beside the transformed ones.
-_RAW_FIELDS = (contract.CLICK, contract.PURCHASE, contract.REVENUE, contract.DONE,
-               contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT)
+_RAW_FIELDS = (contract.USER_ID, contract.CLICK, contract.PURCHASE, contract.REVENUE,
+               contract.DONE, contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT)
 _READ_BATCH = 1024
 # The resolution of `split_users`' share of the users.
 _USER_BUCKETS = 1000
@@ -65,37 +67,50 @@ class EpochLog(tf.keras.callbacks.Callback):
 HEAD_EVALUATION_FILE = "head_evaluation.json"
 
 
-def held_out_losses(dqn, transitions: tf.data.Dataset, targets_from=None) -> Dict[str, float]:
-  """How well the head fits held-out transitions.
+def held_out_losses(heads: Mapping[str, ranker.DQNRanker], transitions: tf.data.Dataset,
+                    targets_from: ranker.DQNRanker) -> Dict[str, Dict[str, float]]:
+  """How well each of `heads` fits held-out transitions, by name; one pass over them.
 
   `click_loss`: the click model's cross-entropy over every transition. On the clicked ones,
-  whose consumed value the head learns, against the Bellman targets of `targets_from` (default
-  `dqn`), its target network valuing the next states as in its training loss: `td_error`, the
-  mean squared residual (target - Q)^2, and `relative_td_error`, that divided by the targets'
-  variance, 1 or more for a head that predicts no better than a constant. Judged on one head's
-  targets, a trained head and an untrained one answer the same question; each on its own, the
-  trained head's targets carry the future's variance and the untrained head's a constant's.
-  `bellman_residual`: the mean squared residual against `dqn`'s own targets, its online network
-  valuing the next states, whatever its target network lags. Q and the targets are the
-  combined ones (sum_i w_i Q_i, `dqn`'s weights), what ranks; `agent_td_errors` is each agent's
-  td_error on its own reward.
+  whose consumed value the head learns, against the Bellman targets of `targets_from`, its
+  target network valuing the next states as in its training loss: `td_error`, the mean squared
+  residual (target - Q)^2, and `relative_td_error`, that divided by the targets' variance, 1 or
+  more for a head that predicts no better than a constant. Judged on one head's targets, a
+  trained head and an untrained one answer the same question; each on its own, the trained
+  head's targets carry the future's variance and the untrained head's a constant's.
+  `bellman_residual`: the mean squared residual against the head's own targets, its online
+  network valuing the next states, whatever its target network lags. Q and the targets are the
+  combined ones (sum_i w_i Q_i, each head's weights), what ranks; `agent_td_errors` is each
+  agent's td_error on its own reward.
   """
-  if targets_from is None:
-    targets_from = dqn
-  columns = {name: [] for name in ("clicked", "click_logits", "targets", "own_targets", "values")}
+  @tf.function
+  def batch_terms(batch):
+    judged = {name: head.transition_terms(batch, bootstrap=True) for name, head in heads.items()}
+    return targets_from.transition_terms(batch)["targets"], {
+        name: {key: terms[key] for key in ("clicked", "click_logits", "targets", "values")}
+        for name, terms in judged.items()}
+
+  targets, columns = [], {name: collections.defaultdict(list) for name in heads}
   for batch in transitions:
-    terms = dqn.transition_terms(batch, bootstrap=True)
-    terms["own_targets"] = terms["targets"]
-    terms["targets"] = targets_from.transition_terms(batch)["targets"]
-    for name, values in columns.items():
-      values.append(terms[name].numpy())
-  per_agent = ("targets", "own_targets", "values")
-  clicked, logits, targets, own_targets, values = (
-      np.concatenate(columns[name]) if columns[name]
-      else np.zeros((0, len(OBJECTIVES)) if name in per_agent else 0)
-      for name in columns)
+    batch_targets, judged = batch_terms(batch)
+    targets.append(batch_targets.numpy())
+    for name, terms in judged.items():
+      for key, values in terms.items():
+        columns[name][key].append(values.numpy())
+  targets = np.concatenate(targets) if targets else np.zeros((0, len(OBJECTIVES)))
+  return {name: _losses(heads[name].q_network.objective_weights.numpy(), targets,
+                        columns[name]) for name in heads}
+
+
+def _losses(weights: np.ndarray, targets: np.ndarray,
+            columns: Mapping[str, List[np.ndarray]]) -> Dict[str, float]:
+  """`held_out_losses`' figures of one head from its per-batch terms."""
+  def column(key, empty_shape):
+    return np.concatenate(columns[key]) if columns[key] else np.zeros(empty_shape)
+
+  clicked, logits = column("clicked", 0), column("click_logits", 0)
+  own_targets, values = (column(key, (0, len(OBJECTIVES))) for key in ("targets", "values"))
   engaged = clicked > 0
-  weights = dqn.q_network.objective_weights.numpy()
   agents_targets, agents_values = targets[engaged], values[engaged]
   # The combined value, what ranks, against the combined target: the weighted reward's.
   targets, own_targets, values = (array[engaged] @ weights
@@ -113,20 +128,26 @@ def held_out_losses(dqn, transitions: tf.data.Dataset, targets_from=None) -> Dic
           "clicked_transitions": int(engaged.sum())}
 
 
+def is_validation_user(user_ids: tf.Tensor, fraction: float) -> tf.Tensor:
+  """Whether each raw user id is among the about `fraction` of users the ranking head is not
+  fitted to, by a hash of the id: the Trainer holds their transitions out (`split_users`), and
+  the trade-off search judges the combiner's weights on them
+  (components/evaluation/tradeoffs.py)."""
+  threshold = int(round(fraction * _USER_BUCKETS))
+  return tf.strings.to_hash_bucket_fast(user_ids, _USER_BUCKETS) < threshold
+
+
 def split_users(transitions: tf.data.Dataset,
                 fraction: float) -> Tuple[tf.data.Dataset, tf.data.Dataset]:
-  """(fit, validation): the transitions of about `fraction` of the users, chosen by a hash of
-  their vocabulary index, held out of the fit.
+  """(fit, validation): the transitions of the validation users (`is_validation_user`) held
+  out of the fit.
 
   By user, not by transition: a user's transitions chain into each other (one's next state is
   the next one's state), so a random share of transitions would judge the head on states whose
   neighbours it was fitted to.
   """
-  threshold = int(round(fraction * _USER_BUCKETS))
-
   def held_out(transition):
-    user = tf.strings.as_string(transition[two_tower.USER_XF])
-    return tf.strings.to_hash_bucket_fast(user, _USER_BUCKETS) < threshold
+    return is_validation_user(transition[contract.USER_ID], fraction)
 
   return (transitions.filter(lambda transition: tf.logical_not(held_out(transition))),
           transitions.filter(held_out))

@@ -293,14 +293,14 @@ def _even_items_clicked(done: int, heads: int, config: RankerConfig):
 def test_held_out_losses_judge_the_click_model_and_the_bellman_residual():
   data, _, (dqn,) = _even_items_clicked(1, 1, RankerConfig(
       hidden_units=(16,), train_candidates=6, reward=RewardConfig(purchase=0.0, revenue=0.0)))
-  untrained = training.held_out_losses(dqn, data.batch(10))
+  untrained = training.held_out_losses({"head": dqn}, data.batch(10), dqn)["head"]
   # Only the clicked transitions have a consumed value to fit. Every click's reward is 1 and
   # every step is a last one here, so every target is 1, which the untrained value of the click
   # agent, the only one weighed (softplus(0.5413) = 1), already predicts.
   assert untrained["clicked_transitions"] == 12
   assert untrained["td_error"] == pytest.approx(0.0, abs=1e-6)
   dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0)
-  trained = training.held_out_losses(dqn, data.batch(10))
+  trained = training.held_out_losses({"head": dqn}, data.batch(10), dqn)["head"]
   assert trained["click_loss"] < untrained["click_loss"] / 10
 
 
@@ -315,8 +315,9 @@ def test_held_out_losses_judge_a_head_on_another_heads_bellman_targets():
   weights = np.array(trained.config.reward.weights())
   targets = trained.transition_terms(everything)["targets"].numpy()[clicks > 0] @ weights
   values = untrained.transition_terms(everything)["values"].numpy()[clicks > 0] @ weights
-  on_trained_targets = training.held_out_losses(untrained, data.batch(10), targets_from=trained)
-  on_own_targets = training.held_out_losses(untrained, data.batch(10))
+  on_trained_targets, on_own_targets = (
+      training.held_out_losses({"head": untrained}, data.batch(10), targets)["head"]
+      for targets in (trained, untrained))
   assert on_trained_targets["td_error"] == pytest.approx(np.mean((targets - values) ** 2),
                                                          rel=1e-5)
   assert on_trained_targets["relative_td_error"] == pytest.approx(
@@ -331,11 +332,12 @@ def test_held_out_losses_judge_a_head_on_another_heads_bellman_targets():
 def test_held_out_losses_of_nothing_clicked_are_nan_not_zero():
   data, clicks, (dqn,) = _even_items_clicked(1, 1, RankerConfig(hidden_units=(16,),
                                                                   train_candidates=6))
-  unclicked = training.held_out_losses(dqn, data.filter(lambda t: t[contract.CLICK] == 0).batch(5))
+  unclicked = training.held_out_losses(
+      {"head": dqn}, data.filter(lambda t: t[contract.CLICK] == 0).batch(5), dqn)["head"]
   assert unclicked["clicked_transitions"] == 0
   assert np.isfinite(unclicked["click_loss"])
   assert np.isnan(unclicked["td_error"]) and np.isnan(unclicked["bellman_residual"])
-  empty = training.held_out_losses(dqn, data.take(0).batch(5))
+  empty = training.held_out_losses({"head": dqn}, data.take(0).batch(5), dqn)["head"]
   assert np.isnan(empty["click_loss"]) and empty["clicked_transitions"] == 0
 
 

@@ -116,8 +116,8 @@ def test_validation_rows_are_a_random_held_out_share():
 
 def test_the_dqn_head_is_validated_on_held_out_users_whole():
   users = np.repeat(np.arange(400), 3)
-  transitions = tf.data.Dataset.from_tensor_slices({two_tower.USER_XF: users,
-                                                    "step": np.arange(len(users))})
+  transitions = tf.data.Dataset.from_tensor_slices({
+      contract.USER_ID: np.char.add("u", users.astype(str)), "step": np.arange(len(users))})
   fit, validation = (np.array([t["step"] for t in split.as_numpy_iterator()])
                      for split in training.split_users(transitions, 0.2))
   assert sorted(np.concatenate([fit, validation])) == list(range(len(users)))
@@ -125,10 +125,15 @@ def test_the_dqn_head_is_validated_on_held_out_users_whole():
   assert not set(users[fit]) & set(users[validation])
   assert 0.12 < len(set(users[validation])) / 400 < 0.28
   # A hash, not the first or the last users; and the same users each time.
-  assert 0 < min(users[validation]) and max(users[validation]) < 399
+  held_out_users = sorted(set(users[validation]))
+  assert held_out_users != list(range(len(held_out_users)))
+  assert held_out_users != list(range(400 - len(held_out_users), 400))
   again = [t["step"] for t in training.split_users(transitions, 0.2)[1].as_numpy_iterator()]
   assert list(validation) == again
   assert not list(training.split_users(transitions, 0.0)[1].as_numpy_iterator())
+  # The trade-off search finds the same users from their ids alone.
+  held_out = training.is_validation_user(tf.constant([f"u{user}" for user in range(400)]), 0.2)
+  assert set(np.flatnonzero(held_out.numpy())) == set(users[validation])
 
 
 def _recording_fits(model, monkeypatch, validation_recalls):

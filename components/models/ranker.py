@@ -232,8 +232,8 @@ class QNetwork(tf.keras.Model):
     self.value_offsets = tf.Variable(tf.fill([len(OBJECTIVES)], _INITIAL_VALUE_OFFSET),
                                      name="value_offsets")
     scales = np.ones(len(OBJECTIVES)) if reward_scales is None else reward_scales
-    # A variable, though never learnt, so that the exported model carries it: the trade-off
-    # search reads each agent's unit from it (components/evaluation/tradeoffs.py).
+    # A variable, though never learnt, so that the exported model carries it: whoever re-weighs
+    # the objectives after training reads each agent's unit from the SavedModel itself.
     self.reward_scales = tf.Variable(tf.constant(scales, tf.float32, shape=[len(OBJECTIVES)]),
                                      trainable=False, name="reward_scales")
     # The combiner's weights: not learnt, set (and baked into the export) by whoever chooses the

@@ -131,8 +131,7 @@ def _losses(weights: np.ndarray, targets: np.ndarray,
 def is_validation_user(user_ids: tf.Tensor, fraction: float) -> tf.Tensor:
   """Whether each raw user id is among the about `fraction` of users the ranking head is not
   fitted to, by a hash of the id: the Trainer holds their transitions out (`split_users`), and
-  the trade-off search judges the combiner's weights on them
-  (components/evaluation/tradeoffs.py)."""
+  a later stage can find the same users from the raw examples alone."""
   threshold = int(round(fraction * _USER_BUCKETS))
   return tf.strings.to_hash_bucket_fast(user_ids, _USER_BUCKETS) < threshold
 

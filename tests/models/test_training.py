@@ -131,7 +131,7 @@ def test_the_dqn_head_is_validated_on_held_out_users_whole():
   again = [t["step"] for t in training.split_users(transitions, 0.2)[1].as_numpy_iterator()]
   assert list(validation) == again
   assert not list(training.split_users(transitions, 0.0)[1].as_numpy_iterator())
-  # The trade-off search finds the same users from their ids alone.
+  # The same users are found from their raw ids alone, outside the Trainer.
   held_out = training.is_validation_user(tf.constant([f"u{user}" for user in range(400)]), 0.2)
   assert set(np.flatnonzero(held_out.numpy())) == set(users[validation])
 

@@ -142,10 +142,10 @@ class EvalData:
     return self.item_category.index.to_numpy()
 
 
-_QUERY_FEATURES = {contract.USER_ID: tf.string, contract.ITEM_ID: tf.string,
+QUERY_FEATURES = {contract.USER_ID: tf.string, contract.ITEM_ID: tf.string,
                    contract.CATEGORY: tf.string, contract.SESSION: tf.string,
                    contract.TIMESTAMP: tf.int64}
-_IMPRESSION_FEATURES = dict(_QUERY_FEATURES, **{
+_IMPRESSION_FEATURES = dict(QUERY_FEATURES, **{
     contract.CLICK: tf.int64, contract.PURCHASE: tf.int64, contract.REVENUE: tf.float32})
 # Logged only by platforms that show slates; -1 marks their absence.
 _SLATE_FEATURES = {contract.POSITION: tf.int64, contract.PROPENSITY: tf.float32}
@@ -192,8 +192,8 @@ def load_eval_data(examples_uri: str, transitions_uri: str) -> EvalData:
   def split(uri, name, scalars, **kwargs):
     return read_split(sessions.split_dir(uri, name), scalars, **kwargs)
 
-  train_examples = split(examples_uri, sessions.TRAIN_SPLIT, _QUERY_FEATURES, history=False)
-  eval_examples = split(examples_uri, sessions.EVAL_SPLIT, _QUERY_FEATURES)
+  train_examples = split(examples_uri, sessions.TRAIN_SPLIT, QUERY_FEATURES, history=False)
+  eval_examples = split(examples_uri, sessions.EVAL_SPLIT, QUERY_FEATURES)
   # Shown items never engaged with are in the catalog too; only their categories are needed.
   shown = split(transitions_uri, sessions.TRAIN_SPLIT,
                 {contract.ITEM_ID: tf.string, contract.CATEGORY: tf.string}, history=False)
@@ -204,22 +204,22 @@ def load_eval_data(examples_uri: str, transitions_uri: str) -> EvalData:
 
 
 def eval_data(train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
-              shown: pd.DataFrame, eval_impressions: pd.DataFrame) -> EvalData:
+              shown: pd.DataFrame, eval_impressions: Optional[pd.DataFrame]) -> EvalData:
   """EvalData from the frames `read_split` returns.
 
   Args:
     train_examples, eval_examples: Engagements (user_id, item_id, category, session, timestamp,
       and history for eval).
     shown: item_id, category of the training impressions.
-    eval_impressions: The eval transitions, position and propensity -1 where not logged.
+    eval_impressions: The eval transitions, position and propensity -1 where not logged; None
+      for queries without impressions to judge off-policy by.
   """
   if eval_examples.empty:
     raise ValueError("The evaluation split holds no engagements to evaluate on")
   item_category = pd.concat([
-      shown[[contract.ITEM_ID, contract.CATEGORY]],
-      eval_impressions[[contract.ITEM_ID, contract.CATEGORY]],
-      train_examples[[contract.ITEM_ID, contract.CATEGORY]],
-      eval_examples[[contract.ITEM_ID, contract.CATEGORY]]]).drop_duplicates(
+      frame[[contract.ITEM_ID, contract.CATEGORY]]
+      for frame in (shown, eval_impressions, train_examples, eval_examples)
+      if frame is not None]).drop_duplicates(
           contract.ITEM_ID).set_index(contract.ITEM_ID)[contract.CATEGORY].sort_index()
   queries = eval_examples.sort_values([contract.TIMESTAMP, contract.USER_ID], kind="stable")
   # Session length counts every engagement of the session, repeats included.
@@ -244,7 +244,8 @@ def eval_data(train_examples: pd.DataFrame, eval_examples: pd.DataFrame,
   return EvalData(queries=queries,
                   train_engagements=train_examples[[contract.USER_ID, contract.ITEM_ID]],
                   item_category=item_category,
-                  impressions=_logged_slates(eval_impressions, item_category.index),
+                  impressions=(None if eval_impressions is None
+                               else _logged_slates(eval_impressions, item_category.index)),
                   repeat_queries=int(repeat.sum()))
 
 
@@ -419,6 +420,11 @@ def simulator_metrics(model_dir: str, n_users: int, seed: int,
   outcome = simulator.run_users(world, model_policy.SavedModelPolicy(model_dir, signature_name),
                                 np.arange(n_users), SIMULATOR_HORIZON,
                                 np.random.default_rng(seed)).sessions
+  return rollout_metrics(outcome, n_users)
+
+
+def rollout_metrics(outcome: pd.DataFrame, n_users: int) -> Dict[str, float]:
+  """SIMULATOR_METRICS of `simulator.run_users`' sessions of `n_users` users."""
   impressions = outcome["steps"].sum() * simulator.DEFAULT_SLATE_SIZE
   clicks = outcome["clicks"].sum()
   return {"simulator_ctr": float(clicks / impressions),

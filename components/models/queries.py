@@ -90,6 +90,12 @@ class RankingSignature:
     self.signature_name = signature_name
     self._batch_size = batch_size
 
+  @property
+  def saved_model(self):
+    """The loaded SavedModel: its variables are the signature's, so assigning one (e.g. the
+    ranking head's `q_network.objective_weights`) changes what the signature answers."""
+    return self._model
+
   def __call__(self, users: Sequence[str], histories: Sequence[Sequence[str]],
                timestamps: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """The signature's outputs as arrays for one batch of (user, history, time) queries.

@@ -9,7 +9,7 @@ numbers, with the signature's propensities, or 1.0 for a signature without them 
 ranking such as `retrieve`). The time goes in as unknown: the simulated world has no clock.
 """
 import os
-from typing import List
+from typing import List, Union
 
 import numpy as np
 import pandas as pd
@@ -30,19 +30,21 @@ class SavedModelPolicy:
   the same seed are reproducible only for a model that ranks deterministically.
   """
 
-  def __init__(self, model_dir: os.PathLike,
+  def __init__(self, model: Union[os.PathLike, queries.RankingSignature],
                signature_name: str = contract.SERVING_SIGNATURE,
                n_items: int = generator.DEFAULT_ITEMS):
     """Loads the signature.
 
     Args:
-      model_dir: A SavedModel directory, e.g. a pushed version such as serving/recommender/1.
+      model: A SavedModel directory, e.g. a pushed version such as serving/recommender/1, or a
+        signature already loaded (whose variables a caller may assign between rollouts).
       signature_name: The signature that ranks, e.g. `contract.SERVING_SIGNATURE` or
-        `contract.RETRIEVE_SIGNATURE`.
+        `contract.RETRIEVE_SIGNATURE`; ignored when `model` is a loaded signature.
       n_items: The simulated world's catalog size; items are "i00000" onward. An id the model
         returns outside this catalog is an error rather than an item the simulator cannot show.
     """
-    self._signature = queries.RankingSignature(model_dir, signature_name)
+    self._signature = (model if isinstance(model, queries.RankingSignature)
+                       else queries.RankingSignature(model, signature_name))
     self._item_ids = generator.ids(generator.ITEM_PREFIX, np.arange(n_items))
     self._item_numbers = pd.Index(self._item_ids)
 

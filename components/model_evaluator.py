@@ -4,6 +4,7 @@ It evaluates the candidate, its retrieval stage and the latest blessed model on 
 data, judges the candidate by the release gate and writes a standard ModelEvaluation and
 ModelBlessing, so the stock Pusher and TFX's LatestBlessedModelStrategy read its verdict.
 """
+import json
 import logging
 import os
 from typing import List
@@ -18,6 +19,8 @@ from components import artifact_properties
 from components.evaluation import candidate_evaluation
 from components.evaluation import model_evaluation
 from components.evaluation import release_gate
+from components.evaluation import tradeoffs as tradeoffs_lib
+from components.evaluation.config import TradeoffConfig
 
 
 @component
@@ -33,14 +36,18 @@ def ModelEvaluator(
         List[tfx.types.standard_artifacts.ModelEvaluation]] = None,
     gate_config: tfx.dsl.components.Parameter[str] = "",
     simulator_users: tfx.dsl.components.Parameter[int] = 0,
+    tradeoffs: tfx.dsl.components.Parameter[str] = "",
+    validation_fraction: tfx.dsl.components.Parameter[float] = 0.0,
 ) -> None:
   """Evaluates the candidate and the baseline model and blesses the candidate or not.
 
   `baseline_model` is the latest blessed model (a resolver with LatestBlessedModelStrategy);
   `past_evaluations` are earlier blessed evaluations, plotted in the report. The logic is
   components/evaluation/candidate_evaluation.py; `gate_config` is the YAML of
-  schemas/gate/gate.yaml. The blessing carries the stock Evaluator's custom properties (`blessed`,
-  `current_model`,
+  schemas/gate/gate.yaml. `tradeoffs`, the JSON of a TradeoffConfig, searches both models'
+  combiner weights on the training split's validation users (the Trainer's
+  `validation_fraction`) for the gate's hypervolume rule; "" searches nothing. The blessing
+  carries the stock Evaluator's custom properties (`blessed`, `current_model`,
   `current_model_id`), so the stock Pusher and LatestBlessedModelStrategy read it.
   """
   gate = release_gate.GateConfig.from_yaml(gate_config, source="the gate_config parameter")
@@ -54,10 +61,18 @@ def ModelEvaluator(
   past_models = [{"name": f"evaluation {past.id}",
                   "metrics": candidate_evaluation.read(past.uri)["candidate"]["metrics"]}
                  for past in sorted(past_evaluations or [], key=lambda artifact: artifact.id)]
+  tradeoff_search = None
+  if tradeoffs and baseline_model is not None:
+    tradeoff_config = TradeoffConfig(**{name: tuple(value) if isinstance(value, list) else value
+                                        for name, value in json.loads(tradeoffs).items()})
+    tradeoff_search = (tradeoffs_lib.load_validation_set(
+        examples.uri, validation_fraction, tradeoff_config, simulated=simulator_users > 0),
+                       tradeoff_config)
   result = candidate_evaluation.evaluate_candidate(
       path_utils.serving_model_path(model.uri),
       path_utils.serving_model_path(baseline_model.uri) if baseline_model else None, data, gate,
-      model_evaluation.EvaluationConfig(simulator_users=simulator_users), past_models)
+      model_evaluation.EvaluationConfig(simulator_users=simulator_users), past_models,
+      tradeoff_search)
   candidate_evaluation.write(result, evaluation.uri)
   (logging.info if result.verdict.blessed else logging.warning)("Model %s", result.verdict.reason)
   evaluation.set_int_custom_property(artifact_properties.BLESSED, int(result.verdict.blessed))

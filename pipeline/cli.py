@@ -217,6 +217,36 @@ def lineage(home, version) -> None:
     raise UsageError(str(error)) from error
 
 
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False))
+@click.option("--version", type=int, help="A pushed version (default: the stable one).")
+@click.option("--trials", type=int, help="Weightings to try (default "
+              f"{configs.PipelineConfig.tradeoffs.trials}).")
+@click.option("--seed", type=int, help="The search's seed; a seed repeats its result.")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="Any field of PipelineConfig, e.g. of its TradeoffConfig "
+              "(components/evaluation/config.py), repeatable: --set tradeoffs.choice=knee")
+def tune(home, version, trials, seed, settings) -> None:
+  """Search the trade-off between the objectives for a pushed model: NSGA-II over its ranking
+  head's combiner weights, scored on the training users its head was not fitted to. Writes the
+  Pareto front, its hypervolume and the chosen weights to <home>/tradeoffs/<version>.json."""
+  from pipeline import lineage as lineage_lib
+  from pipeline import tuning
+
+  overrides = [f"tradeoffs.{name}={value}" for name, value in (("trials", trials), ("seed", seed))
+               if value is not None]
+  try:
+    config = _config(home).with_settings(overrides + list(settings))
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+  try:
+    result, path = tuning.tune(config, version, show_progress=True)
+  except (lineage_lib.LineageError, ValueError) as error:
+    raise UsageError(str(error)) from error
+  click.echo(tuning.describe(result))
+  click.echo(f"Written to {path}")
+
+
 @main.command("compile")
 @click.option("--kubeflow", "output", required=True, type=click.Path(dir_okay=False),
               help="Where to write the KFP v2 pipeline spec (JSON).")

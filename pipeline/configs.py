@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from components.data.config import DataMinimums
 from components.data.config import SessionConfig
+from components.evaluation.config import TradeoffConfig
 from components.models.config import ModelConfig
 import schemas
 from schemas import contract
@@ -87,6 +88,12 @@ class PipelineConfig:
   # a few sessions, for the built-in dataset only (`recsys run` sets 0 for other data, whose
   # users the simulator does not know).
   simulator_users: int = 1000
+  # The trade-off search of `recsys tune` over a pushed model's combiner weights
+  # (components/evaluation/tradeoffs.py).
+  tradeoffs: TradeoffConfig = TradeoffConfig()
+  # Whether the evaluator also searches candidate's and baseline's trade-offs for the gate's
+  # hypervolume rule: two searches (about a minute each on the built-in data) per run, so off.
+  search_tradeoffs: bool = False
   # Earlier blessed models the evaluation report plots next to the candidate.
   report_past_models: int = 10
   # Infra validation (serving/infra_validation.py): the p99 latency a single-user request may

@@ -4,6 +4,7 @@ and release gate → push.
 One definition serves every orchestrator; the runner files only choose where it runs.
 """
 import dataclasses
+import json
 import pathlib
 
 from tfx import v1 as tfx
@@ -145,7 +146,10 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       past_evaluations=past_evaluations.outputs["evaluations"],
       # The YAML itself, not its path: the cache then knows when the gate changed.
       gate_config=release_gate.GateConfig.load(config.gate_config).to_yaml(),
-      simulator_users=config.simulator_users)
+      simulator_users=config.simulator_users,
+      tradeoffs=(json.dumps(dataclasses.asdict(config.tradeoffs)) if config.search_tradeoffs
+                 else ""),
+      validation_fraction=config.model.ranker.validation_fraction)
   infra_validation = infra_validator.ServingInfraValidator(
       model=model_trainer.outputs["model"],
       transform_graph=transform.outputs["transform_graph"],

@@ -32,7 +32,8 @@ class TradeoffConfig:
   population: int = 8
   seed: int = 0
   # The hypervolume's reference point: this share of the hand-set weighting's value of every
-  # metric (a front point counts where it beats it on all metrics).
+  # positive metric (tradeoffs.py's docstring says where it is not positive); a point counts
+  # where it beats the reference point on every metric.
   reference_share: float = 0.5
   # Validation engagements the offline metrics average over, drawn with `seed`.
   max_queries: int = 2000

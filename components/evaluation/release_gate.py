@@ -1,6 +1,6 @@
 """The release gate: whether a candidate model ships, judged on several metrics at once.
 
-Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all five
+Configured in schemas/gate/gate.yaml (`GateConfig.load`). The candidate is blessed when all its
 rules hold, checked in this order:
   1. floors: every configured floor is met;
   2. over popularity: the candidate beats the most-popular ranking, evaluated on the same data in
@@ -19,6 +19,12 @@ rules hold, checked in this order:
      retrieval stage's value or absolute. A head that makes the ranking worse than serving
      retrieval alone would be refused by no other rule: popularity and the baseline may be
      beaten all the same.
+  6. hypervolume (optional, top-level `hypervolume: {max_shrink: ...}`): where the run searched
+     the trade-offs of candidate and baseline (components/evaluation/tradeoffs.py, on the same
+     validation users), the hypervolume of the candidate's front, both measured from one
+     reference point (the baseline's hand-set weighting's), falls behind the baseline front's by
+     no more than the allowance. A candidate may lose a little at its own hand-set weighting yet
+     offer better trade-offs elsewhere; this rule refuses one whose trade-offs all got worse.
 Rule 4 lets a model trade one objective for another (a little accuracy for much more diversity)
 as far as rule 3's allowances go, and refuses one that only gets worse. Without a baseline (the
 first run) rules 1, 2 and 5 apply.
@@ -27,13 +33,15 @@ The weighted-sum score, sum over metrics of weight x value with "lower is better
 negated, is reported for candidate and baseline as the one-number summary a dashboard wants; it
 decides nothing, because a scalarisation hides exactly the trade-offs the rules look at.
 
+Rule 6 is judged only when both fronts exist.
+
 Metrics a run did not measure (the simulator's only exist for simulator data) are listed as not
 measured and skip the rules; a name the evaluator never writes is a configuration error.
 """
 import dataclasses
 import math
 import pathlib
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -97,6 +105,9 @@ def _describe(setting: tuple) -> str:
 @dataclasses.dataclass(frozen=True)
 class GateConfig:
   rules: Sequence[MetricRule]
+  # Rule 6: (RELATIVE or ABSOLUTE, allowance) by which the candidate front's hypervolume may fall
+  # behind the baseline front's, or None for no such rule.
+  hypervolume_max_shrink: Optional[tuple] = None
 
   @classmethod
   def load(cls, path: pathlib.Path = schemas.DEFAULT_GATE_CONFIG) -> "GateConfig":
@@ -114,14 +125,19 @@ class GateConfig:
       raise GateConfigError(f"{source}: not valid YAML: {error}") from error
     if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
       raise GateConfigError(f"{source}: expected a top-level 'metrics:' mapping of metric names")
-    unknown_top = set(document) - {"metrics"}
+    unknown_top = set(document) - {"metrics", "hypervolume"}
     if unknown_top:
       raise GateConfigError(f"{source}: unknown top-level keys {sorted(unknown_top)}")
     rules = [_parse_rule(name, settings or {}, source)
              for name, settings in document["metrics"].items()]
     if not rules:
       raise GateConfigError(f"{source}: 'metrics' is empty; the gate would judge nothing")
-    return cls(rules=tuple(rules))
+    hypervolume = document.get("hypervolume") or {}
+    if not isinstance(hypervolume, dict) or set(hypervolume) - {"max_shrink"}:
+      raise GateConfigError(f"{source}: 'hypervolume' takes one key, max_shrink, e.g. "
+                            f"{{max_shrink: {{relative: 0.05}}}}; got {hypervolume!r}")
+    return cls(rules=tuple(rules), hypervolume_max_shrink=_relative_or_absolute(
+        hypervolume, "max_shrink", f"{source}: hypervolume"))
 
   def to_yaml(self) -> str:
     """The configuration as YAML that `from_yaml` reads back: how it travels as a parameter."""
@@ -136,7 +152,11 @@ class GateConfig:
         if setting is not None:
           settings[key] = {setting[0]: setting[1]}
       metrics[rule.name] = settings
-    return yaml.safe_dump({"metrics": metrics}, sort_keys=False)
+    document = {"metrics": metrics}
+    if self.hypervolume_max_shrink is not None:
+      kind, amount = self.hypervolume_max_shrink
+      document["hypervolume"] = {"max_shrink": {kind: amount}}
+    return yaml.safe_dump(document, sort_keys=False)
 
   @property
   def pareto_metrics(self) -> List[str]:
@@ -200,7 +220,7 @@ def _non_negative(value, where: str) -> float:
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """One broken rule: which, for which metric, and by how much."""
-  rule: str  # "floor", "popularity", "regression", "pareto" or "rerank"
+  rule: str  # "floor", "popularity", "regression", "pareto", "rerank" or "hypervolume"
   metric: str
   message: str
 
@@ -250,10 +270,12 @@ def weighted_score(config: GateConfig, metrics: Mapping[str, float]) -> float:
 def judge(config: GateConfig, candidate: Mapping[str, float],
           baseline: Optional[Mapping[str, float]] = None,
           popularity: Optional[Mapping[str, float]] = None,
-          retrieval_stage: Optional[Mapping[str, float]] = None) -> Verdict:
+          retrieval_stage: Optional[Mapping[str, float]] = None,
+          hypervolumes: Optional[Tuple[float, float]] = None) -> Verdict:
   """Applies the module docstring's rules to the candidate's (and baseline's, the most-popular
   ranking's and the candidate's retrieval stage's) metrics; rules 2 and 5 skip metrics
-  popularity or the retrieval stage has no value for."""
+  popularity or the retrieval stage has no value for. `hypervolumes`: the candidate's and the
+  baseline's fronts', from one reference point, for rule 6."""
   measured = [rule for rule in config.rules
               if rule.name in candidate and (baseline is None or rule.name in baseline)]
   not_measured = [rule.name for rule in config.rules if rule not in measured]
@@ -291,6 +313,15 @@ def judge(config: GateConfig, candidate: Mapping[str, float],
     failures += _losses(_rerank_rules(measured, retrieval_stage), "max_rerank_loss", candidate,
                         retrieval_stage, "rerank",
                         "after reranking falls behind its retrieval stage's")
+  if hypervolumes is not None and config.hypervolume_max_shrink is not None:
+    candidate_volume, baseline_volume = hypervolumes
+    shrink = baseline_volume - candidate_volume
+    if shrink > _amount(config.hypervolume_max_shrink, baseline_volume):
+      failures.append(Failure("hypervolume", "hypervolume",
+                              f"the trade-off front's hypervolume {candidate_volume:.4g} shrinks "
+                              f"from the baseline front's {baseline_volume:.4g} by {shrink:.4g}, "
+                              f"more than the allowed "
+                              f"{_describe(config.hypervolume_max_shrink)}"))
   weighted = any(rule.weight for rule in measured)
 
   def score(metrics):

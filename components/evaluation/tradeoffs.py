@@ -26,13 +26,14 @@ What is written (`SearchResult`): every weighting tried with its metrics, the Pa
 (Optuna's non-dominated trials), which front points dominate the hand-set one, the chosen point
 (TradeoffConfig.choice: the front's best weighted sum of value / hand-set value, or its knee, the
 point nearest the front's ideal point with each metric scaled to the front's range), and the
-front's hypervolume as pymoo computes it, each metric divided by the hand-set value (by 1 where
-that is not positive) and the reference point `reference_share` of the hand-set value of every
-metric: the hand-set point alone has (1 - reference_share)^metrics.
+front's hypervolume as pymoo computes it, each metric in units of the size of its hand-set value
+(of 1 where that is 0), and the reference point 1 - reference_share of those units below the
+hand-set value of every metric (at `reference_share` of it for a positive metric): the hand-set
+point alone has (1 - reference_share)^metrics.
 """
 import dataclasses
 import time
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import optuna
@@ -194,13 +195,14 @@ def search(model: model_queries.RankingSignature, validation: ValidationSet,
     trial.set_user_attr("metrics", values)
     return [values[name] for name in metric_names]
 
-  study = optuna.create_study(
-      directions=["maximize"] * len(metric_names),
-      sampler=optuna.samplers.NSGAIISampler(population_size=config.population, seed=config.seed))
-  study.enqueue_trial(dict(zip(OBJECTIVES, handset_units.tolist())))
   verbosity = optuna.logging.get_verbosity()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   try:
+    study = optuna.create_study(
+        directions=["maximize"] * len(metric_names),
+        sampler=optuna.samplers.NSGAIISampler(population_size=config.population,
+                                              seed=config.seed))
+    study.enqueue_trial(dict(zip(OBJECTIVES, handset_units.tolist())))
     study.optimize(objective, n_trials=config.trials, show_progress_bar=show_progress)
   finally:
     optuna.logging.set_verbosity(verbosity)
@@ -221,6 +223,21 @@ def search(model: model_queries.RankingSignature, validation: ValidationSet,
       reference_share=config.reference_share, seconds=time.monotonic() - started)
 
 
+def compared_hypervolumes(candidate: SearchResult,
+                          baseline: SearchResult) -> Tuple[float, float]:
+  """Both fronts' hypervolumes from one reference point, the baseline's hand-set weighting's
+  (release gate rule 6); the searches must have measured the same metrics."""
+  if candidate.metrics != baseline.metrics:
+    raise ValueError(f"the fronts measured different metrics: {candidate.metrics} and "
+                     f"{baseline.metrics}")
+
+  def volume(result: SearchResult) -> float:
+    return hypervolume([result.trial(number).metrics for number in result.front],
+                       baseline.handset.metrics, baseline.metrics, baseline.reference_share)
+
+  return volume(candidate), volume(baseline)
+
+
 def dominates(point: Mapping[str, float], other: Mapping[str, float],
               metric_names: Sequence[str]) -> bool:
   """Whether `point` is at least as high as `other` on every metric and higher on one."""
@@ -230,18 +247,18 @@ def dominates(point: Mapping[str, float], other: Mapping[str, float],
 
 def _relative(points: Sequence[Mapping[str, float]], reference: Mapping[str, float],
               metric_names: Sequence[str]) -> np.ndarray:
-  """[points, metrics] each value divided by the reference's (by 1 where that is not positive)."""
-  scale = np.array([reference[name] if reference[name] > 0 else 1.0 for name in metric_names])
+  """[points, metrics] each value divided by the size of the reference's (by 1 where it is 0)."""
+  scale = np.array([abs(reference[name]) or 1.0 for name in metric_names])
   return np.array([[point[name] for name in metric_names] for point in points]) / scale
 
 
 def hypervolume(points: Sequence[Mapping[str, float]], reference: Mapping[str, float],
                 metric_names: Sequence[str], reference_share: float) -> float:
-  """pymoo's hypervolume of `points` (maximised metrics) relative to `reference`'s values, the
-  reference point `reference_share` of each (module docstring)."""
+  """pymoo's hypervolume of `points` (maximised metrics) in units of `reference`'s values, the
+  reference point (1 - reference_share) of their size below each (module docstring)."""
   relative = _relative(points, reference, metric_names)
-  indicator = hv.HV(ref_point=np.full(len(metric_names), -reference_share))
-  return float(indicator(-relative))
+  worst = _relative([reference], reference, metric_names)[0] - (1.0 - reference_share)
+  return float(hv.HV(ref_point=-worst)(-relative))
 
 
 def choose(front: Sequence[Mapping[str, float]], handset: Mapping[str, float],

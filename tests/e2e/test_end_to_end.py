@@ -25,6 +25,8 @@ from components.data import sessions
 from components.models import queries
 from components.models import training
 from components.models import warmup
+from components.models.config import OBJECTIVES
+from components.models.config import RewardConfig
 from components.simulation import generator
 from pipeline import cli
 import schemas
@@ -154,6 +156,33 @@ def test_the_pipeline_trained_ranking_head_has_learnt_and_reranks(trained):
   assert sum(differ) > len(users) / 2
 
 
+def test_tune_searches_the_pushed_model_s_combiner_weights(trained):
+  home, dataset, _, _ = trained
+  (version,) = _versions(home)
+  result = CliRunner().invoke(cli.main, ["tune", "--home", str(home), "--trials", "6",
+                                         "--set", "tradeoffs.population=3"],
+                              catch_exceptions=False)
+  assert result.exit_code == 0, result.output
+  assert "Pareto front" in result.output and "recsys run --reward click=" in result.output
+  record = json.loads((home / "tradeoffs" / f"{version}.json").read_text())
+  # Not the simulator's data: no rollouts, the offline metrics only.
+  assert record["metrics"] == ["ndcg@10", "coverage@10", "category_diversity@10"]
+  assert len(record["trials"]) == 6 and record["chosen"] in record["front"]
+  # The first weighting tried is the model's own (RewardConfig's), up to a common factor.
+  handset = record["trials"][0]["weights"]
+  own = dict(zip(OBJECTIVES, RewardConfig().weights()))
+  for name in OBJECTIVES:
+    assert handset[name] / handset["click"] == pytest.approx(own[name] / own["click"], rel=1e-5)
+  # The weights the search assigns are live in the exported graph: serving one agent alone
+  # ranks differently.
+  model = queries.RankingSignature(home / "serving" / "recommender" / version)
+  users = sorted(pd.read_csv(dataset.interactions)["user_id"].unique())[:50]
+  served = model(users, [[]] * len(users))[contract.ITEM_IDS]
+  model.saved_model.q_network.objective_weights.assign([0.0, 0.0, 1.0, 0.0, 0.0])
+  revenue_only = model(users, [[]] * len(users))[contract.ITEM_IDS]
+  assert (served[:, :10] != revenue_only[:, :10]).any(axis=1).mean() > 0.5
+
+
 def test_second_run_keeps_the_served_version(trained):
   home, _, args, _ = trained
   before = _versions(home)
@@ -233,12 +262,26 @@ def test_a_refused_model_is_not_pushed_and_the_report_says_why(trained, tmp_path
   events = pd.read_csv(dataset.interactions, dtype=str, keep_default_na=False)
   events.iloc[:-200].to_csv(fewer, index=False)
   strict = tmp_path / "strict.yaml"
-  strict.write_text("metrics:\n  recall@10: {floor: 0.999}\n  coverage@10: {floor: 0.01}\n")
-  result = _run("--interactions", str(fewer), *args[2:], "--gate-config", str(strict))
+  strict.write_text("metrics:\n  recall@10: {floor: 0.999}\n  coverage@10: {floor: 0.01}\n"
+                    "hypervolume: {max_shrink: {relative: 0.5}}\n")
+  # With the trade-off search on, candidate and baseline fronts are compared (rule 6).
+  result = _run("--interactions", str(fewer), *args[2:], "--gate-config", str(strict),
+                "--set", "search_tradeoffs=true", "--set", "tradeoffs.trials=3",
+                "--set", "tradeoffs.population=2")
   assert result.exit_code == 0, result.output
   assert re.search(r"Model not blessed \(refused: recall@10 = 0\.\d+ misses its floor 0\.9990 "
                    r"by 0\.\d+", result.output), result.output
   assert _versions(home) == before
+  (record,) = [json.loads(path.read_text()) for path in
+               home.glob("pipelines/*/ModelEvaluator/evaluation/*/evaluation.json")
+               if json.loads(path.read_text())["tradeoffs"]]
+  searches = record["tradeoffs"]
+  assert len(searches["candidate"]["trials"]) == len(searches["baseline"]["trials"]) == 3
+  volumes = searches["hypervolumes"]
+  assert volumes["baseline"] > 0 and volumes["candidate"] >= 0
+  refused_by_volume = any(failure["rule"] == "hypervolume"
+                          for failure in record["verdict"]["failures"])
+  assert refused_by_volume == (volumes["candidate"] < 0.5 * volumes["baseline"])
 
   report = CliRunner().invoke(cli.main, ["report", "--home", str(home)],
                               catch_exceptions=False)

@@ -296,3 +296,36 @@ def test_revenue_conversion_and_satisfaction_floors_refuse_naming_the_metric(met
   assert not verdict.blessed
   assert [(failure.rule, failure.metric) for failure in verdict.failures] == [("floor", metric)]
   assert f"{metric} = {value:.4f} misses its floor" in verdict.reason
+
+
+HYPERVOLUME_GATE = """
+metrics:
+  recall@10: {weight: 1.0}
+hypervolume: {max_shrink: {relative: 0.1}}
+"""
+
+
+@pytest.mark.parametrize("candidate_volume, blessed", [(0.95, True), (1.2, True), (0.85, False)])
+def test_the_hypervolume_rule_blesses_and_refuses_as_configured(candidate_volume, blessed):
+  gate = _gate(HYPERVOLUME_GATE)
+  verdict = release_gate.judge(gate, ACCURATE, ACCURATE, hypervolumes=(candidate_volume, 1.0))
+  assert verdict.blessed == blessed
+  if not blessed:
+    (failure,) = verdict.failures
+    assert failure.rule == "hypervolume"
+    assert "0.85 shrinks from the baseline front's 1 by 0.15" in failure.message
+    assert "more than the allowed 10% of it" in verdict.reason
+
+
+def test_the_hypervolume_rule_needs_both_fronts_and_round_trips():
+  gate = _gate(HYPERVOLUME_GATE)
+  assert release_gate.judge(gate, ACCURATE, ACCURATE).blessed
+  assert release_gate.GateConfig.from_yaml(gate.to_yaml()) == gate
+  assert gate.hypervolume_max_shrink == (release_gate.RELATIVE, 0.1)
+  # Without the rule configured, any shrink passes.
+  assert release_gate.judge(_gate(TRADE_GATE % 0.1), ACCURATE, ACCURATE,
+                            hypervolumes=(0.1, 1.0)).blessed
+  with pytest.raises(release_gate.GateConfigError, match="gate.yaml: hypervolume"):
+    _gate("metrics: {recall@10: {}}\nhypervolume: {max_shrink: {percent: 5}}")
+  with pytest.raises(release_gate.GateConfigError, match="one key, max_shrink"):
+    _gate("metrics: {recall@10: {}}\nhypervolume: {shrink: 5}")

@@ -149,6 +149,17 @@ def test_the_weights_found_reproduce_their_metrics_when_assigned(model, validati
   assert measured == pytest.approx(chosen.metrics)
 
 
+def test_fronts_compare_from_the_baseline_s_hand_set_point(result):
+  assert tradeoffs.compared_hypervolumes(result, result) == pytest.approx(
+      (result.hypervolume, result.hypervolume))
+  # A candidate whose every weighting measures 10 % lower covers less.
+  lower = dataclasses.replace(result, trials=[dataclasses.replace(
+      trial, metrics={name: 0.9 * value for name, value in trial.metrics.items()})
+                                              for trial in result.trials])
+  candidate, baseline = tradeoffs.compared_hypervolumes(lower, result)
+  assert candidate < baseline == pytest.approx(result.hypervolume)
+
+
 def test_the_result_survives_its_json_record(result):
   assert tradeoffs.SearchResult.from_dict(result.to_dict()) == result
 
@@ -162,6 +173,9 @@ def test_hypervolume_of_hand_computed_points():
   # A point below the reference point on one metric adds nothing.
   low = points + [{"a": 10.0, "b": 0.5}]
   assert tradeoffs.hypervolume(low, reference, ["a", "b"], 0.5) == pytest.approx(1.25)
+  # A metric whose hand-set value is negative: the reference point lies half its size below it.
+  assert tradeoffs.hypervolume([{"s": -2.0}], {"s": -2.0}, ["s"], 0.5) == pytest.approx(0.5)
+  assert tradeoffs.hypervolume([{"s": 0.0}], {"s": -2.0}, ["s"], 0.5) == pytest.approx(1.5)
 
 
 def test_the_choice_rules():

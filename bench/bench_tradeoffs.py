@@ -39,10 +39,11 @@ def _confirm(config: configs.PipelineConfig, version: int, result: tradeoffs.Sea
              seeds: int) -> dict:
   """Hand-set and chosen weighting on rollouts of every world user, per seed and paired."""
   model = queries.RankingSignature(config.model_base_path / str(version))
-  examples = next(step.uri for step in lineage.lineage(config, version).find("Examples")
-                  if pathlib.PurePath(step.uri).parent.name == "examples")
-  validation = tradeoffs.load_validation_set(examples, config.model.ranker.validation_fraction,
-                                             config.tradeoffs, simulated=True)
+  outputs = {pathlib.PurePath(step.uri).parent.name: step.uri
+             for step in lineage.lineage(config, version).find("Examples")}
+  validation = tradeoffs.load_validation_set(
+      outputs["examples"], outputs["transitions"], config.model.ranker.validation_fraction,
+      config.tradeoffs, simulated=True)
   everyone = dataclasses.replace(validation, world_users=np.arange(validation.world.n_users))
   weights = model.saved_model.q_network.objective_weights
   scores = {}

@@ -58,15 +58,15 @@ def ModelEvaluator(
     evaluation.set_int_custom_property(artifact_properties.BLESSED, 0)
     return
   data = model_evaluation.load_eval_data(examples.uri, transitions.uri)
-  past_models = [{"name": f"evaluation {past.id}",
-                  "metrics": candidate_evaluation.read(past.uri)["candidate"]["metrics"]}
-                 for past in sorted(past_evaluations or [], key=lambda artifact: artifact.id)]
+  past_models = [_past_model(past) for past in
+                 sorted(past_evaluations or [], key=lambda artifact: artifact.id)]
   tradeoff_search = None
   if tradeoffs and baseline_model is not None:
     tradeoff_config = TradeoffConfig(**{name: tuple(value) if isinstance(value, list) else value
                                         for name, value in json.loads(tradeoffs).items()})
     tradeoff_search = (tradeoffs_lib.load_validation_set(
-        examples.uri, validation_fraction, tradeoff_config, simulated=simulator_users > 0),
+        examples.uri, transitions.uri, validation_fraction, tradeoff_config,
+        simulated=simulator_users > 0),
                        tradeoff_config)
   result = candidate_evaluation.evaluate_candidate(
       path_utils.serving_model_path(model.uri),
@@ -77,6 +77,15 @@ def ModelEvaluator(
   (logging.info if result.verdict.blessed else logging.warning)("Model %s", result.verdict.reason)
   evaluation.set_int_custom_property(artifact_properties.BLESSED, int(result.verdict.blessed))
   _bless(blessing, model, result.verdict.blessed, result.verdict.reason)
+
+
+def _past_model(evaluation) -> dict:
+  """An earlier evaluation's candidate metrics and, where its run searched, front hypervolume:
+  what the report plots over runs."""
+  record = candidate_evaluation.read(evaluation.uri)
+  searched = record.get("tradeoffs")
+  return {"name": f"evaluation {evaluation.id}", "metrics": record["candidate"]["metrics"],
+          "hypervolume": searched["hypervolumes"]["candidate"] if searched else None}
 
 
 def _bless(blessing, model, blessed: bool, reason: str) -> None:

@@ -20,6 +20,7 @@ from schemas import contract
 TRADEOFFS_DIR = "tradeoffs"
 _SESSION_BUILDER = "SessionBuilder"
 _EXAMPLES_OUTPUT = "examples"
+_TRANSITIONS_OUTPUT = "transitions"
 
 
 def result_path(config: PipelineConfig, version: int) -> pathlib.Path:
@@ -33,17 +34,17 @@ def tune(config: PipelineConfig, version: Optional[int] = None,
   Raises lineage.LineageError when the version or its artifacts cannot be found.
   """
   found = lineage_lib.lineage(config, version)
-  examples = [step.uri for step in found.find("Examples")
-              if step.component == _SESSION_BUILDER
-              and pathlib.PurePath(step.uri).parent.name == _EXAMPLES_OUTPUT]
+  outputs = {pathlib.PurePath(step.uri).parent.name: step.uri
+             for step in found.find("Examples") if step.component == _SESSION_BUILDER}
   evaluations = [step.uri for step in found.find("ModelEvaluation")]
-  if not examples or not evaluations:
-    raise lineage_lib.LineageError(f"version {found.version}'s lineage has no SessionBuilder "
-                                   f"examples or no evaluation to tune on")
+  if not {_EXAMPLES_OUTPUT, _TRANSITIONS_OUTPUT} <= set(outputs) or not evaluations:
+    raise lineage_lib.LineageError(f"version {found.version}'s lineage lacks SessionBuilder's "
+                                   f"examples or transitions, or an evaluation, to tune on")
   candidate_metrics = candidate_evaluation.read(evaluations[0])["candidate"]["metrics"]
   simulated = any(name in candidate_metrics for name in model_evaluation.SIMULATOR_METRICS)
   validation = tradeoffs.load_validation_set(
-      examples[0], config.model.ranker.validation_fraction, config.tradeoffs, simulated)
+      outputs[_EXAMPLES_OUTPUT], outputs[_TRANSITIONS_OUTPUT],
+      config.model.ranker.validation_fraction, config.tradeoffs, simulated)
   model = queries.RankingSignature(config.model_base_path / str(found.version),
                                    contract.SERVING_SIGNATURE)
   result = tradeoffs.search(model, validation, config.tradeoffs, show_progress=show_progress)

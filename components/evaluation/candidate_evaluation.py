@@ -40,8 +40,9 @@ class EvaluationResult:
   popularity: Optional[model_evaluation.ModelReport] = None
   # The candidate's `retrieve` signature, what the gate's rerank rule holds its served ranking to.
   retrieval_stage: Optional[model_evaluation.ModelReport] = None
-  # Earlier blessed models' metrics, oldest first, each {"name": ..., "metrics": {...}}: the
-  # report plots them; they were measured on their own runs' data.
+  # Earlier blessed models' metrics, oldest first, each {"name": ..., "metrics": {...},
+  # "hypervolume": their front's or None}: the report plots them; they were measured on their
+  # own runs' data.
   past_models: List[Dict] = dataclasses.field(default_factory=list)
   # The trade-off searches of candidate and baseline, and their fronts' hypervolumes from the
   # baseline's hand-set point, where the run searched.

@@ -58,6 +58,8 @@ def render(record: Dict) -> str:
                                                      record.get("past_models", [])))
                               for x, y in itertools.islice(
                                   itertools.combinations(pareto, 2), _MAX_PARETO_PLOTS)))
+  if record.get("tradeoffs"):
+    sections.append(_tradeoff_section(record["tradeoffs"], record.get("past_models", [])))
   if candidate["off_policy"]:
     sections.append("<h2>Off-policy estimates (95% intervals)</h2>"
                     + _off_policy_table(candidate, baseline)
@@ -155,6 +157,57 @@ def _pareto_scatter(x: str, y: str, candidate: Dict, baseline: Optional[Dict],
   axis.set_xlabel(x)
   axis.set_ylabel(y)
   axis.legend(fontsize=8)
+  figure.tight_layout()
+  return figure
+
+
+def _tradeoff_section(searches: Dict, past_models: List[Dict]) -> str:
+  """The searched fronts of candidate and baseline on pairs of the search's metrics (seed 003's
+  revenue against satisfaction first where measured), and the hypervolume over runs."""
+  volumes = searches["hypervolumes"]
+  metrics = searches["candidate"]["metrics"]
+  first = [name for name in ("simulator_revenue_per_user", "simulator_satisfaction")
+           if name in metrics]
+  pairs = ([tuple(first)] if len(first) == 2 else []) + [
+      pair for pair in itertools.combinations(metrics, 2) if pair != tuple(first)]
+  history = [(model["name"], model["hypervolume"]) for model in past_models
+             if model.get("hypervolume") is not None]
+  history.append(("candidate", volumes["candidate"]))
+  return ("<h2>Trade-offs</h2><p>The combiner weightings the search tried on the validation "
+          f"users: front hypervolume {volumes['candidate']:.4g} for the candidate against "
+          f"{volumes['baseline']:.4g} for the baseline, both from the baseline's hand-set point "
+          "(gate rule 6).</p>"
+          + "".join(_image(_front_scatter(x, y, searches))
+                    for x, y in pairs[:_MAX_PARETO_PLOTS])
+          + _image(_hypervolume_plot(history)))
+
+
+def _front_scatter(x: str, y: str, searches: Dict):
+  figure, axis = pyplot.subplots(figsize=(4.5, 3.5))
+  for name, color in (("baseline", BASELINE_COLOR), ("candidate", CANDIDATE_COLOR)):
+    search = searches[name]
+    trials = {trial["number"]: trial["metrics"] for trial in search["trials"]}
+    front = [trials[number] for number in search["front"]]
+    axis.scatter([point[x] for point in front], [point[y] for point in front], color=color,
+                 alpha=0.5, label=f"{name} front")
+    axis.scatter([trials[search["chosen"]][x]], [trials[search["chosen"]][y]], color=color,
+                 marker="*", s=160, label=f"{name} chosen")
+    axis.scatter([trials[0][x]], [trials[0][y]], color=color, marker="s", s=80,
+                 edgecolor="black", label=f"{name} as served" if name == "candidate"
+                 else "blessed model as served")
+  axis.set_xlabel(x)
+  axis.set_ylabel(y)
+  axis.legend(fontsize=7)
+  figure.tight_layout()
+  return figure
+
+
+def _hypervolume_plot(history: List[tuple]):
+  figure, axis = pyplot.subplots(figsize=(4.5, 3))
+  axis.plot(range(len(history)), [volume for _, volume in history], "o-", color=CANDIDATE_COLOR)
+  axis.set_xticks(range(len(history)), [name for name, _ in history], rotation=30, ha="right",
+                  fontsize=7)
+  axis.set_ylabel("front hypervolume")
   figure.tight_layout()
   return figure
 

@@ -63,16 +63,21 @@ class ValidationSet:
   world: Optional[simulator.World] = None
 
 
-def load_validation_set(examples_uri: str, validation_fraction: float, config: TradeoffConfig,
-                        simulated: bool) -> ValidationSet:
+def load_validation_set(examples_uri: str, transitions_uri: str, validation_fraction: float,
+                        config: TradeoffConfig, simulated: bool) -> ValidationSet:
   """The validation users' engagements of SessionBuilder's training split, at most
   `config.max_queries` of them drawn with `config.seed`; with `simulated`, the simulator's
   default world and its validation users.
 
-  `validation_fraction`: the Trainer's (RankerConfig.validation_fraction) for the same users.
+  `transitions_uri`: SessionBuilder's transitions, whose shown items complete the catalog the
+  lists are judged in. `validation_fraction`: the Trainer's (RankerConfig.validation_fraction),
+  for the same users.
   """
   split_dir = sessions.split_dir(examples_uri, sessions.TRAIN_SPLIT)
   examples = model_evaluation.read_split(split_dir, model_evaluation.QUERY_FEATURES)
+  shown = model_evaluation.read_split(
+      sessions.split_dir(transitions_uri, sessions.TRAIN_SPLIT),
+      {contract.ITEM_ID: tf.string, contract.CATEGORY: tf.string}, history=False)
   held_out = _validation_mask(examples[contract.USER_ID].to_numpy(), validation_fraction)
   if not held_out.any():
     raise ValueError(f"no validation users among the {examples[contract.USER_ID].nunique()} "
@@ -81,7 +86,7 @@ def load_validation_set(examples_uri: str, validation_fraction: float, config: T
   validation = examples[held_out]
   if len(validation) > config.max_queries:
     validation = validation.sample(config.max_queries, random_state=config.seed)
-  data = model_evaluation.eval_data(examples[~held_out], validation, examples, None)
+  data = model_evaluation.eval_data(examples[~held_out], validation, shown, None)
   world, world_users = None, np.empty(0, np.int64)
   if simulated:
     world = generator.default_world()

@@ -330,3 +330,28 @@ def test_a_gate_none_of_whose_metrics_was_measured_renders_a_sentence_instead_of
   page = report.render(record)
   assert "None of the gated metrics was measured on these data." in page
   assert _Page(page).tables  # the rest of the page is still there
+
+
+def _search(shift: float) -> Dict:
+  """A trade-off search's record over three weightings, the hand-set one first."""
+  points = [(1.0, 0.0), (1.2 + shift, -0.1), (0.8, 0.2 + shift)]
+  return {"metrics": ["simulator_revenue_per_user", "simulator_satisfaction", "ndcg@10"],
+          "trials": [{"number": number, "weights": {"click": 1.0},
+                      "metrics": {"simulator_revenue_per_user": revenue,
+                                  "simulator_satisfaction": satisfaction, "ndcg@10": 0.3}}
+                     for number, (revenue, satisfaction) in enumerate(points)],
+          "front": [0, 1, 2], "chosen": 2}
+
+
+def test_searched_trade_offs_plot_both_fronts_and_the_hypervolume_over_runs(blessed_page):
+  assert "<h2>Trade-offs</h2>" not in blessed_page
+  record = _record()
+  record["tradeoffs"] = {"candidate": _search(0.1), "baseline": _search(0.0),
+                         "hypervolumes": {"candidate": 0.31, "baseline": 0.25}}
+  record["past_models"] = [{"name": "evaluation 3", "metrics": {}, "hypervolume": 0.2},
+                           {"name": "evaluation 5", "metrics": {}, "hypervolume": None}]
+  page = report.render(record)
+  section = page[page.index("<h2>Trade-offs</h2>"):]
+  assert "hypervolume 0.31 for the candidate against 0.25 for the baseline" in section
+  # Three metric pairs (revenue against satisfaction first) and the hypervolume over runs.
+  assert len(_Page(page).images) == len(_Page(blessed_page).images) + 4

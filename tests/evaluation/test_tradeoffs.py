@@ -214,9 +214,9 @@ def test_rollouts_score_each_weighting_with_the_same_draws(model, validation):
   assert result.metrics == names and result.chosen in result.front
 
 
-def test_the_validation_set_is_the_held_out_users_engagements(tmp_path):
-  engagements = _engagements(2)
-  split_dir = sessions.split_dir(str(tmp_path), sessions.TRAIN_SPLIT)
+def _write_split(uri: str, engagements: pd.DataFrame) -> None:
+  """The engagements as SessionBuilder's training split of tf.Examples."""
+  split_dir = sessions.split_dir(uri, sessions.TRAIN_SPLIT)
   tf.io.gfile.makedirs(split_dir)
   with tf.io.TFRecordWriter(f"{split_dir}/data.gz", options="GZIP") as writer:
     for row in engagements.itertuples(index=False):
@@ -230,16 +230,27 @@ def test_the_validation_set_is_the_held_out_users_engagements(tmp_path):
           value=[item.encode() for item in row[contract.HISTORY]]))
       writer.write(tf.train.Example(
           features=tf.train.Features(feature=features)).SerializeToString())
+
+
+def test_the_validation_set_is_the_held_out_users_engagements(tmp_path):
+  engagements = _engagements(2)
+  examples, transitions = str(tmp_path / "examples"), str(tmp_path / "transitions")
+  _write_split(examples, engagements)
+  # An item shown but never engaged with is in the catalog too.
+  never_engaged = engagements.head(1).assign(**{contract.ITEM_ID: "i00099"})
+  _write_split(transitions, pd.concat([engagements, never_engaged]))
   config = _config(max_queries=1000)
-  validation_set = tradeoffs.load_validation_set(str(tmp_path), 0.3, config, simulated=False)
+  validation_set = tradeoffs.load_validation_set(examples, transitions, 0.3, config,
+                                                 simulated=False)
+  assert "i00099" in validation_set.data.catalog
   users = engagements[contract.USER_ID].unique()
   held_out = set(users[training.is_validation_user(tf.constant(users), 0.3).numpy()])
   assert 0 < len(held_out) < len(users)
   assert set(validation_set.data.queries[contract.USER_ID]) == held_out
   assert set(validation_set.data.train_engagements[contract.USER_ID]).isdisjoint(held_out)
   assert len(validation_set.world_users) == 0
-  capped = tradeoffs.load_validation_set(str(tmp_path), 0.3, _config(max_queries=5),
+  capped = tradeoffs.load_validation_set(examples, transitions, 0.3, _config(max_queries=5),
                                          simulated=False)
   assert len(capped.data.queries) == 5
   with pytest.raises(ValueError, match="no validation users"):
-    tradeoffs.load_validation_set(str(tmp_path), 0.0, config, simulated=False)
+    tradeoffs.load_validation_set(examples, transitions, 0.0, config, simulated=False)

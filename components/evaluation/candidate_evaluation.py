@@ -98,9 +98,9 @@ def write(result: EvaluationResult, output_dir: str) -> None:
   """evaluation.json and report.html in output_dir (local or remote), each whole or not at all."""
   tf.io.gfile.makedirs(output_dir)
   write_atomically(os.path.join(output_dir, EVALUATION_FILE),
-                    json.dumps(result.to_dict(), indent=2, sort_keys=True))
+                   json.dumps(result.to_dict(), indent=2, sort_keys=True))
   write_atomically(os.path.join(output_dir, REPORT_FILE),
-                    evaluation_report.render(result.to_dict()))
+                   evaluation_report.render(result.to_dict()))
 
 
 def read(output_dir: str) -> Dict:

@@ -27,7 +27,6 @@ from components.evaluation import tradeoffs  # noqa: E402
 from components.models import queries  # noqa: E402
 from components.models.config import OBJECTIVES  # noqa: E402
 from pipeline import configs  # noqa: E402
-from pipeline import lineage  # noqa: E402
 from pipeline import tuning  # noqa: E402
 
 REVENUE, SATISFACTION = "simulator_revenue_per_user", "simulator_satisfaction"
@@ -35,15 +34,10 @@ REVENUE, SATISFACTION = "simulator_revenue_per_user", "simulator_satisfaction"
 _CONFIRM_SEED_OFFSET = 1000
 
 
-def _confirm(config: configs.PipelineConfig, version: int, result: tradeoffs.SearchResult,
-             seeds: int) -> dict:
+def _confirm(config: configs.PipelineConfig, version: int, validation: tradeoffs.ValidationSet,
+             result: tradeoffs.SearchResult, seeds: int) -> dict:
   """Hand-set and chosen weighting on rollouts of every world user, per seed and paired."""
   model = queries.RankingSignature(config.model_base_path / str(version))
-  outputs = {pathlib.PurePath(step.uri).parent.name: step.uri
-             for step in lineage.lineage(config, version).find("Examples")}
-  validation = tradeoffs.load_validation_set(
-      outputs["examples"], outputs["transitions"], config.model.ranker.validation_fraction,
-      config.tradeoffs, simulated=True)
   everyone = dataclasses.replace(validation, world_users=np.arange(validation.world.n_users))
   weights = model.saved_model.q_network.objective_weights
   scores = {}
@@ -93,8 +87,8 @@ def main() -> None:
   parser.add_argument("--out", default="bench/results/tradeoffs.json")
   args = parser.parse_args()
   config = configs.PipelineConfig().with_overrides(home=pathlib.Path(args.home).resolve())
-  result, record = tuning.tune(config, args.version)
-  version = int(record.stem)
+  version, validation = tuning.validation_set(config, args.version)
+  result, _ = tuning.tune(config, version, validation=validation)
   if REVENUE not in result.metrics:
     raise SystemExit(f"{args.home}'s model was not trained on simulator data: no rollouts")
   out = pathlib.Path(args.out)
@@ -106,7 +100,7 @@ def main() -> None:
       "hypervolume_handset": result.handset_hypervolume, "dominating_handset": result.dominating,
       "handset": dataclasses.asdict(result.handset),
       "chosen": dataclasses.asdict(result.trial(result.chosen)), "choice": result.choice,
-      "confirmation": _confirm(config, version, result, args.confirm_seeds),
+      "confirmation": _confirm(config, version, validation, result, args.confirm_seeds),
       "plot": str(plot)}
   out.write_text(json.dumps(summary, indent=2))
   print(json.dumps(summary, indent=2))

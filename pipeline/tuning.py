@@ -27,9 +27,10 @@ def result_path(config: PipelineConfig, version: int) -> pathlib.Path:
   return config.home / TRADEOFFS_DIR / f"{version}.json"
 
 
-def tune(config: PipelineConfig, version: Optional[int] = None,
-         show_progress: bool = False) -> Tuple[tradeoffs.SearchResult, pathlib.Path]:
-  """Searches the combiner weights of `version` (default: the stable one); writes the result.
+def validation_set(config: PipelineConfig,
+                   version: Optional[int] = None) -> Tuple[int, tradeoffs.ValidationSet]:
+  """(version, the validation set its trade-offs are scored on) for `version` (default: the
+  stable one), by its lineage (module docstring).
 
   Raises lineage.LineageError when the version or its artifacts cannot be found.
   """
@@ -42,13 +43,25 @@ def tune(config: PipelineConfig, version: Optional[int] = None,
                                    f"examples or transitions, or an evaluation, to tune on")
   candidate_metrics = candidate_evaluation.read(evaluations[0])["candidate"]["metrics"]
   simulated = any(name in candidate_metrics for name in model_evaluation.SIMULATOR_METRICS)
-  validation = tradeoffs.load_validation_set(
+  return found.version, tradeoffs.load_validation_set(
       outputs[_EXAMPLES_OUTPUT], outputs[_TRANSITIONS_OUTPUT],
       config.model.ranker.validation_fraction, config.tradeoffs, simulated)
-  model = queries.RankingSignature(config.model_base_path / str(found.version),
+
+
+def tune(config: PipelineConfig, version: Optional[int] = None, show_progress: bool = False,
+         validation: Optional[tradeoffs.ValidationSet] = None
+         ) -> Tuple[tradeoffs.SearchResult, pathlib.Path]:
+  """Searches the combiner weights of `version` (default: the stable one) on `validation`
+  (default: `validation_set`'s); writes the result.
+
+  Raises lineage.LineageError when the version or its artifacts cannot be found.
+  """
+  if validation is None or version is None:
+    version, validation = validation_set(config, version)
+  model = queries.RankingSignature(config.model_base_path / str(version),
                                    contract.SERVING_SIGNATURE)
   result = tradeoffs.search(model, validation, config.tradeoffs, show_progress=show_progress)
-  path = result_path(config, found.version)
+  path = result_path(config, version)
   path.parent.mkdir(parents=True, exist_ok=True)
   candidate_evaluation.write_atomically(str(path), json.dumps(result.to_dict(), indent=2))
   return result, path

@@ -139,10 +139,8 @@ class SearchResult:
 def measure(model: model_queries.RankingSignature, validation: ValidationSet,
             metric_names: Sequence[str], seed: int, rollouts: int) -> Dict[str, float]:
   """The named metrics of the model's ranking as it is now weighted (module docstring)."""
-  at_k = [name.split("@") for name in metric_names if "@" in name]
-  accuracy_ks = sorted({int(k) for metric, k in at_k
-                        if metric in model_evaluation.ACCURACY_METRICS})
-  list_ks = sorted({int(k) for metric, k in at_k if metric in model_evaluation.LIST_METRICS})
+  cutoffs = model_evaluation.EvaluationConfig(ks=(), list_ks=()).covering(metric_names)
+  accuracy_ks, list_ks = list(cutoffs.ks), list(cutoffs.list_ks)
   data = validation.data
   lists = model_evaluation.recommendation_lists(model, data.queries,
                                                 max(accuracy_ks + list_ks, default=1))

@@ -21,7 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ml_metadata import metadata_store  # pylint: disable=g-import-not-at-top
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
 
 
 def timed_run(home: pathlib.Path) -> float:
@@ -33,7 +33,7 @@ def timed_run(home: pathlib.Path) -> float:
 
 
 def execution_states(home: pathlib.Path) -> dict:
-  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(
       str(home / "metadata" / "recsys.sqlite")))
   states = {}
   for context in store.get_contexts_by_type("node"):

@@ -7,11 +7,12 @@ import logging
 import os
 from typing import List, Optional
 
-from tfx import v1 as tfx
 from tfx.components.schema_gen import executor as schema_gen_executor
 from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.dsl.component.experimental import annotations
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
 from components import artifact_properties
@@ -20,14 +21,14 @@ from components.data import validation as data_validation
 
 @component
 def DataValidationGate(
-    anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    anomalies: annotations.InputArtifact[standard_artifacts.ExampleAnomalies],
 ) -> None:
   """Fails the run when ExampleValidator found any anomaly in any split."""
   splits = artifact_utils.decode_split_names(anomalies.split_names)
   data_validation.check_split_anomalies(anomalies, splits)
 
 
-def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.ExampleStatistics]:
+def accepted_baseline(accepted) -> Optional[standard_artifacts.ExampleStatistics]:
   """The statistics the newest accepted run was judged on, from its SessionBuilder output.
 
   Only runs whose data passed every check (both gates, and the split check after the sessions
@@ -37,7 +38,7 @@ def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.Example
   if not accepted:
     return None
   newest = max(accepted, key=lambda artifact: artifact.id)
-  baseline = tfx.types.standard_artifacts.ExampleStatistics()
+  baseline = standard_artifacts.ExampleStatistics()
   baseline.uri = newest.get_string_custom_property(artifact_properties.STATISTICS_URI)
   baseline.split_names = newest.get_string_custom_property(
       artifact_properties.STATISTICS_SPLIT_NAMES)
@@ -46,12 +47,11 @@ def accepted_baseline(accepted) -> Optional[tfx.types.standard_artifacts.Example
 
 @component
 def DriftGate(
-    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
-    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
-    drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    accepted: tfx.dsl.components.InputArtifact[
-        List[tfx.types.standard_artifacts.Examples]] = None,
-    allow_drift: tfx.dsl.components.Parameter[int] = 0,
+    statistics: annotations.InputArtifact[standard_artifacts.ExampleStatistics],
+    schema: annotations.InputArtifact[standard_artifacts.Schema],
+    drift: annotations.OutputArtifact[standard_artifacts.ExampleAnomalies],
+    accepted: annotations.InputArtifact[List[standard_artifacts.Examples]] = None,
+    allow_drift: annotations.Parameter[int] = 0,
 ) -> None:
   """Fails the run when its data drifted from the last accepted run's, unless allow_drift is set.
 

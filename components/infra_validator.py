@@ -8,8 +8,9 @@ import logging
 import os
 
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.dsl.component.experimental import annotations
 from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
@@ -21,12 +22,11 @@ from serving.config import InfraValidationConfig
 
 @component
 def ServingInfraValidator(
-    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
-    transform_graph: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.TransformGraph],
-    blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.InfraBlessing],
-    model_name: tfx.dsl.components.Parameter[str] = contract.DEFAULT_MODEL_NAME,
-    latency_budget_ms: tfx.dsl.components.Parameter[float] = (
+    model: annotations.InputArtifact[standard_artifacts.Model],
+    transform_graph: annotations.InputArtifact[standard_artifacts.TransformGraph],
+    blessing: annotations.OutputArtifact[standard_artifacts.InfraBlessing],
+    model_name: annotations.Parameter[str] = contract.DEFAULT_MODEL_NAME,
+    latency_budget_ms: annotations.Parameter[float] = (
         InfraValidationConfig.latency_budget_ms),
 ) -> None:
   """Blesses the model as servable, or not: serving/infra_validation.py loads it in an isolated

@@ -9,9 +9,10 @@ import logging
 import os
 from typing import List
 
-from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.dsl.component.experimental import annotations
 from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
@@ -25,19 +26,17 @@ from components.evaluation.config import TradeoffConfig
 
 @component
 def ModelEvaluator(
-    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
-    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    transitions: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    evaluation: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
-    blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ModelBlessing],
-    baseline_model: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.Model] = None,
-    past_evaluations: tfx.dsl.components.InputArtifact[
-        List[tfx.types.standard_artifacts.ModelEvaluation]] = None,
-    gate_config: tfx.dsl.components.Parameter[str] = "",
-    simulator_users: tfx.dsl.components.Parameter[int] = 0,
-    tradeoffs: tfx.dsl.components.Parameter[str] = "",
-    validation_fraction: tfx.dsl.components.Parameter[float] = 0.0,
+    model: annotations.InputArtifact[standard_artifacts.Model],
+    examples: annotations.InputArtifact[standard_artifacts.Examples],
+    transitions: annotations.InputArtifact[standard_artifacts.Examples],
+    evaluation: annotations.OutputArtifact[standard_artifacts.ModelEvaluation],
+    blessing: annotations.OutputArtifact[standard_artifacts.ModelBlessing],
+    baseline_model: annotations.InputArtifact[standard_artifacts.Model] = None,
+    past_evaluations: annotations.InputArtifact[List[standard_artifacts.ModelEvaluation]] = None,
+    gate_config: annotations.Parameter[str] = "",
+    simulator_users: annotations.Parameter[int] = 0,
+    tradeoffs: annotations.Parameter[str] = "",
+    validation_fraction: annotations.Parameter[float] = 0.0,
 ) -> None:
   """Evaluates the candidate and the baseline model and blesses the candidate or not.
 

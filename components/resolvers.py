@@ -1,8 +1,8 @@
 """The resolver strategy the pipeline uses to read earlier runs' artifacts."""
-from tfx import v1 as tfx
+from tfx.dsl.components.common import resolver
 
 
-class RecentArtifactsStrategy(tfx.dsl.experimental.ResolverStrategy):
+class RecentArtifactsStrategy(resolver.ResolverStrategy):
   """Up to `limit` newest artifacts of each channel, however few exist.
 
   TFX's LatestArtifactStrategy resolves nothing unless all it asks for exist, and a first run

@@ -7,11 +7,12 @@ import os
 
 from absl import logging
 import apache_beam as beam
-from tfx import v1 as tfx
 from tfx.components.util import examples_utils
+from tfx.dsl.component.experimental import annotations
 from tfx.dsl.component.experimental.decorators import component
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components.data import sessions
@@ -31,16 +32,15 @@ def _mark_as_examples(artifact) -> None:
 
 @component(use_beam=True)
 def SessionBuilder(
-    events: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    examples: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
-    transitions: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Examples],
-    statistics: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.ExampleStatistics] = None,
-    session_gap_seconds: tfx.dsl.components.Parameter[int] = SessionConfig.session_gap_seconds,
-    history_length: tfx.dsl.components.Parameter[int] = SessionConfig.history_length,
-    eval_split: tfx.dsl.components.Parameter[str] = SessionConfig.eval_split,
-    eval_fraction: tfx.dsl.components.Parameter[float] = SessionConfig.eval_fraction,
-    beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
+    events: annotations.InputArtifact[standard_artifacts.Examples],
+    examples: annotations.OutputArtifact[standard_artifacts.Examples],
+    transitions: annotations.OutputArtifact[standard_artifacts.Examples],
+    statistics: annotations.InputArtifact[standard_artifacts.ExampleStatistics] = None,
+    session_gap_seconds: annotations.Parameter[int] = SessionConfig.session_gap_seconds,
+    history_length: annotations.Parameter[int] = SessionConfig.history_length,
+    eval_split: annotations.Parameter[str] = SessionConfig.eval_split,
+    eval_fraction: annotations.Parameter[float] = SessionConfig.eval_fraction,
+    beam_pipeline: annotations.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
   """Builds retrieval `examples` and RL `transitions`, each split train/eval by time (per user or
   globally, `eval_split`).

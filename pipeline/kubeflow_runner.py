@@ -13,7 +13,7 @@ import pathlib
 from typing import Any, Dict
 
 from kfp.pipeline_spec import pipeline_spec_pb2
-from tfx import v1 as tfx
+from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from pipeline import pipeline as pipeline_lib
 from pipeline.configs import PipelineConfig
@@ -45,8 +45,8 @@ def compile_pipeline(config: PipelineConfig, output: pathlib.Path) -> pathlib.Pa
           type=kubeflow.gpu_type, count=kubeflow.gpu_count)))
   output = pathlib.Path(output).resolve()
   output.parent.mkdir(parents=True, exist_ok=True)
-  runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-      config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+  runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+      config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
           default_image=kubeflow.image),
       output_dir=str(output.parent), output_filename=output.name)
   runner.run(pipeline, write_out=True)

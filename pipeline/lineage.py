@@ -15,7 +15,8 @@ from typing import Dict, List, Optional
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
@@ -73,7 +74,7 @@ class _Store:
 
   def __init__(self, config: PipelineConfig):
     self.store = metadata_store.MetadataStore(
-        tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
+        metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
     self._type_names = {artifact_type.id: artifact_type.name
                         for artifact_type in self.store.get_artifact_types()}
 
@@ -109,7 +110,7 @@ class _Store:
 
 def _pushed_model(store: _Store, version: int) -> metadata_store_pb2.Artifact:
   pushed = [artifact for artifact in store.store.get_artifacts_by_type(
-      tfx.types.standard_artifacts.PushedModel.TYPE_NAME)
+      standard_artifacts.PushedModel.TYPE_NAME)
             if artifact.custom_properties["pushed"].int_value == 1
             and artifact.custom_properties["pushed_version"].string_value == str(version)]
   if not pushed:
@@ -121,19 +122,19 @@ def _details(store: _Store, artifact: metadata_store_pb2.Artifact) -> Dict[str, 
   type_name = store.type_name(artifact)
   details = {}
   properties = {**artifact.custom_properties, **artifact.properties}  # span moved between them
-  if type_name == tfx.types.standard_artifacts.Examples.TYPE_NAME and "span" in properties:
+  if type_name == standard_artifacts.Examples.TYPE_NAME and "span" in properties:
     details["span"] = str(properties["span"].int_value)
-  elif type_name == tfx.types.standard_artifacts.ModelEvaluation.TYPE_NAME:
+  elif type_name == standard_artifacts.ModelEvaluation.TYPE_NAME:
     path = pathlib.Path(artifact.uri) / candidate_evaluation.EVALUATION_FILE
     if path.exists():
       metrics = json.loads(path.read_text())["candidate"]["metrics"]
       details["metrics"] = ", ".join(f"{name} {metrics[name]:.4f}" for name in HEADLINE_METRICS
                                      if name in metrics)
-  elif type_name == tfx.types.standard_artifacts.Model.TYPE_NAME:
+  elif type_name == standard_artifacts.Model.TYPE_NAME:
     details.update(_reward(store, artifact))
-  elif type_name == tfx.types.standard_artifacts.ModelBlessing.TYPE_NAME:
+  elif type_name == standard_artifacts.ModelBlessing.TYPE_NAME:
     details["verdict"] = artifact.custom_properties["blessing_message"].string_value
-  elif type_name == tfx.types.standard_artifacts.InfraBlessing.TYPE_NAME:
+  elif type_name == standard_artifacts.InfraBlessing.TYPE_NAME:
     details["verdict"] = artifact.custom_properties[artifact_properties.INFRA_REASON].string_value
   return details
 

@@ -2,13 +2,25 @@
 and release gate → push.
 
 One definition serves every orchestrator; the runner files only choose where it runs.
+
+TFX is imported by module, here and in every component, not through its public `tfx.v1`: that
+package also imports every extension, Google Cloud AI Platform's client among them, which added
+15 s to each process's start-up (tests/pipeline/test_imports.py keeps it out).
 """
 import dataclasses
 import json
 import pathlib
 
-from tfx import v1 as tfx
+from tfx import components as tfx_components
+from tfx.components.schema_gen.import_schema_gen import component as import_schema_gen
+from tfx.dsl.components.common import resolver
+from tfx.dsl.input_resolution.strategies import latest_artifact_strategy
+from tfx.dsl.input_resolution.strategies import latest_blessed_model_strategy
 from tfx.orchestration import pipeline as tfx_pipeline
+from tfx.proto import example_gen_pb2
+from tfx.proto import pusher_pb2
+from tfx.types import channel
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components import data_gates
@@ -48,17 +60,17 @@ class PipelinePaths:
     return f"{self.schema_dir}/{path.relative_to(schemas.SCHEMA_DIR).as_posix()}"
 
 
-def _recent_artifacts(limit: int, flag: str, latest_only: bool, **channels) -> tfx.dsl.Resolver:
+def _recent_artifacts(limit: int, flag: str, latest_only: bool, **channels) -> resolver.Resolver:
   """Up to `limit` newest artifacts of the channels (with int custom property `flag` = 1).
 
   Kubeflow Pipelines v2 compiles only TFX's own latest-artifact resolver, for one artifact and
   without a filter: `latest_only` builds that instead.
   """
   if latest_only:
-    return tfx.dsl.Resolver(strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-                            **channels)
-  return tfx.dsl.Resolver(strategy_class=resolvers.RecentArtifactsStrategy,
-                          config={"limit": limit, "flag": flag}, **channels)
+    return resolver.Resolver(strategy_class=latest_artifact_strategy.LatestArtifactStrategy,
+                             **channels)
+  return resolver.Resolver(strategy_class=resolvers.RecentArtifactsStrategy,
+                           config={"limit": limit, "flag": flag}, **channels)
 
 
 def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_connection_config=None,
@@ -68,25 +80,25 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   `latest_only_resolvers` is for orchestrators that only resolve the latest artifact (Kubeflow
   Pipelines v2): the evaluation report then shows the latest earlier evaluation, of any verdict.
   """
-  example_gen = tfx.components.ImportExampleGen(
+  example_gen = tfx_components.ImportExampleGen(
       input_base=paths.input_base,
-      input_config=tfx.proto.Input(splits=[
-          tfx.proto.Input.Split(name=EVENTS_SPLIT, pattern=spans.INPUT_PATTERN)]),
+      input_config=example_gen_pb2.Input(splits=[
+          example_gen_pb2.Input.Split(name=EVENTS_SPLIT, pattern=spans.INPUT_PATTERN)]),
       # One output split: the train/eval split is by time, in SessionBuilder, not by hash.
-      output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(splits=[
-          tfx.proto.SplitConfig.Split(name=EVENTS_SPLIT, hash_buckets=1)])))
-  statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-  events_schema = tfx.components.ImportSchemaGen(
+      output_config=example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(splits=[
+          example_gen_pb2.SplitConfig.Split(name=EVENTS_SPLIT, hash_buckets=1)])))
+  statistics_gen = tfx_components.StatisticsGen(examples=example_gen.outputs["examples"])
+  events_schema = import_schema_gen.ImportSchemaGen(
       schema_file=paths.schema(schemas.EVENTS_SCHEMA_PATH)).with_id("EventsSchemaGen")
-  example_validator = tfx.components.ExampleValidator(
+  example_validator = tfx_components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"], schema=events_schema.outputs["schema"])
   data_gate = data_gates.DataValidationGate(anomalies=example_validator.outputs["anomalies"])
   # Earlier runs' SessionBuilder examples, each naming the statistics of data that passed every
   # check: a plain channel (not the node's own output), so the resolver sees only earlier runs.
   accepted_runs = _recent_artifacts(
       1, "", latest_only_resolvers,
-      accepted=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.Examples,
+      accepted=channel.Channel(
+          type=standard_artifacts.Examples,
           producer_component_id="SessionBuilder",
           output_key="examples")).with_id("LastAcceptedRun")
   drift_gate = data_gates.DriftGate(
@@ -107,35 +119,35 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
   session_builder.add_upstream_node(drift_gate)
 
-  transitions_schema = tfx.components.ImportSchemaGen(
+  transitions_schema = import_schema_gen.ImportSchemaGen(
       schema_file=paths.schema(schemas.TRANSITIONS_SCHEMA_PATH)).with_id(
           "TransitionsSchemaGen")
   code_config = model_config.custom_config(config.model)
   # Both models learn from the transitions: the two-tower model from their engagements, the DQN
   # head from all of them. The Trainer applies the Transform graph as it reads them (the same
   # layer the serving graph holds), so Transform only analyses and writes no copy of the data.
-  transform = tfx.components.Transform(
+  transform = tfx_components.Transform(
       examples=session_builder.outputs["transitions"],
       schema=transitions_schema.outputs["schema"],
       preprocessing_fn=configs.PREPROCESSING_FN,
       materialize=False,
       custom_config=code_config)
-  model_trainer = tfx.components.Trainer(
+  model_trainer = tfx_components.Trainer(
       run_fn=configs.TRAINER_RUN_FN,
       examples=session_builder.outputs["transitions"],
       transform_graph=transform.outputs["transform_graph"],
       schema=transitions_schema.outputs["schema"],
       custom_config=code_config)
   # The baseline: the model of the newest blessing that blessed its model.
-  latest_blessed_model = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing)).with_id("LatestBlessedModel")
+  latest_blessed_model = resolver.Resolver(
+      strategy_class=latest_blessed_model_strategy.LatestBlessedModelStrategy,
+      model=channel.Channel(type=standard_artifacts.Model),
+      model_blessing=channel.Channel(
+          type=standard_artifacts.ModelBlessing)).with_id("LatestBlessedModel")
   past_evaluations = _recent_artifacts(
       config.report_past_models, artifact_properties.BLESSED, latest_only_resolvers,
-      evaluations=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelEvaluation,
+      evaluations=channel.Channel(
+          type=standard_artifacts.ModelEvaluation,
           producer_component_id="ModelEvaluator",
           output_key="evaluation")).with_id("PastBlessedEvaluations")
   evaluator = model_evaluator.ModelEvaluator(
@@ -157,12 +169,12 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       latency_budget_ms=config.serving_latency_budget_ms)
   # The stock Pusher pushes only with both blessings; its executor is swapped for an atomic,
   # versioned, labelled push (components/pusher.py).
-  pusher = tfx.components.Pusher(
+  pusher = tfx_components.Pusher(
       model=model_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
       infra_blessing=infra_validation.outputs["blessing"],
-      push_destination=tfx.proto.PushDestination(
-          filesystem=tfx.proto.PushDestination.Filesystem(
+      push_destination=pusher_pb2.PushDestination(
+          filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=f"{paths.serving_root}/{config.model_name}")),
       custom_config={pusher_lib.VERSIONS_KEPT_KEY: config.serving_versions_kept,
                      pusher_lib.LABEL_DELAY_KEY: config.serving_label_delay_seconds},

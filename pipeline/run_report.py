@@ -5,8 +5,9 @@ from typing import List, Optional, Set, Tuple
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.orchestration import metadata
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
@@ -31,7 +32,7 @@ def stable_version(config: PipelineConfig) -> Optional[str]:
 
 def _store(config: PipelineConfig) -> metadata_store.MetadataStore:
   return metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
+      metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
 
 
 def _newest_verdict(config: PipelineConfig, artifact_type, reason_key: str,
@@ -53,14 +54,14 @@ def _newest_verdict(config: PipelineConfig, artifact_type, reason_key: str,
 
 def latest_blessing(config: PipelineConfig) -> Tuple[bool, str]:
   """Whether the newest ModelBlessing blessed its model, and the release gate's reason."""
-  return _newest_verdict(config, tfx.types.standard_artifacts.ModelBlessing,
+  return _newest_verdict(config, standard_artifacts.ModelBlessing,
                          evaluator_constants.ARTIFACT_PROPERTY_BLESSING_MESSAGE_KEY,
                          "no model was evaluated")
 
 
 def latest_infra_validation(config: PipelineConfig) -> Tuple[bool, str]:
   """Whether the newest InfraBlessing found its model servable, and the one-line outcome."""
-  return _newest_verdict(config, tfx.types.standard_artifacts.InfraBlessing,
+  return _newest_verdict(config, standard_artifacts.InfraBlessing,
                          artifact_properties.INFRA_REASON, "no model was infra-validated")
 
 

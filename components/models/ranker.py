@@ -70,6 +70,13 @@ from schemas import contract
 _INITIAL_SCORE_SCALE = 0.1
 # softplus(0.5413) = 1: a consumed value of one click before training.
 _INITIAL_VALUE_OFFSET = 0.5413
+# What `DQNRanker.with_states` adds to a transition.
+STATE = "state"
+NEXT_STATE = "next_state"
+CANDIDATES = "candidates"
+NEXT_CANDIDATES = "next_candidates"
+# Transitions per query-tower call in `DQNRanker.with_states`.
+_STATES_BATCH = 4096
 
 
 def objective_rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor) -> tf.Tensor:
@@ -289,9 +296,9 @@ class DQNRanker(tf.keras.Model):
   by Double DQN with a target network on its own reward (and optionally the CQL regulariser on
   the combined value) on the clicked ones.
 
-  A training batch holds transformed transitions: the state (`user_id_xf`, `history_xf`,
-  `hour_of_week_xf`), the logged action (`item_id_xf`) and its slot (`position`), the reward
-  fields, `next_history_xf` and `done`.
+  A training batch holds transformed transitions as `with_states` makes them: the state and
+  next state's embeddings and retrieval candidates, the logged action (`item_id_xf`) and its slot
+  (`position`), the reward fields and `done`.
   """
 
   def __init__(self, query_tower: tf.keras.Model, catalog: Catalog, novelty: np.ndarray,
@@ -309,14 +316,36 @@ class DQNRanker(tf.keras.Model):
     self.train_candidates = min(config.train_candidates, num_items)
     self.next_slate_size = min(config.slate_size, self.train_candidates)
 
-  def _state(self, batch, history_key: str) -> tf.Tensor:
-    """The query tower's embedding of the user, the history under `history_key` and the hour.
+  def with_states(self, transitions: tf.data.Dataset) -> tf.data.Dataset:
+    """Transitions, one at a time, as the head trains on them: with STATE and NEXT_STATE, the
+    query tower's embeddings of the state and the next state, and CANDIDATES and
+    NEXT_CANDIDATES, each one's retrieval top-`train_candidates`, in place of the histories.
+
+    The towers are frozen, so what they make of a transition is computed once here, not in every
+    step of every epoch, where it was more than half of a step's forward pass; and a cache of
+    the result holds two embeddings per transition instead of two histories of up to
+    HISTORY_LENGTH items. Every head that reads it reranks these towers' retrievals.
+    """
+    histories = ((STATE, CANDIDATES, contract.transformed_name(contract.HISTORY)),
+                 (NEXT_STATE, NEXT_CANDIDATES, contract.transformed_name(contract.NEXT_HISTORY)))
+
+    def add_states(batch):
+      batch = dict(batch)
+      for state, candidates, history in histories:
+        batch[state] = self._state(batch, batch.pop(history))
+        _, batch[candidates] = self.catalog.top_candidates(batch[state], self.train_candidates)
+      return batch
+
+    return transitions.batch(_STATES_BATCH).map(add_states).unbatch()
+
+  def _state(self, batch, history: tf.Tensor) -> tf.Tensor:
+    """The query tower's embedding of the batch's user and hour with `history`.
 
     The next state keeps the step's hour: a session's steps are minutes apart.
     """
     inputs = {key: batch[key] for key in (contract.transformed_name(contract.USER_ID),
                                           contract.transformed_name(contract.HOUR_OF_WEEK))}
-    inputs[contract.transformed_name(contract.HISTORY)] = batch[history_key]
+    inputs[contract.transformed_name(contract.HISTORY)] = history
     return tf.stop_gradient(self.query_tower(inputs))
 
   def build_networks(self, state_dim: int) -> None:
@@ -353,12 +382,11 @@ class DQNRanker(tf.keras.Model):
     each agent's Bellman target and online consumed value Q_i of the logged action ([B, O]
     each); and the batch's CQL penalty. `bootstrap` as in `loss_terms`."""
     valuing = self.q_network if bootstrap else self.target_network
-    states = self._state(batch, contract.transformed_name(contract.HISTORY))
-    next_states = self._state(batch, contract.transformed_name(contract.NEXT_HISTORY))
+    states, next_states = batch[STATE], batch[NEXT_STATE]
     logged = batch[contract.transformed_name(contract.ITEM_ID)]
     clicked = tf.cast(batch[contract.CLICK] > 0, tf.float32)
 
-    _, next_candidates = self.catalog.top_candidates(next_states, self.train_candidates)
+    next_candidates = batch[NEXT_CANDIDATES]
     next_actions = self.catalog.actions(next_candidates)
     target_clicks, target_values = valuing.estimates((next_states, next_actions))
     # Every agent values the slate the combined ranking would show (the module docstring says
@@ -376,8 +404,12 @@ class DQNRanker(tf.keras.Model):
         (states, self.catalog.actions(logged[:, None])))
     click_logits = click_logits[:, 0] + self.q_network.position_logits(batch[contract.POSITION])
     logged_values = logged_values[:, 0]
-    _, candidates = self.catalog.top_candidates(states, self.train_candidates)
+    candidates = batch[CANDIDATES]
     _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
+    if not self.config.cql_weight:
+      # A penalty that weighs nothing is only reported: its gradient would be zeros, and
+      # computing them through every candidate cost a third of a training step.
+      candidate_values = tf.stop_gradient(candidate_values)
     candidate_q = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
                            self.q_network.combined(candidate_values))
     return {"clicked": clicked, "click_logits": click_logits, "targets": targets,

@@ -11,7 +11,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.components.trainer import fn_args_utils
 
 from components.models import export
 from components.models import preprocessing
@@ -29,7 +29,7 @@ _WARMUP_USERS = 8
 _WARMUP_ITEMS = 10
 
 
-def run_fn(fn_args: tfx.components.FnArgs) -> None:
+def run_fn(fn_args: fn_args_utils.FnArgs) -> None:
   config = ModelConfig.from_dict(fn_args.custom_config[MODEL_CONFIG_KEY])
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   # In-vocabulary items only: the OOV bucket is not a recommendable item.
@@ -81,10 +81,11 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
   dqn = ranking_head()
   if training.has_unengaged_impressions(transitions):
-    fit_transitions, validation_transitions = training.split_users(
-        transitions, config.ranker.validation_fraction)
+    fit_transitions, validation_transitions = (
+        dqn.with_states(split) for split in training.split_users(
+            transitions, config.ranker.validation_fraction))
     history = dqn.fit(
-        fit_transitions.shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+        fit_transitions.cache().shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
         epochs=config.ranker.epochs, verbose=0,
         callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
     logging.info("DQN TD loss per epoch: %s, click loss: %s, CQL penalty: %s",
@@ -99,8 +100,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         split: training.held_out_losses(heads, held_out.batch(config.ranker.batch_size), dqn)
         for split, held_out in (
             ("validation", validation_transitions),
-            ("eval", training.transitions_dataset(fn_args, fn_args.eval_files,
-                                                  tf_transform_output)))}
+            ("eval", dqn.with_states(training.transitions_dataset(
+                fn_args, fn_args.eval_files, tf_transform_output))))}
     logging.info("DQN head on held-out transitions: %s", evaluation)
     tf.io.gfile.makedirs(fn_args.model_run_dir)
     with tf.io.gfile.GFile(

@@ -15,7 +15,7 @@ from scipy import sparse
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import schema_pb2
 import tensorflow_transform as tft
-from tfx import v1 as tfx
+from tfx.components.trainer import fn_args_utils
 from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
@@ -83,7 +83,8 @@ def held_out_losses(heads: Mapping[str, ranker.DQNRanker], transitions: tf.data.
   combined ones (sum_i w_i Q_i, each head's weights), what ranks; `agent_td_errors` is each
   agent's td_error on its own reward.
   """
-  @tf.function
+  # Traced once for batches of any size: each trace of the heads' graphs takes seconds.
+  @tf.function(input_signature=[transitions.element_spec])
   def batch_terms(batch):
     judged = {name: head.transition_terms(batch, bootstrap=True) for name, head in heads.items()}
     return targets_from.transition_terms(batch)["targets"], {
@@ -167,7 +168,7 @@ def distribution_strategy() -> tf.distribute.Strategy:
   return tf.distribute.get_strategy()
 
 
-def transitions_dataset(fn_args: tfx.components.FnArgs, files,
+def transitions_dataset(fn_args: fn_args_utils.FnArgs, files,
                         tf_transform_output: tft.TFTransformOutput) -> tf.data.Dataset:
   """The transitions in `files`, transformed, one at a time, with their reward fields and event
   type.

@@ -18,7 +18,8 @@ from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 import pandas as pd
 import pytest
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components.data import sessions
@@ -194,7 +195,7 @@ def test_second_run_keeps_the_served_version(trained):
 
 
 def _execution_states(home, node):
-  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(
       str(home / "metadata" / "recsys.sqlite")))
   context = store.get_context_by_type_and_name("node", f"recsys.{node}")
   return [metadata_store_pb2.Execution.State.Name(execution.last_known_state)
@@ -297,7 +298,7 @@ def test_a_refused_model_is_not_pushed_and_the_report_says_why(trained, tmp_path
 
 def _latest_drift_gate(home):
   """The newest DriftGate execution's allow_drift and its output's custom properties."""
-  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(
       str(home / "metadata" / "recsys.sqlite")))
   execution = max((e for e in store.get_executions()
                    if store.get_execution_types_by_id([e.type_id])[0].name.endswith("DriftGate")),
@@ -379,10 +380,10 @@ def _serving_state(home):
 
 def _drift_baseline(home) -> str:
   """The statistics the next run's drift is judged against: the newest accepted data's."""
-  store = metadata_store.MetadataStore(tfx.orchestration.metadata.sqlite_metadata_connection_config(
+  store = metadata_store.MetadataStore(metadata.sqlite_metadata_connection_config(
       str(home / "metadata" / "recsys.sqlite")))
   accepted = [artifact for artifact in store.get_artifacts_by_type(
-      tfx.types.standard_artifacts.Examples.TYPE_NAME)
+      standard_artifacts.Examples.TYPE_NAME)
               if artifact_properties.STATISTICS_URI in artifact.custom_properties]
   newest = max(accepted, key=lambda artifact: artifact.id)
   return newest.custom_properties[artifact_properties.STATISTICS_URI].string_value

@@ -221,11 +221,11 @@ def test_dqn_learns_which_shown_item_is_clicked():
   tf.keras.utils.set_random_seed(0)
   retrieval, catalog = _world()
   users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
-  data = tf.data.Dataset.from_tensor_slices(
-      _transitions(users, items, (items % 2 == 0).astype(int), np.ones(24, int)))
   config = RankerConfig(hidden_units=(16,), train_candidates=6, cql_weight=0.1)
   dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
   dqn.build_networks(4)
+  data = dqn.with_states(tf.data.Dataset.from_tensor_slices(
+      _transitions(users, items, (items % 2 == 0).astype(int), np.ones(24, int))))
   dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
   untrained_loss = float(dqn.loss_terms(next(iter(data.batch(24))))["click_loss"])
   history = dqn.fit(data.repeat(20).shuffle(480).batch(24), epochs=3, verbose=0).history
@@ -234,6 +234,27 @@ def test_dqn_learns_which_shown_item_is_clicked():
   states = _user_states(retrieval)
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
+
+
+def test_with_states_replaces_histories_by_the_towers_states_and_retrievals():
+  retrieval, catalog = _world()
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3,
+                         RankerConfig(train_candidates=3))
+  rows = _transitions(np.arange(4), np.arange(4), np.ones(4, int), np.zeros(4, int))
+  rows[two_tower.HISTORY_XF] = tf.constant([[1, 2], [3, PAD], [PAD, PAD], [5, 4]], tf.int64)
+  rows[two_tower.NEXT_HISTORY_XF] = tf.constant([[1, 2], [3, 0], [2, PAD], [5, 4]], tf.int64)
+  encoded = next(iter(dqn.with_states(tf.data.Dataset.from_tensor_slices(rows)).batch(4)))
+  assert two_tower.HISTORY_XF not in encoded and two_tower.NEXT_HISTORY_XF not in encoded
+  np.testing.assert_array_equal(encoded[contract.CLICK], rows[contract.CLICK])
+  for state, candidates, history in (
+      (ranker.STATE, ranker.CANDIDATES, two_tower.HISTORY_XF),
+      (ranker.NEXT_STATE, ranker.NEXT_CANDIDATES, two_tower.NEXT_HISTORY_XF)):
+    expected = retrieval.query_tower({key: rows[key] for key in (
+        two_tower.USER_XF, two_tower.HOUR_OF_WEEK_XF)} | {two_tower.HISTORY_XF: rows[history]})
+    np.testing.assert_allclose(encoded[state], expected, rtol=1e-5, atol=1e-6)
+    scores = (expected @ tf.transpose(catalog.embeddings)).numpy()
+    np.testing.assert_array_equal(encoded[candidates], np.argsort(-scores, axis=1)[:, :3])
+  assert not np.allclose(encoded[ranker.STATE][1:3], encoded[ranker.NEXT_STATE][1:3])
 
 
 def test_untrained_q_network_ranks_as_retrieval_does():
@@ -280,13 +301,14 @@ def _even_items_clicked(done: int, heads: int, config: RankerConfig):
   retrieval, catalog = _world()
   users, items = np.repeat(np.arange(4), 6), np.tile(np.arange(6), 4)
   clicks = (items % 2 == 0).astype(int)
-  data = tf.data.Dataset.from_tensor_slices(
-      _transitions(users, items, clicks, np.full(24, done)))
   dqns = [ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3, config)
           for _ in range(heads)]
   for dqn in dqns:
     dqn.build_networks(4)
     dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  # The heads share the towers, so one head's states serve them all.
+  data = dqns[0].with_states(tf.data.Dataset.from_tensor_slices(
+      _transitions(users, items, clicks, np.full(24, done))))
   return data, clicks, dqns
 
 
@@ -364,7 +386,7 @@ def test_each_agent_learns_its_own_reward_and_one_hot_weights_rank_by_it():
                          ranker.reward_scales(data, novelty))
   dqn.build_networks(4)
   dqn.compile(optimizer=tf.keras.optimizers.Adam(0.02))
-  dqn.fit(data.repeat(30).shuffle(3000, seed=0).batch(32), epochs=4, verbose=0)
+  dqn.fit(dqn.with_states(data).repeat(30).shuffle(3000, seed=0).batch(32), epochs=4, verbose=0)
 
   states = _user_states(retrieval)
   actions = catalog.actions(tf.tile(tf.range(6, dtype=tf.int64)[None], [4, 1]))

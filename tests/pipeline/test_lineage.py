@@ -12,8 +12,8 @@ from typing import Dict, List, Optional, Sequence
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 import pytest
-from tfx import v1 as tfx
 from tfx.components.evaluator import constants as evaluator_constants
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from components.evaluation import candidate_evaluation
@@ -25,7 +25,7 @@ from pipeline import configs
 from pipeline import lineage
 from serving import model_config
 
-ARTIFACTS = tfx.types.standard_artifacts
+ARTIFACTS = standard_artifacts
 FIRST_RUN, SECOND_RUN = "2026-11-26T00:14:08.143181", "2026-11-27T00:14:08.902114"
 METRICS = {"recall@10": 0.3582, "ndcg@10": 0.1895, "coverage@10": 0.6, "ope_ctr": 0.1411,
            "category_diversity@10": 0.7120}

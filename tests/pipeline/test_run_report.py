@@ -2,7 +2,8 @@
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 import pytest
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.types import standard_artifacts
 
 from components import artifact_properties
 from pipeline import configs
@@ -21,7 +22,7 @@ def config(tmp_path) -> configs.PipelineConfig:
 def record(config, artifact_type, **properties) -> None:
   """Puts one artifact with custom properties into the run's ML Metadata."""
   store = metadata_store.MetadataStore(
-      tfx.orchestration.metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
+      metadata.sqlite_metadata_connection_config(str(config.metadata_path)))
   type_id = store.put_artifact_type(metadata_store_pb2.ArtifactType(
       name=artifact_type.TYPE_NAME))
   artifact = metadata_store_pb2.Artifact(type_id=type_id, uri="/nowhere")
@@ -34,9 +35,9 @@ def record(config, artifact_type, **properties) -> None:
 def test_a_blessed_but_unservable_model_is_reported_with_the_failed_check(config, tmp_path):
   save_model(tmp_path / "model")
   version = push.push(tmp_path / "model", config.serving_root, config.model_name, version=5)
-  record(config, tfx.types.standard_artifacts.ModelBlessing, blessed=1,
+  record(config, standard_artifacts.ModelBlessing, blessed=1,
          blessing_message="blessed: floors hold")
-  record(config, tfx.types.standard_artifacts.InfraBlessing, blessed=0,
+  record(config, standard_artifacts.InfraBlessing, blessed=0,
          **{artifact_properties.INFRA_REASON: "p99 latency 900.0 ms exceeds the budget of 250 ms"})
   line = run_report.describe(config, versions_before={str(version)})
   assert line == ("Model blessed (blessed: floors hold) but not servable: p99 latency 900.0 ms "
@@ -49,7 +50,7 @@ def test_the_stable_version_is_the_one_reported_as_serving(config, tmp_path):
   for version in (5, 6):
     push.push(tmp_path / "model", config.serving_root, config.model_name, version=version)
   push.rollback(config.serving_root, config.model_name)
-  record(config, tfx.types.standard_artifacts.ModelBlessing, blessed=0,
+  record(config, standard_artifacts.ModelBlessing, blessed=0,
          blessing_message="refused: recall@10 0.01 is below its floor 0.05")
   line = run_report.describe(config, versions_before={"5", "6"})
   assert line.startswith("Model not blessed (refused: recall@10 0.01 is below its floor 0.05)")

@@ -23,6 +23,11 @@ GRU_ENCODER = "gru"  # a GRU (GRU4Rec-style)
 CNN_ENCODER = "cnn"  # causal 1-D convolutions (Caser/NextItNet-style)
 SEQUENCE_ENCODERS = (ATTENTION_ENCODER, GRU_ENCODER, CNN_ENCODER)
 
+# How the candidate tower reads an item's title words (components/models/two_tower.py).
+BAG_OF_WORDS_TITLE = "bag"  # the mean of the words' embeddings
+ATTENTION_TITLE = "attention"  # one self-attention layer over the words in order
+TITLE_ENCODERS = (BAG_OF_WORDS_TITLE, ATTENTION_TITLE)
+
 # The retrieval softmax's negatives (components/models/two_tower.py says why).
 FULL_SOFTMAX = "full"  # every catalog item
 MIXED_NEGATIVES = "mixed"  # the batch's items plus uniformly drawn catalog items, log-Q corrected
@@ -171,6 +176,10 @@ class ModelConfig:
   # mean reads the whole history (up to contract.HISTORY_LENGTH).
   sequence_encoder: str = ATTENTION_ENCODER
   recent_length: int = contract.RECENT_LENGTH
+  # How the candidate tower reads the title words (TITLE_ENCODERS). The bag of words stays the
+  # default: self-attention over them did not raise the validation recall (README, "Item tower:
+  # bag of words against self-attention").
+  title_encoder: str = BAG_OF_WORDS_TITLE
   # Seeds the sampled histories and the order of the retrieval examples.
   seed: int = 0
   # How many items the serving signatures return per user.
@@ -191,6 +200,9 @@ class ModelConfig:
     if self.sequence_encoder not in SEQUENCE_ENCODERS:
       raise ValueError(f"sequence_encoder must be one of {SEQUENCE_ENCODERS}, got "
                        f"{self.sequence_encoder!r}")
+    if self.title_encoder not in TITLE_ENCODERS:
+      raise ValueError(f"title_encoder must be one of {TITLE_ENCODERS}, got "
+                       f"{self.title_encoder!r}")
     if not 1 <= self.recent_length <= contract.HISTORY_LENGTH:
       raise ValueError(f"recent_length must be in [1, {contract.HISTORY_LENGTH}], got "
                        f"{self.recent_length}")

@@ -28,7 +28,9 @@ import tensorflow_recommenders as tfrs
 
 from components.models import preprocessing
 from components.models.config import ATTENTION_ENCODER
+from components.models.config import ATTENTION_TITLE
 from components.models.config import AUTO_NEGATIVES
+from components.models.config import BAG_OF_WORDS_TITLE
 from components.models.config import CNN_ENCODER
 from components.models.config import FULL_SOFTMAX
 from components.models.config import FULL_SOFTMAX_MAX_ITEMS
@@ -36,6 +38,7 @@ from components.models.config import GRU_ENCODER
 from components.models.config import MIXED_NEGATIVES
 from components.models.config import ModelConfig
 from components.models.config import SEQUENCE_ENCODERS
+from components.models.config import TITLE_ENCODERS
 from schemas import contract
 
 USER_XF = contract.transformed_name(contract.USER_ID)
@@ -121,12 +124,13 @@ def recent_items(history: tf.Tensor, length: int) -> tf.Tensor:
 
 
 class AttentionEncoder(tf.keras.layers.Layer):
-  """SASRec-style: one self-attention layer over the items, each with an embedding of how recent
-  it is, then the masked mean of the attended items."""
+  """SASRec-style: one self-attention layer over a sequence (recent items, a title's words),
+  each element with an embedding of its place counted from the last one (for items, how recent
+  it is), then the masked mean of the attended elements."""
 
   def __init__(self, embedding_dim: int, recent_length: int):
     super().__init__()
-    # Recency 0 is the latest item.
+    # Recency 0 is the last element.
     self.recency_embedding = tf.keras.layers.Embedding(recent_length, embedding_dim)
     self.attention = tf.keras.layers.MultiHeadAttention(
         num_heads=_ATTENTION_HEADS, key_dim=embedding_dim // _ATTENTION_HEADS)
@@ -206,34 +210,47 @@ class CandidateTower(tf.keras.Model):
   """Item id, category, price bucket and title embeddings, projected to the shared space.
 
   Category, price and title words are shared by many items, so a rarely seen item still lands
-  near items like it. The title is a bag of words (the mean of its words' embeddings): titles are
-  short, and which words they share ("Star Wars", a year, a franchise) matters more than order.
-  An item without a title has a zero title vector.
+  near items like it. The title (`title_encoder`, TITLE_ENCODERS) is by default a bag of words,
+  the mean of its words' embeddings: titles are short, and which words they share ("Star Wars",
+  a year, a franchise) matters more than order. ATTENTION_TITLE reads the words in order with
+  one self-attention layer (`AttentionEncoder`), a transformer-style text encoder, so that a
+  word can mean something else next to another ("The Return of the King" against "The King and
+  I"). An item without a title has a zero title vector.
   """
 
   def __init__(self, item_embedding: tf.keras.layers.Embedding, num_categories: int,
-               num_price_buckets: int, num_title_words: int, embedding_dim: int):
+               num_price_buckets: int, num_title_words: int, embedding_dim: int,
+               title_encoder: str = BAG_OF_WORDS_TITLE):
     super().__init__()
+    if title_encoder not in TITLE_ENCODERS:
+      raise ValueError(f"title_encoder must be one of {TITLE_ENCODERS}, got {title_encoder!r}")
     self.item_embedding = item_embedding
     self.category_embedding = tf.keras.layers.Embedding(num_categories, embedding_dim)
     self.price_embedding = tf.keras.layers.Embedding(num_price_buckets, embedding_dim)
     self.title_embedding = tf.keras.layers.Embedding(num_title_words, embedding_dim)
+    self.title_encoder = title_encoder
+    self.title_attention = (AttentionEncoder(embedding_dim, contract.TITLE_LENGTH)
+                            if title_encoder == ATTENTION_TITLE else None)
     self.projection = tf.keras.layers.Dense(embedding_dim)
 
   def get_config(self):
-    """Its sizes. The item embedding it shares with the query tower is not config: the two-tower
-    model passes it in, and the towers are saved inside the serving graph, not from config."""
+    """Its sizes and title encoder. The item embedding it shares with the query tower is not
+    config: the two-tower model passes it in, and the towers are saved inside the serving graph,
+    not from config."""
     return {"num_categories": self.category_embedding.input_dim,
             "num_price_buckets": self.price_embedding.input_dim,
             "num_title_words": self.title_embedding.input_dim,
-            "embedding_dim": self.category_embedding.output_dim}
+            "embedding_dim": self.category_embedding.output_dim,
+            "title_encoder": self.title_encoder}
 
   def call(self, inputs):
-    _, weights, title_words = _padded_embeddings(self.title_embedding, inputs[TITLE_TOKENS_XF])
+    present, weights, title_words = _padded_embeddings(self.title_embedding,
+                                                       inputs[TITLE_TOKENS_XF])
+    title = (_masked_mean(title_words, weights) if self.title_attention is None
+             else self.title_attention(title_words, present, weights))
     return self.projection(tf.concat(
         [self.item_embedding(inputs[ITEM_XF]), self.category_embedding(inputs[CATEGORY_XF]),
-         self.price_embedding(inputs[PRICE_BUCKET_XF]), _masked_mean(title_words, weights)],
-        axis=1))
+         self.price_embedding(inputs[PRICE_BUCKET_XF]), title], axis=1))
 
 
 def mixed_negative_logits(queries: tf.Tensor, candidates: tf.Tensor, candidate_ids: tf.Tensor,
@@ -292,7 +309,8 @@ class TwoTowerModel(tfrs.Model):
                                   config.context_dropout, config.sequence_encoder,
                                   config.recent_length)
     self.candidate_tower = CandidateTower(item_embedding, num_categories, num_price_buckets,
-                                          num_title_words, config.embedding_dim)
+                                          num_title_words, config.embedding_dim,
+                                          config.title_encoder)
     self.negatives = resolve_negatives(
         config.negatives, None if catalog is None else len(catalog[ITEM_XF]))
     if catalog is None and (self.negatives == FULL_SOFTMAX or config.mixed_negatives):

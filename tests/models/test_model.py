@@ -9,6 +9,7 @@ from components.models import export
 from components.models import preprocessing
 from components.models import ranker
 from components.models import two_tower
+from components.models.config import ATTENTION_TITLE
 from components.models.config import AUTO_NEGATIVES
 from components.models.config import FULL_SOFTMAX
 from components.models.config import FULL_SOFTMAX_MAX_ITEMS
@@ -86,6 +87,19 @@ def test_title_words_are_a_bag_and_padding_does_not_count():
   assert not np.allclose(star_wars, other)
   # Without a title only the id, category and price speak.
   assert np.isfinite(untitled).all()
+
+
+def test_the_attention_title_encoder_reads_words_in_order_and_ignores_padding():
+  tower = _two_tower(3, 7, 2, ModelConfig(embedding_dim=8,
+                                          title_encoder=ATTENTION_TITLE)).candidate_tower
+  def embed(titles):
+    return tower(_batch([0] * len(titles), [1] * len(titles), [0] * len(titles),
+                        [[PAD]] * len(titles), titles=titles)).numpy()
+  star_wars, wars_star, untitled = embed([[1, 2, PAD, PAD], [2, 1, PAD, PAD], [PAD] * 4])
+  assert not np.allclose(star_wars, wars_star, atol=1e-6)
+  np.testing.assert_allclose(
+      star_wars, embed([[1, 2] + [PAD] * (contract.TITLE_LENGTH - 2)])[0], rtol=1e-5, atol=1e-6)
+  assert np.isfinite(untitled).all() and not np.allclose(star_wars, untitled)
 
 
 def test_shared_title_words_carry_what_one_item_learnt_to_another():
@@ -379,7 +393,7 @@ def test_the_towers_say_their_config_so_saving_them_warns_of_nothing(tmp_path, c
       "recent_length": CONFIG.recent_length}
   assert model.candidate_tower.get_config() == {
       "num_categories": 2, "num_price_buckets": PRICE_BUCKETS, "num_title_words": TITLE_WORDS,
-      "embedding_dim": CONFIG.embedding_dim}
+      "embedding_dim": CONFIG.embedding_dim, "title_encoder": CONFIG.title_encoder}
   with caplog.at_level(logging.WARNING):
     export_tiny_model(tmp_path, ITEM_IDS, top_k=3, serve_candidates=4)
   assert "non-serializable" not in caplog.text
@@ -432,6 +446,8 @@ def test_an_unknown_encoder_is_refused_by_name():
     ModelConfig(recent_length=contract.HISTORY_LENGTH + 1)
   with pytest.raises(ValueError, match="negatives must be one of"):
     ModelConfig(negatives="sampled")
+  with pytest.raises(ValueError, match="title_encoder must be one of .*'cnn'"):
+    ModelConfig(title_encoder="cnn")
   with pytest.raises(ValueError, match="needs the catalog"):
     two_tower.TwoTowerModel(3, 6, 2, PRICE_BUCKETS, TITLE_WORDS,
                             ModelConfig(embedding_dim=8, negatives=FULL_SOFTMAX))

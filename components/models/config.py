@@ -177,8 +177,9 @@ class ModelConfig:
   sequence_encoder: str = ATTENTION_ENCODER
   recent_length: int = contract.RECENT_LENGTH
   # How the candidate tower reads the title words (TITLE_ENCODERS). The bag of words stays the
-  # default: self-attention over them did not raise the validation recall (README, "Item tower:
-  # bag of words against self-attention").
+  # default: on ml-latest-small's titles self-attention over them scored 0.0123 nDCG@10 on the
+  # pipeline's eval split against 0.0128 (README, "Item tower: bag of words against
+  # self-attention").
   title_encoder: str = BAG_OF_WORDS_TITLE
   # Seeds the sampled histories and the order of the retrieval examples.
   seed: int = 0

@@ -406,10 +406,6 @@ class DQNRanker(tf.keras.Model):
     logged_values = logged_values[:, 0]
     candidates = batch[CANDIDATES]
     _, candidate_values = self.q_network.estimates((states, self.catalog.actions(candidates)))
-    if not self.config.cql_weight:
-      # A penalty that weighs nothing is only reported: its gradient would be zeros, and
-      # computing them through every candidate cost a third of a training step.
-      candidate_values = tf.stop_gradient(candidate_values)
     candidate_q = tf.where(tf.equal(candidates, logged[:, None]), -np.inf,
                            self.q_network.combined(candidate_values))
     return {"clicked": clicked, "click_logits": click_logits, "targets": targets,

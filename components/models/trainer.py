@@ -84,6 +84,7 @@ def run_fn(fn_args: fn_args_utils.FnArgs) -> None:
     fit_transitions, validation_transitions = (
         dqn.with_states(split) for split in training.split_users(
             transitions, config.ranker.validation_fraction))
+    # Cached: the states and the user filter are computed in the first epoch only.
     history = dqn.fit(
         fit_transitions.cache().shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
         epochs=config.ranker.epochs, verbose=0,

@@ -403,8 +403,11 @@ def _print_recommendations(user: str, history: Sequence[str], recommendations) -
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
               help="Layout of --exclude-seen.")
 @click.option("--output", type=click.Path(dir_okay=False), help="Batch mode: the CSV to write.")
+@click.option("--adapt-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Batch mode: gradient steps that adapt each user's vector to their latest "
+                   "items first (cold start; README, 'Cold start').")
 def recommend(user, history, k, server, model_name, model_dir, users, seen_path, fmt,
-              output) -> None:
+              output, adapt_steps) -> None:
   """One user's top-k from a server (--user), or every requested user's from a model (--model).
 
   Batch mode writes user_id,rank,item_id,score ranked over the whole catalog.
@@ -412,8 +415,10 @@ def recommend(user, history, k, server, model_name, model_dir, users, seen_path,
   if (user is None) == (model_dir is None):
     raise click.UsageError("give either --user (ask a server) or --model (batch)")
   if model_dir is not None:
-    _recommend_batch(model_dir, users, seen_path, fmt, k, output)
+    _recommend_batch(model_dir, users, seen_path, fmt, k, output, adapt_steps)
     return
+  if adapt_steps:
+    raise click.UsageError("--adapt-steps is for batch mode (--model)")
   import grpc
 
   from serving import client as client_lib
@@ -427,7 +432,7 @@ def recommend(user, history, k, server, model_name, model_dir, users, seen_path,
   _print_recommendations(user, history_items, recommendations)
 
 
-def _recommend_batch(model_dir, users, seen_path, fmt, k, output) -> None:
+def _recommend_batch(model_dir, users, seen_path, fmt, k, output, adapt_steps) -> None:
   from components.data import ingest
   from serving import batch
 
@@ -444,9 +449,45 @@ def _recommend_batch(model_dir, users, seen_path, fmt, k, output) -> None:
   else:
     lines = pathlib.Path(users).read_text(encoding="utf-8").splitlines()
     user_ids = [line.strip() for line in lines if line.strip()]
-  recommendations = batch.recommend(model_dir, user_ids, seen, k)
+  recommendations = batch.recommend(model_dir, user_ids, seen, k, adapt_steps=adapt_steps)
   recommendations.to_csv(output, index=False)
   click.echo(f"Wrote {len(recommendations)} recommendations for {len(user_ids)} users to {output}")
+
+
+@main.command("adapt-users")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A pushed SavedModel version directory.")
+@click.option("--interactions", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The new users' interactions; their engaged items, in time order, are what "
+                   "each user's vector adapts to.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="generic", show_default=True,
+              help="Layout of --interactions.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Gradient steps per user (default: ModelConfig.adapt_steps).")
+@click.option("--output", required=True, type=click.Path(),
+              help="The new version directory to write, e.g. the serving directory's next "
+                   "version number; never overwritten.")
+def adapt_users(model_dir, interactions, fmt, steps, output) -> None:
+  """Store new users' adapted vectors in a new model version (cold start; README).
+
+  Users the model knows keep their trained embedding; each unknown user of --interactions is
+  served from a vector adapted to their items, by id alone, once the version is served.
+  """
+  from components.data import ingest
+  from components.models.config import ModelConfig
+  from serving import adapted_users
+  from serving import batch
+
+  try:
+    histories = batch.engaged_items(ingest.load_interactions(interactions, fmt=fmt))
+  except ingest.InputDataError as error:
+    raise UsageError(str(error)) from error
+  try:
+    stored = adapted_users.write_adapted_version(model_dir, output, histories,
+                                                 steps or ModelConfig().adapt_steps)
+  except (FileExistsError, ValueError) as error:
+    raise UsageError(str(error)) from error
+  click.echo(f"Stored adapted vectors of {stored} new users (of {len(histories)}) in {output}")
 
 
 @main.command()

@@ -98,6 +98,10 @@ RETRIEVE_SIGNATURE = "retrieve"
 # The same inputs and outputs with every catalog item ranked: for batch jobs that filter items
 # (e.g. already seen ones) and still need k left, not for online serving.
 RANK_CATALOG_SIGNATURE = "rank_catalog"
+# rank_catalog after ADAPT_STEPS (int32 scalar, an extra input) gradient steps on each user's
+# vector from their latest history items: cold-start adaptation for batch jobs.
+ADAPTED_RANK_SIGNATURE = "rank_catalog_adapted"
+ADAPT_STEPS = "adapt_steps"
 
 # Inputs of every signature: USER_ID string [batch]; HISTORY string [batch, history_len], oldest
 # first, '' pads, history_len may be 0; TIMESTAMP int64 [batch], when each query is asked, in

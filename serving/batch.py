@@ -10,6 +10,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from components.models import queries
 from schemas import contract
@@ -26,17 +27,24 @@ def engaged_items(events: pd.DataFrame) -> Dict[str, List[str]]:
 
 def recommend(model_dir: os.PathLike, users: Sequence[str], seen: Dict[str, List[str]], k: int,
               history_length: int = contract.HISTORY_LENGTH,
-              remove_seen: bool = True) -> pd.DataFrame:
+              remove_seen: bool = True, adapt_steps: int = 0) -> pd.DataFrame:
   """OUTPUT_COLUMNS for each user: the k best items they have not engaged with, best first.
 
   Users the model never saw get its out-of-vocabulary user embedding, like online. The seen
   items are always the query's history; `remove_seen=False` keeps them in the ranking, as
   protocols that score every item do. The time is unknown (contract.UNKNOWN_TIME): the lists
-  are read later, at times the job cannot know.
+  are read later, at times the job cannot know. `adapt_steps` > 0 first adapts each user's
+  vector by that many gradient steps on their latest history items (the model's
+  ADAPTED_RANK_SIGNATURE; components/models/cold_start.py), for new users above all.
   """
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
-  model = queries.RankingSignature(model_dir, contract.RANK_CATALOG_SIGNATURE)
+  if adapt_steps < 0:
+    raise ValueError(f"adapt_steps must be at least 0, got {adapt_steps}")
+  model = (queries.RankingSignature(model_dir, contract.RANK_CATALOG_SIGNATURE) if not adapt_steps
+           else queries.RankingSignature(
+               model_dir, contract.ADAPTED_RANK_SIGNATURE,
+               extra_inputs={contract.ADAPT_STEPS: tf.constant(adapt_steps, tf.int32)}))
   histories = [seen.get(user, [])[-history_length:] for user in users]
   frames = []
   ranked = ((items, item_scores) for batch in model.rank_batches(list(users), histories)

@@ -38,6 +38,13 @@ NEGATIVES = (AUTO_NEGATIVES, FULL_SOFTMAX, MIXED_NEGATIVES)
 # catalog's embeddings are recomputed each step for too few examples.
 FULL_SOFTMAX_MAX_ITEMS = 100_000
 
+# How the model is trained for users it has never seen (components/models/cold_start.py says
+# why and how).
+NO_COLD_START = "off"  # not at all: a new user gets an untrained embedding row and their history
+AMORTISED_COLD_START = "amortised"  # the history path learns from new users' first items
+GRADIENT_COLD_START = "maml"  # a new user's vector is adapted by steps on their first items
+COLD_START_FORMS = (NO_COLD_START, AMORTISED_COLD_START, GRADIENT_COLD_START)
+
 # Keys of the custom_config Transform and Trainer get.
 MODEL_CONFIG_KEY = "model_config"
 CODE_VERSION_KEY = "code_version"
@@ -115,6 +122,10 @@ class RankerConfig:
   # outside the greedy top-k instead of the greedy item. Both 0 rank greedily by Q.
   temperature: float = 0.0
   epsilon: float = 0.0
+  # Share of the training users whose transitions the head learns as a new user's, from states
+  # without their id (components/models/ranker.py, "New users' episodes"; README, "Cold
+  # start"); 0: none.
+  new_user_share: float = 0.2
   reward: RewardConfig = RewardConfig()
 
   def __post_init__(self):
@@ -130,6 +141,8 @@ class RankerConfig:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if not 0.0 <= self.epsilon <= 1.0:
       raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
+    if not 0.0 <= self.new_user_share <= 1.0:
+      raise ValueError(f"new_user_share must be in [0, 1], got {self.new_user_share}")
     if self.temperature > 0.0 and self.epsilon > 0.0:
       raise ValueError("explore with temperature or with epsilon, not both: got temperature "
                        f"{self.temperature} and epsilon {self.epsilon}")
@@ -181,6 +194,19 @@ class ModelConfig:
   # pipeline's eval split against 0.0128 (README, "Item tower: bag of words against
   # self-attention").
   title_encoder: str = BAG_OF_WORDS_TITLE
+  # Meta-training for new users (COLD_START_FORMS): after each epoch, `cold_start_episodes`
+  # episodes per training user (their first few engagements in time order as support, the next
+  # ones as query). "maml" adapts the unknown user's vector by `adapt_steps` gradient steps of
+  # `adapt_learning_rate` on the support (first-order MAML); `recsys recommend --adapt-steps`
+  # and `recsys adapt-users` take the same steps after training, from any form's model. Chosen
+  # on a validation split of ml-latest-small's training users (bench/bench_cold_start.py
+  # --split validation, 3 seeds): "maml" at 3 steps of 0.1 had the best nDCG@10 of new users at
+  # every support size (README, "Cold start"); a step of 1.0 overshot (0.05 against 0.09 at 5
+  # items, in a 3-epoch run).
+  cold_start: str = GRADIENT_COLD_START
+  cold_start_episodes: int = 2
+  adapt_steps: int = 3
+  adapt_learning_rate: float = 0.1
   # Seeds the sampled histories and the order of the retrieval examples.
   seed: int = 0
   # How many items the serving signatures return per user.
@@ -214,6 +240,14 @@ class ModelConfig:
                        f"{self.early_stopping_patience}")
     if not 0.0 <= self.validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {self.validation_fraction}")
+    if self.cold_start not in COLD_START_FORMS:
+      raise ValueError(f"cold_start must be one of {COLD_START_FORMS}, got {self.cold_start!r}")
+    if self.cold_start_episodes < 1:
+      raise ValueError(f"cold_start_episodes must be >= 1, got {self.cold_start_episodes}")
+    if self.adapt_steps < 0:
+      raise ValueError(f"adapt_steps must be >= 0, got {self.adapt_steps}")
+    if self.adapt_learning_rate <= 0.0:
+      raise ValueError(f"adapt_learning_rate must be positive, got {self.adapt_learning_rate}")
     if not 0.0 <= self.context_dropout < 1.0:
       raise ValueError(f"context_dropout must be in [0, 1), got {self.context_dropout}")
 

@@ -79,8 +79,12 @@ class RankingSignature:
   """One ranking signature of a SavedModel, called in batches with raw ids."""
 
   def __init__(self, model_dir: os.PathLike, signature_name: str = contract.SERVING_SIGNATURE,
-               batch_size: int = DEFAULT_BATCH_SIZE):
+               batch_size: int = DEFAULT_BATCH_SIZE,
+               extra_inputs: Optional[Dict[str, tf.Tensor]] = None):
+    """`extra_inputs`: the signature's inputs beyond the contract's three, the same for every
+    call (e.g. ADAPTED_RANK_SIGNATURE's contract.ADAPT_STEPS)."""
     self.model_dir = os.fspath(model_dir)
+    self._extra_inputs = dict(extra_inputs or {})
     # The loaded object owns the variables the signature reads: keep it alive with it.
     self._model = tf.saved_model.load(self.model_dir)
     if signature_name not in self._model.signatures:
@@ -107,7 +111,7 @@ class RankingSignature:
     outputs = self._signature(**{
         contract.USER_ID: tf.constant(list(users), tf.string, shape=[len(users)]),
         contract.HISTORY: padded_histories(histories),
-        contract.TIMESTAMP: query_times(timestamps, len(users))})
+        contract.TIMESTAMP: query_times(timestamps, len(users)), **self._extra_inputs})
     return {name: value.numpy() for name, value in outputs.items()}
 
   def rank_batches(self, users: Sequence[str], histories: Sequence[Sequence[str]],

@@ -49,6 +49,12 @@ Why it is built this way:
     worth staying near.
   * Frozen towers. The state and the actions' embeddings come from the trained two-tower model,
     whose gradients are stopped: the ranking head cannot distort the retrieval space it reranks.
+  * New users' episodes (meta-RL, RL²-style: Duan et al., 2016). A user the model has never
+    seen is served as the out-of-vocabulary user, so their state is what the session has
+    revealed so far: the clicks in their history. For a `new_user_share` of the training users
+    (by a hash of the id), every state is computed that way, as if they were new: the head
+    learns to act on states that carry a session's clicks instead of a user id, and so to use
+    each click of a new user's first session (README, "Cold start").
   * Corrections of the retrieval score, not a free regression. About ten logged items per state,
     shown in slots the logging policy chose, taught a free MLP that policy's position-biased
     preferences; the retrieval score, learnt from the same engagements against the whole
@@ -77,6 +83,18 @@ CANDIDATES = "candidates"
 NEXT_CANDIDATES = "next_candidates"
 # Transitions per query-tower call in `DQNRanker.with_states`.
 _STATES_BATCH = 4096
+# The resolution of `is_new_user_episode`'s share, and what salts its hash so that the users it
+# picks are not the head's validation users (training.is_validation_user hashes the bare id).
+_NEW_USER_BUCKETS = 1000
+_NEW_USER_SALT = "#new-user"
+
+
+def is_new_user_episode(user_ids: tf.Tensor, share: float) -> tf.Tensor:
+  """Whether each raw user id is among the about `share` of users whose transitions the head
+  learns as a new user's: by a salted hash of the id, so all of a user's transitions or none."""
+  threshold = int(round(share * _NEW_USER_BUCKETS))
+  return tf.strings.to_hash_bucket_fast(tf.strings.join([user_ids, _NEW_USER_SALT]),
+                                        _NEW_USER_BUCKETS) < threshold
 
 
 def objective_rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor) -> tf.Tensor:
@@ -341,10 +359,17 @@ class DQNRanker(tf.keras.Model):
   def _state(self, batch, history: tf.Tensor) -> tf.Tensor:
     """The query tower's embedding of the batch's user and hour with `history`.
 
-    The next state keeps the step's hour: a session's steps are minutes apart.
+    The next state keeps the step's hour: a session's steps are minutes apart. The users of
+    `new_user_share` (`is_new_user_episode`) are the out-of-vocabulary user.
     """
-    inputs = {key: batch[key] for key in (contract.transformed_name(contract.USER_ID),
+    user_xf = contract.transformed_name(contract.USER_ID)
+    inputs = {key: batch[key] for key in (user_xf,
                                           contract.transformed_name(contract.HOUR_OF_WEEK))}
+    if self.config.new_user_share:
+      unknown = tf.constant(self.query_tower.user_embedding.input_dim - 1, tf.int64)
+      inputs[user_xf] = tf.where(
+          is_new_user_episode(batch[contract.USER_ID], self.config.new_user_share), unknown,
+          inputs[user_xf])
     inputs[contract.transformed_name(contract.HISTORY)] = history
     return tf.stop_gradient(self.query_tower(inputs))
 

@@ -117,7 +117,7 @@ def run_fn(fn_args: fn_args_utils.FnArgs) -> None:
 
   module = export.RecommenderModule(
       tf_transform_output.transform_features_layer(), retrieval.query_tower, dqn.q_network,
-      catalog_actions, item_ids.astype(bytes), config.top_k, config.ranker)
+      catalog_actions, item_ids.astype(bytes), config.top_k, config)
   export.save(module, fn_args.serving_model_dir)
   # Replayed by TF Serving (and the local server) on load, and sent by infra validation.
   users = tf_transform_output.vocabulary_by_name(contract.USER_ID)[:_WARMUP_USERS]

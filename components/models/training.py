@@ -19,18 +19,22 @@ from tfx.components.trainer import fn_args_utils
 from tfx.utils import io_utils
 from tfx_bsl.public import tfxio
 
+from components.models import cold_start
 from components.models import histories
 from components.models import preprocessing
 from components.models import ranker
 from components.models import two_tower
+from components.models.config import GRADIENT_COLD_START
 from components.models.config import ModelConfig
+from components.models.config import NO_COLD_START
 from components.models.config import OBJECTIVES
 from components.models.config import SAMPLED_HISTORY
 from schemas import contract
 
 # Raw fields the models read beside the transformed ones.
 _RAW_FIELDS = (contract.USER_ID, contract.CLICK, contract.PURCHASE, contract.REVENUE,
-               contract.DONE, contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT)
+               contract.DONE, contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT,
+               contract.TIMESTAMP)
 _READ_BATCH = 1024
 # The resolution of `split_users`' share of the users.
 _USER_BUCKETS = 1000
@@ -41,7 +45,7 @@ SHUFFLE_BUFFER = 50_000
 _EPOCH_LOGGER = python_logging.getLogger(__name__)
 _RETRIEVAL_INPUTS = (two_tower.USER_XF, two_tower.ITEM_XF, two_tower.CATEGORY_XF,
                      two_tower.PRICE_BUCKET_XF, two_tower.TITLE_TOKENS_XF, two_tower.HISTORY_XF,
-                     two_tower.HOUR_OF_WEEK_XF, contract.EVENT)
+                     two_tower.HOUR_OF_WEEK_XF, contract.EVENT, contract.TIMESTAMP)
 
 
 class EpochLog(tf.keras.callbacks.Callback):
@@ -281,9 +285,14 @@ def train_retrieval(retrieval: two_tower.TwoTowerModel, inputs: Dict[str, np.nda
                     config: ModelConfig) -> List[Tuple[float, float]]:
   """Fits the two-tower model (with new sampled histories each epoch when sampled), stopping
   early on the validation recall (`validation_recall`) and keeping the best epoch's weights;
-  (training loss, validation recall) per epoch run (recall NaN without a validation split)."""
+  (training loss, validation recall) per epoch run (recall NaN without a validation split).
+
+  After each epoch's fit, unless `config.cold_start` is off, one pass of cold-start
+  meta-training over new episodes of the fit rows' users (components/models/cold_start.py).
+  """
   inputs = dict(inputs)
   mode = histories.resolve_mode(config.retrieval_history, inputs.pop(contract.EVENT))
+  timestamps = inputs.pop(contract.TIMESTAMP)
   logging.info("Retrieval examples train with %s histories, a %s softmax", mode,
                retrieval.negatives)
   rng = np.random.default_rng(config.seed)
@@ -295,6 +304,15 @@ def train_retrieval(retrieval: two_tower.TwoTowerModel, inputs: Dict[str, np.nda
                                                      preprocessing.PADDING)
   fit_rows, validation_rows = split_validation(len(inputs[two_tower.ITEM_XF]),
                                                config.validation_fraction, rng)
+  meta_learner = None
+  if config.cold_start != NO_COLD_START:
+    if not retrieval.catalog_size:
+      raise ValueError(f"cold_start={config.cold_start!r} needs the two-tower model's catalog")
+    meta_learner = cold_start.MetaLearner(
+        retrieval, config.adapt_steps if config.cold_start == GRADIENT_COLD_START else 0,
+        config.adapt_learning_rate)
+    # Items outside the catalog (the OOV bucket) cannot be ranked, so they are no query target.
+    episode_rows = fit_rows[inputs[two_tower.ITEM_XF][fit_rows] < retrieval.catalog_size]
   progress = []
   best_recall, best_weights, stale_epochs = -np.inf, None, 0
   validation_histories = None
@@ -315,6 +333,12 @@ def train_retrieval(retrieval: two_tower.TwoTowerModel, inputs: Dict[str, np.nda
             SHUFFLE_BUFFER, seed=config.seed + epoch).batch(config.batch_size)
     history = retrieval.fit(fit_dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                             callbacks=[EpochLog("retrieval", config.epochs)])
+    if meta_learner is not None:
+      episodes = cold_start.user_episodes(
+          inputs[two_tower.USER_XF][episode_rows], inputs[two_tower.ITEM_XF][episode_rows],
+          timestamps[episode_rows], config.cold_start_episodes, rng)
+      logging.info("Cold-start epoch %d: query loss %.4f per episode", epoch + 1,
+                   meta_learner.train(episodes, rng))
     recall = np.nan
     if len(validation_rows):
       recall = validation_recall(retrieval, epoch_inputs, validation_rows, config.batch_size)

@@ -49,6 +49,10 @@ TITLE_TOKENS_XF = contract.transformed_name(contract.TITLE_TOKENS)
 HISTORY_XF = contract.transformed_name(contract.HISTORY)
 HOUR_OF_WEEK_XF = contract.transformed_name(contract.HOUR_OF_WEEK)
 NEXT_HISTORY_XF = contract.transformed_name(contract.NEXT_HISTORY)
+# An optional query tower input: [batch, dim] user vectors that stand in for the user id's
+# embedding row, e.g. vectors adapted to a new user's first items (components/models/
+# cold_start.py).
+USER_VECTOR = "user_vector"
 _ATTENTION_HEADS = 2
 # What each tower reads.
 CANDIDATE_INPUTS = (ITEM_XF, CATEGORY_XF, PRICE_BUCKET_XF, TITLE_TOKENS_XF)
@@ -67,7 +71,8 @@ class QueryTower(tf.keras.Model):
   tower, so an item a user just saw pulls the query towards items like it from the first
   training step on. The hour of the week is context: an unknown hour contributes a zero vector,
   and training hides it for a `context_dropout` share of examples so that the query without it
-  is trained too.
+  is trained too. Where the inputs hold USER_VECTOR, it replaces the user id's embedding; the
+  user id is then not read.
   """
 
   def __init__(self, num_users: int, item_embedding: tf.keras.layers.Embedding,
@@ -98,7 +103,8 @@ class QueryTower(tf.keras.Model):
     _, weights, history_embeddings = _padded_embeddings(self.item_embedding, history)
     recent_present, recent_weights, recent_embeddings = _padded_embeddings(
         self.item_embedding, recent_items(history, self.recent_length))
-    user = self.user_embedding(inputs[USER_XF])
+    user = (inputs[USER_VECTOR] if USER_VECTOR in inputs
+            else self.user_embedding(inputs[USER_XF]))
     hour = inputs[HOUR_OF_WEEK_XF]
     if training and self.context_dropout:
       hidden = tf.random.uniform(tf.shape(hour)) < self.context_dropout
@@ -327,7 +333,11 @@ class TwoTowerModel(tfrs.Model):
 
   def call(self, inputs, training=False):
     """Logits and labels of a batch of engagements under the configured softmax."""
-    queries = self.query_tower(inputs, training=training)
+    return self.logits(self.query_tower(inputs, training=training), inputs)
+
+  def logits(self, queries: tf.Tensor, inputs: Dict[str, tf.Tensor]):
+    """(logits, labels) of `queries` [batch, dim] whose positives are the items of `inputs`
+    (their CANDIDATE_INPUTS) under the configured softmax."""
     positives = inputs[ITEM_XF]
     if self.negatives == FULL_SOFTMAX:
       logits = tf.matmul(queries, self.candidate_tower(self.catalog),

@@ -85,10 +85,17 @@ def test_pushed_model_answers_over_grpc(trained):
       recommendations = client.recommend(user, history=[], k=10)
       # A user the model never saw, with no history: the cold-start path still answers.
       cold_start = client.recommend("never-seen-user", history=[], k=10)
+      # A request without a user id and a short history (an app's first clicks of a new
+      # user): served from the unknown user's row and that history, like any unknown id.
+      first_clicks = sorted(catalog)[:2]
+      anonymous = client.recommend("", history=first_clicks, k=10, timestamp=0)
+      unknown = client.recommend("another-new-user", history=first_clicks, k=10, timestamp=0)
   finally:
     server.stop(grace=None)
   assert len(recommendations) == 10 and len(cold_start) == 10
-  assert {r.item_id for r in recommendations + cold_start} <= catalog
+  assert {r.item_id for r in recommendations + cold_start + anonymous} <= catalog
+  assert [r.item_id for r in anonymous] == [r.item_id for r in unknown]
+  assert [r.item_id for r in anonymous] != [r.item_id for r in cold_start]
   scores = [r.score for r in recommendations]
   assert scores == sorted(scores, reverse=True)
 

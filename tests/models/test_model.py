@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from components.models import cold_start
 from components.models import export
 from components.models import preprocessing
 from components.models import ranker
@@ -165,13 +166,15 @@ def test_log_q_correction_depends_only_on_relative_sampling_probabilities():
 
 
 class _IdentityTransform(tf.keras.layers.Layer):
-  """Stands in for the Transform layer: users and items are already small integers as strings."""
+  """Stands in for the Transform layer: users and items are already small integers as strings;
+  "2" is the last user row, the out-of-vocabulary one, and so is the empty id."""
 
   def call(self, inputs):
+    user_id = tf.where(tf.equal(inputs["user_id"], ""), "2", inputs["user_id"])
     history = tf.sparse.to_dense(inputs["history"], default_value="-1")
     history = tf.pad(history, [[0, 0], [0, 3]], constant_values="-1")[:, :3]
     timestamp = inputs["timestamp"]
-    return {two_tower.USER_XF: tf.strings.to_number(inputs["user_id"], tf.int64),
+    return {two_tower.USER_XF: tf.strings.to_number(user_id, tf.int64),
             two_tower.HISTORY_XF: tf.strings.to_number(history, tf.int64),
             # Hours since the epoch, mod a week: enough to tell times apart.
             two_tower.HOUR_OF_WEEK_XF: tf.where(timestamp > 0, timestamp // 3600 % 168,
@@ -197,8 +200,8 @@ def export_tiny_model(path, item_ids, top_k, serve_candidates=200, temperature=0
   module = export.RecommenderModule(
       _IdentityTransform(), model.query_tower, q_network, catalog,
       np.array([str(item).encode() for item in item_ids], dtype=object), top_k,
-      RankerConfig(serve_candidates=serve_candidates, temperature=temperature,
-                          epsilon=epsilon))
+      ModelConfig(embedding_dim=CONFIG.embedding_dim, ranker=RankerConfig(
+          serve_candidates=serve_candidates, temperature=temperature, epsilon=epsilon)))
   export.save(module, str(path))
   return module
 
@@ -510,3 +513,77 @@ def test_each_softmax_learns_the_engagements(negatives, uniform):
                      model.candidate_tower({k: tf.constant(v) for k, v in catalog.items()}),
                      transpose_b=True).numpy()
   np.testing.assert_array_equal(scores.argmax(axis=1), 2 * np.arange(4))
+
+
+def _rank_catalog_scores(rank, users, histories, **extra):
+  """{user: {item id: score}} of a rank_catalog-like signature."""
+  out = rank(user_id=tf.constant(users), history=tf.constant(histories),
+             timestamp=tf.fill([len(users)], tf.constant(contract.UNKNOWN_TIME, tf.int64)),
+             **extra)
+  return [dict(zip(items.astype(str), scores)) for items, scores in
+          zip(out[contract.ITEM_IDS].numpy(), out[contract.SCORES].numpy())]
+
+
+def _expected_scores(module, vectors, histories):
+  """By hand: the query tower on these user vectors and item-index histories, against the
+  catalog's embeddings."""
+  queries = module.query_tower(cold_start.new_user_inputs(
+      tf.constant(histories, tf.int64), tf.constant(vectors, tf.float32)))
+  scores = tf.matmul(queries, module.catalog.embeddings, transpose_b=True).numpy()
+  return [dict(zip(ITEM_IDS, row)) for row in scores]
+
+
+def _assert_same_scores(actual, expected):
+  for got, want in zip(actual, expected):
+    assert set(got) == set(want)
+    np.testing.assert_allclose([got[item] for item in want], list(want.values()), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_a_request_without_a_user_id_is_served_from_the_unknown_user_and_its_history(exported):
+  """The amortised cold-start path: an empty id gets the OOV row, and its short history moves
+  the answer."""
+  module, path = exported
+  rank = tf.saved_model.load(path).signatures[contract.RANK_CATALOG_SIGNATURE]
+  served = _rank_catalog_scores(rank, ["", ""], [["3", "1"], ["", ""]])
+  oov = module.query_tower.user_embedding.embeddings.numpy()[-1]
+  _assert_same_scores(served, _expected_scores(module, [oov, oov], [[3, 1], [PAD, PAD]]))
+  assert served[0] != served[1]
+
+
+def test_stored_adapted_users_are_served_from_their_vectors(tmp_path):
+  module = export_tiny_model(tmp_path / "before", ITEM_IDS, top_k=3, serve_candidates=4)
+  rows = module.query_tower.user_embedding.embeddings.numpy()
+  stored = np.array([[0.3, -0.2, 0.1, 0.0, 0.5, 0.4, -0.1, 0.2]], np.float32)
+  module.set_adapted_users(tf.constant(["2"]), tf.constant(stored))
+  export.save(module, str(tmp_path / "after"))
+  rank = tf.saved_model.load(str(tmp_path / "after")).signatures[
+      contract.RANK_CATALOG_SIGNATURE]
+  # User "2" (unknown to the model) is looked up; user "1" keeps its trained row.
+  _assert_same_scores(_rank_catalog_scores(rank, ["2", "1"], [["0"], ["0"]]),
+                      _expected_scores(module, [stored[0], rows[1]], [[0], [0]]))
+  # A new set replaces the old: "2" is back to the OOV row, "0" is stored.
+  module.set_adapted_users(tf.constant(["0"]), tf.constant(stored * 2))
+  _assert_same_scores(
+      _rank_catalog_scores(module.rank_catalog, ["2", "0"], [["0"], ["0"]]),
+      _expected_scores(module, [rows[2], stored[0] * 2], [[0], [0]]))
+
+
+def test_rank_catalog_adapted_takes_the_adaptation_steps_on_the_latest_history(exported):
+  module, path = exported
+  rank = tf.saved_model.load(path).signatures[contract.ADAPTED_RANK_SIGNATURE]
+  rows = module.query_tower.user_embedding.embeddings.numpy()
+  histories = [["4", "1", "5"], ["", "", ""]]
+  served = _rank_catalog_scores(rank, ["2", "1"], histories,
+                                adapt_steps=tf.constant(2, tf.int32))
+  adapted = cold_start.adapt_user_vectors(
+      module.query_tower, module.catalog.embeddings, tf.constant(rows[[2, 1]]),
+      tf.constant([[4, 1, 5], [PAD, PAD, PAD]], tf.int64), 2, CONFIG.adapt_learning_rate)
+  _assert_same_scores(served, _expected_scores(module, adapted.numpy(),
+                                               [[4, 1, 5], [PAD, PAD, PAD]]))
+  assert not np.allclose(adapted.numpy()[0], rows[2])  # the steps moved the unknown user
+  np.testing.assert_allclose(adapted.numpy()[1], rows[1])  # no history: nothing to adapt to
+  # 0 steps is rank_catalog.
+  _assert_same_scores(
+      _rank_catalog_scores(rank, ["2"], [["4"]], adapt_steps=tf.constant(0, tf.int32)),
+      _rank_catalog_scores(module.rank_catalog, ["2"], [["4"]]))

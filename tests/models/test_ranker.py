@@ -199,6 +199,7 @@ def _user_states(retrieval):
 def _transitions(users, items, clicks, done):
   n = len(users)
   return {
+      contract.USER_ID: tf.constant([f"u{user}" for user in users]),
       two_tower.USER_XF: tf.constant(users, tf.int64),
       two_tower.ITEM_XF: tf.constant(items, tf.int64),
       two_tower.HISTORY_XF: tf.fill([n, 2], tf.constant(PAD, tf.int64)),
@@ -238,8 +239,9 @@ def test_dqn_learns_which_shown_item_is_clicked():
 
 def test_with_states_replaces_histories_by_the_towers_states_and_retrievals():
   retrieval, catalog = _world()
+  # Every user as themselves (new users' episodes are tested below).
   dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3,
-                         RankerConfig(train_candidates=3))
+                         RankerConfig(train_candidates=3, new_user_share=0.0))
   rows = _transitions(np.arange(4), np.arange(4), np.ones(4, int), np.zeros(4, int))
   rows[two_tower.HISTORY_XF] = tf.constant([[1, 2], [3, PAD], [PAD, PAD], [5, 4]], tf.int64)
   rows[two_tower.NEXT_HISTORY_XF] = tf.constant([[1, 2], [3, 0], [2, PAD], [5, 4]], tf.int64)
@@ -255,6 +257,29 @@ def test_with_states_replaces_histories_by_the_towers_states_and_retrievals():
     scores = (expected @ tf.transpose(catalog.embeddings)).numpy()
     np.testing.assert_array_equal(encoded[candidates], np.argsort(-scores, axis=1)[:, :3])
   assert not np.allclose(encoded[ranker.STATE][1:3], encoded[ranker.NEXT_STATE][1:3])
+
+
+def test_new_user_episodes_compute_a_share_of_users_states_without_their_id():
+  retrieval, catalog = _world()
+  rows = _transitions(np.arange(4), np.arange(4), np.ones(4, int), np.zeros(4, int))
+  rows[two_tower.HISTORY_XF] = tf.constant([[1, 2], [3, PAD], [PAD, PAD], [5, 4]], tf.int64)
+  rows[contract.USER_ID] = tf.constant(["a", "b", "c", "d"])
+  unknown_user = dict(rows, **{two_tower.USER_XF: tf.fill([4], tf.constant(3, tf.int64))})
+  for share, expected_rows in ((0.0, rows), (1.0, unknown_user)):
+    dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3,
+                           RankerConfig(train_candidates=3, new_user_share=share))
+    encoded = next(iter(dqn.with_states(tf.data.Dataset.from_tensor_slices(rows)).batch(4)))
+    expected = retrieval.query_tower({key: expected_rows[key] for key in (
+        two_tower.USER_XF, two_tower.HOUR_OF_WEEK_XF, two_tower.HISTORY_XF)})
+    np.testing.assert_allclose(encoded[ranker.STATE], expected, rtol=1e-5, atol=1e-6)
+  # A share picks about that many users, by id (so all of a user's transitions), and not the
+  # head's validation users.
+  ids = tf.constant([f"u{user}" for user in range(2000)])
+  picked = ranker.is_new_user_episode(ids, 0.2).numpy()
+  assert 0.17 < picked.mean() < 0.23
+  np.testing.assert_array_equal(picked, ranker.is_new_user_episode(ids, 0.2).numpy())
+  validation = training.is_validation_user(ids, 0.2).numpy()
+  assert (picked & validation).mean() < 0.08  # about 0.2 * 0.2 if independent
 
 
 def test_untrained_q_network_ranks_as_retrieval_does():

@@ -7,6 +7,7 @@ import tensorflow as tf
 from components.models import training
 from components.models import two_tower
 from components.models.config import ModelConfig
+from components.models.config import NO_COLD_START
 from schemas import contract
 
 
@@ -44,6 +45,7 @@ def _engagement_inputs(events):
       two_tower.HISTORY_XF: np.full((n, contract.HISTORY_LENGTH), -1, np.int64),
       two_tower.HOUR_OF_WEEK_XF: np.full(n, 5, np.int64),
       contract.EVENT: np.array(events, dtype=object),
+      contract.TIMESTAMP: np.arange(n, dtype=np.int64),
   }
 
 
@@ -60,7 +62,9 @@ def test_engagements_keep_the_clicked_transitions_retrieval_reads():
 @pytest.mark.parametrize("events, sampled", [([b"rating"] * 40, True), ([b"click"] * 40, False)])
 def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled, monkeypatch):
   inputs = _engagement_inputs(events)
-  model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, ModelConfig(embedding_dim=4, epochs=2))
+  # Without a catalog, so without cold-start meta-training (test_cold_start.py tests that).
+  config = ModelConfig(embedding_dim=4, epochs=2, cold_start=NO_COLD_START)
+  model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
   model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
   seen, hours = [], []
   fit = model.fit
@@ -74,7 +78,7 @@ def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled,
     validated.append(epoch_inputs[two_tower.HISTORY_XF][rows])
     return 0.5
   monkeypatch.setattr(training, "validation_recall", recording_recall)
-  losses = training.train_retrieval(model, inputs, ModelConfig(epochs=2))
+  losses = training.train_retrieval(model, inputs, config)
   assert len(losses) == len(seen) == 2
   assert np.isfinite(losses).all()
   # A tenth of the rows is held out for validation; the fit sees the rest.
@@ -153,7 +157,8 @@ def _recording_fits(model, monkeypatch, validation_recalls):
 
 def test_retrieval_stops_when_validation_recall_stalls_and_keeps_the_best_epoch(monkeypatch):
   inputs = _engagement_inputs([b"click"] * 40)
-  config = ModelConfig(embedding_dim=4, epochs=10, early_stopping_patience=2)
+  config = ModelConfig(embedding_dim=4, epochs=10, early_stopping_patience=2,
+                       cold_start=NO_COLD_START)
   model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
   model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
   weights = _recording_fits(model, monkeypatch, [0.1, 0.3, 0.2, 0.3, 0.9])
@@ -169,7 +174,8 @@ def test_retrieval_stops_when_validation_recall_stalls_and_keeps_the_best_epoch(
 
 def test_retrieval_without_a_validation_split_runs_every_epoch(monkeypatch):
   inputs = _engagement_inputs([b"click"] * 40)
-  config = ModelConfig(embedding_dim=4, epochs=3, validation_fraction=0.0)
+  config = ModelConfig(embedding_dim=4, epochs=3, validation_fraction=0.0,
+                       cold_start=NO_COLD_START)
   model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
   model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
   weights = _recording_fits(model, monkeypatch, [])

@@ -201,8 +201,7 @@ class ModelConfig:
   # and `recsys adapt-users` take the same steps after training, from any form's model. Chosen
   # on a validation split of ml-latest-small's training users (bench/bench_cold_start.py
   # --split validation, 3 seeds): "maml" at 3 steps of 0.1 had the best nDCG@10 of new users at
-  # every support size (README, "Cold start"); a step of 1.0 overshot (0.05 against 0.09 at 5
-  # items, in a 3-epoch run).
+  # every support size (README, "Cold start"); a step of 1.0 overshot, 0.01 barely moved.
   cold_start: str = GRADIENT_COLD_START
   cold_start_episodes: int = 2
   adapt_steps: int = 3

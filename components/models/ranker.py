@@ -83,18 +83,27 @@ CANDIDATES = "candidates"
 NEXT_CANDIDATES = "next_candidates"
 # Transitions per query-tower call in `DQNRanker.with_states`.
 _STATES_BATCH = 4096
-# The resolution of `is_new_user_episode`'s share, and what salts its hash so that the users it
-# picks are not the head's validation users (training.is_validation_user hashes the bare id).
-_NEW_USER_BUCKETS = 1000
+# The resolution of `hashed_user_share`, and what salts the hash of `is_new_user_episode` so
+# that the users it picks are not the head's validation users (training.is_validation_user
+# hashes the bare id).
+_USER_BUCKETS = 1000
 _NEW_USER_SALT = "#new-user"
+
+
+def hashed_user_share(user_ids: tf.Tensor, share: float, salt: str = "") -> tf.Tensor:
+  """Whether each raw user id is among about `share` of the users, by a hash of the id and
+  `salt`: all of a user's transitions or none, and the same users found again from the raw ids
+  alone."""
+  if salt:
+    user_ids = tf.strings.join([user_ids, salt])
+  threshold = int(round(share * _USER_BUCKETS))
+  return tf.strings.to_hash_bucket_fast(user_ids, _USER_BUCKETS) < threshold
 
 
 def is_new_user_episode(user_ids: tf.Tensor, share: float) -> tf.Tensor:
   """Whether each raw user id is among the about `share` of users whose transitions the head
-  learns as a new user's: by a salted hash of the id, so all of a user's transitions or none."""
-  threshold = int(round(share * _NEW_USER_BUCKETS))
-  return tf.strings.to_hash_bucket_fast(tf.strings.join([user_ids, _NEW_USER_SALT]),
-                                        _NEW_USER_BUCKETS) < threshold
+  learns as a new user's (`hashed_user_share`, salted)."""
+  return hashed_user_share(user_ids, share, _NEW_USER_SALT)
 
 
 def objective_rewards(batch: Dict[str, tf.Tensor], novelty: tf.Tensor) -> tf.Tensor:

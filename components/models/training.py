@@ -36,8 +36,6 @@ _RAW_FIELDS = (contract.USER_ID, contract.CLICK, contract.PURCHASE, contract.REV
                contract.DONE, contract.RETURNED, contract.STEP_ENGAGEMENTS, contract.EVENT,
                contract.TIMESTAMP)
 _READ_BATCH = 1024
-# The resolution of `split_users`' share of the users.
-_USER_BUCKETS = 1000
 # The cut-off of the validation recall early stopping watches: the gate's recall@10.
 VALIDATION_K = 10
 # Transitions are read in file order, a user's together; this mixes users within a batch.
@@ -137,8 +135,7 @@ def is_validation_user(user_ids: tf.Tensor, fraction: float) -> tf.Tensor:
   """Whether each raw user id is among the about `fraction` of users the ranking head is not
   fitted to, by a hash of the id: the Trainer holds their transitions out (`split_users`), and
   a later stage can find the same users from the raw examples alone."""
-  threshold = int(round(fraction * _USER_BUCKETS))
-  return tf.strings.to_hash_bucket_fast(user_ids, _USER_BUCKETS) < threshold
+  return ranker.hashed_user_share(user_ids, fraction)
 
 
 def split_users(transitions: tf.data.Dataset,

@@ -1,6 +1,6 @@
 """Cold start: how fast recommendations improve as a new user's first items arrive.
 
-Run: .venv/bin/python bench/bench_cold_start.py [--part offline|simulator]
+Run: .venv/bin/python bench/bench_cold_start.py [--part offline|simulator] [--full]
          [--data ../shared/data/movielens-latest-small] [--split test|validation] [--seeds 0 1 2]
 
 Offline adaptation curve on ml-latest-small. Users are held out by their first rating's time: the
@@ -24,7 +24,9 @@ most BENCH_CONFIG's epochs:
     steps at evaluation as it was in training (and at 0 steps, as served without adaptation).
 `--split validation` holds the newest of the training users out instead (the test users are not
 used at all): what chose the default form and adaptation step size. Results go to
-bench/results/cold_start[_validation].json.
+bench/results/cold_start[_validation].json with `--full` (three seeds, every form), and
+cold_start[_validation]_default_run.json without it (one seed, the default form and the non-meta
+model: a few minutes).
 
 Simulator (`--part simulator`): a brand-new user's first session, step by step. The built-in
 dataset's world (components/simulation/generator.py) with SIM_NEW_USERS more users than the
@@ -85,6 +87,11 @@ SUPPORT_SIZES = cold_start.SUPPORT_SIZES
 QUERY_SIZE = cold_start.QUERY_SIZE
 MAX_SUPPORT = cold_start.MAX_SUPPORT
 Z_95 = 1.96
+# The default run compares the default form with the non-meta model on one seed: two models of
+# 2-4 minutes each, so that it fits in a few minutes. `--full` is the README's protocol.
+DEFAULT_SEEDS = [0]
+DEFAULT_FORMS = [NO_COLD_START, ModelConfig().cold_start]
+FULL_SEEDS = [0, 1, 2]
 
 
 def _newest_users(events: pd.DataFrame, fraction: float) -> set:
@@ -211,7 +218,7 @@ def _step_rewards(result: simulator.SimulationResult, n_users: int) -> np.ndarra
   ) / n_users
 
 
-def _simulator_part(seeds, work: pathlib.Path) -> dict:
+def _simulator_part(seeds, work: pathlib.Path, meta_settings=META_SETTINGS) -> dict:
   n_users = SIM_TRAIN_USERS + SIM_NEW_USERS
   dataset = generator.generate_dataset(work / "data", n_users=n_users,
                                        n_events=generator.EVENTS_PER_USER * n_users)
@@ -224,7 +231,7 @@ def _simulator_part(seeds, work: pathlib.Path) -> dict:
   start = time.perf_counter()
   # pylint: disable-next=protected-access
   models = {name: bench_policies._trained_model(work / name, dataset, "", settings)
-            for name, settings in (("meta", META_SETTINGS), ("non-meta", NON_META_SETTINGS))}
+            for name, settings in (("meta", meta_settings), ("non-meta", NON_META_SETTINGS))}
   train_seconds = time.perf_counter() - start
   policies = {
       "meta head": model_policy.SavedModelPolicy(models["meta"], contract.SERVING_SIGNATURE,
@@ -252,7 +259,7 @@ def _simulator_part(seeds, work: pathlib.Path) -> dict:
                   "a session ends), mean over seeds; differences with 95% t intervals over "
                   "seeds",
       "seeds": list(seeds), "reward_weights": bench_policies.REWARD_WEIGHTS,
-      "settings": {"meta": list(META_SETTINGS), "non-meta": list(NON_META_SETTINGS)},
+      "settings": {"meta": list(meta_settings), "non-meta": list(NON_META_SETTINGS)},
       "reward_per_step": {name: curve.mean(axis=0).round(4).tolist()
                           for name, curve in curves.items()},
       "first_session_reward": {name: round(float(curve.sum(axis=1).mean()), 4)
@@ -275,24 +282,34 @@ def main() -> None:
                       default=REPO_ROOT.parent / "shared" / "data" / "movielens-latest-small")
   parser.add_argument("--split", choices=("test", "validation"), default="test")
   parser.add_argument("--seeds", type=int, nargs="+",
-                      help="Seeds (default: 0 1 2 offline, 0..4 in the simulator).")
-  parser.add_argument("--forms", nargs="+", choices=COLD_START_FORMS, default=COLD_START_FORMS,
-                      help="The cold_start forms to train (the non-meta model is 'off').")
+                      help=f"Seeds (default: {' '.join(map(str, DEFAULT_SEEDS))} offline, "
+                           f"0..{SIM_SEEDS - 1} in the simulator).")
+  parser.add_argument("--forms", nargs="+", choices=COLD_START_FORMS, default=DEFAULT_FORMS,
+                      help="The cold_start forms to train (the non-meta model is 'off'; "
+                           f"default: {' '.join(DEFAULT_FORMS)}).")
+  parser.add_argument("--full", action="store_true",
+                      help=f"The README's offline protocol: seeds {' '.join(map(str, FULL_SEEDS))}"
+                           ", every form (about 20 minutes on 2 cores).")
   parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="ModelConfig field for every model, e.g. adapt_learning_rate=0.5")
+                      help="Offline: a ModelConfig field for every model, e.g. "
+                           "adapt_learning_rate=0.5. Simulator: a `recsys run --set` setting "
+                           "for the meta model, e.g. model.ranker.new_user_share=0.5")
   parser.add_argument("--out", type=pathlib.Path)
   args = parser.parse_args()
   if args.part == "simulator":
     seeds = args.seeds or list(range(SIM_SEEDS))
     with tempfile.TemporaryDirectory() as work:
-      report = _simulator_part(seeds, pathlib.Path(work))
+      report = _simulator_part(seeds, pathlib.Path(work), META_SETTINGS + tuple(args.set))
     out = args.out or REPO_ROOT / "bench" / "results" / "cold_start_simulator.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({key: report[key] for key in ("reward_per_step", "first_session_reward",
                                                    "meta_minus_non_meta_first_session")},
                      indent=2))
     return
-  args.seeds = args.seeds or [0, 1, 2]
+  if args.full:
+    args.seeds, args.forms = FULL_SEEDS, list(COLD_START_FORMS)
+  args.seeds = args.seeds or DEFAULT_SEEDS
+  run_start = time.perf_counter()
   overrides = dict(BENCH_CONFIG)
   for setting in args.set:
     field, value = setting.split("=", 1)
@@ -341,6 +358,7 @@ def main() -> None:
       "training_users": len(dataset.users),
       "config": dataclasses.asdict(ModelConfig(**overrides)),
       "training_seconds": seconds,
+      "run_seconds": round(time.perf_counter() - run_start, 1),
       "curves": {name: {str(size): {metric: _summary(pooled(name, size, index))
                                     for index, metric in enumerate(("recall@10", "ndcg@10"))}
                         for size in SUPPORT_SIZES} for name in curves},
@@ -350,7 +368,8 @@ def main() -> None:
           for name in curves if name != "non-meta" and "non-meta" in curves},
   }
   out = args.out or REPO_ROOT / "bench" / "results" / (
-      "cold_start.json" if args.split == "test" else "cold_start_validation.json")
+      "cold_start" + ("" if args.split == "test" else "_validation")
+      + ("" if args.full else "_default_run") + ".json")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(report, indent=2) + "\n")
   print(json.dumps(report["ndcg@10_minus_non_meta"], indent=2))

@@ -219,7 +219,7 @@ def _record_bytes(answered: tuple, request_id: str) -> int:
   """The size of one record of `answered`, logged now."""
   return len(request_log.tfrecord(request_log.prediction_log(
       *answered, request_id, int(time.time()),
-      logging_config_pb2.SamplingConfig(sampling_rate=1.0)).SerializeToString()))
+      logging_config_pb2.SamplingConfig(sampling_rate=1.0))))
 
 
 def test_a_fractional_rate_logs_that_fraction(tmp_path, answered):

@@ -16,6 +16,8 @@ from tfx.utils import proto_utils
 from components import artifact_properties
 from components import pusher as pusher_lib
 from pipeline import cli
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
 from schemas import contract
 from serving import model_config
 from serving import push
@@ -214,3 +216,17 @@ def test_a_logging_config_the_server_cannot_use_is_refused_naming_the_field(tmp_
   elsewhere.log_collector_config.filename_prefix = "/var/log/recsys/predictions"
   model_config.write(tmp_path, MODEL, [1], {model_config.STABLE: 1}, logging=elsewhere)
   assert model_config.read_local_logging(tmp_path, MODEL) == elsewhere  # kept as it is
+
+
+@pytest.mark.parametrize("settings, rate", [
+    ((), 1.0),  # on by default
+    (("serving_request_log.sampling_rate=0.1",), 0.1),
+    (("serving_request_log.enabled=false",), None),
+])
+def test_the_pipeline_s_pusher_writes_the_configured_request_logging(tmp_path, settings, rate):
+  config = configs.PipelineConfig(home=tmp_path).with_settings(settings)
+  pipeline = pipeline_lib.create_pipeline(
+      config, pipeline_lib.PipelinePaths.local(config, tmp_path / "spans"))
+  (pusher,) = [component for component in pipeline.components if component.id == "Pusher"]
+  custom_config = json.loads(pusher.exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
+  assert custom_config[pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY] == rate

@@ -182,7 +182,7 @@ def _open_new_file(path: str) -> BinaryIO:
 
 @dataclasses.dataclass
 class _Entry:
-  logging: logging_config_pb2.LoggingConfig
+  config: logging_config_pb2.LoggingConfig
   request: predict_pb2.PredictRequest
   response: predict_pb2.PredictResponse
   request_id: str
@@ -280,13 +280,13 @@ class RequestLogger:
       return
     try:
       record = tfrecord(prediction_log(entry.request, entry.response, entry.request_id,
-                                       entry.timestamp_secs, entry.logging.sampling_config))
+                                       entry.timestamp_secs, entry.config.sampling_config))
     except Exception:  # pylint: disable=broad-except
       self._records.labels(FAILED).inc()
       self._errors.labels(INTERNAL).inc()
       _LOGGER.exception("Could not build the request log record of request %s", entry.request_id)
       return
-    prefix = entry.logging.log_collector_config.filename_prefix
+    prefix = entry.config.log_collector_config.filename_prefix
     if self._file is not None and (
         prefix != self._prefix
         or self._size + len(record) > self._writer.max_file_bytes

@@ -95,6 +95,13 @@ def request_id(sent: Optional[str]) -> str:
   return sent
 
 
+def echo_grpc_request_id(context: grpc.ServicerContext) -> str:
+  """The gRPC request's id (`request_id`), sent back at once in the answer's initial metadata."""
+  id_ = request_id(dict(context.invocation_metadata()).get(contract.REQUEST_ID_HEADER))
+  context.send_initial_metadata(((contract.REQUEST_ID_HEADER, id_),))
+  return id_
+
+
 def row_request_ids(request_id_: str, batch_size: int) -> List[str]:
   """The id logged for each row of a request: the request's own for one row, else `<id>/<row>`."""
   if batch_size == 1:
@@ -197,16 +204,17 @@ class RequestLogger:
 
   `config_source` gives the model's current logging config (models.config's, re-read by the
   registry), so a change of rate or prefix applies from the next request, as in TF Serving.
-  Counters go to the server's Prometheus `registry`.
+  Counters go to the server's Prometheus `registry`. `open_file` opens each new file (by default
+  unbuffered, failing if the file exists).
   """
 
   def __init__(self, config_source: LoggingConfigSource,
                registry: prometheus_client.CollectorRegistry,
                writer: RequestLogWriterConfig = RequestLogWriterConfig(),
-               open_file: FileOpener = _open_new_file):
+               open_file: Optional[FileOpener] = None):
     self._config_source = config_source
     self._writer = writer
-    self._open_file = open_file
+    self._open_file = open_file or _open_new_file
     self._queue: "queue.Queue" = queue.Queue(writer.queue_records)
     self._random = random.Random()
     self._thread = threading.Thread(target=self._run, name="request-log-writer", daemon=True)

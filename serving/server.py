@@ -92,9 +92,7 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
   @_answers_with_grpc_status
   def Predict(self, request: predict_pb2.PredictRequest,
               context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-    request_id = request_log_lib.request_id(
-        dict(context.invocation_metadata()).get(contract.REQUEST_ID_HEADER))
-    context.send_initial_metadata(((contract.REQUEST_ID_HEADER, request_id),))
+    request_id = request_log_lib.echo_grpc_request_id(context)
     response = handlers.predict(self._registry, request, self._limits)
     self._request_log.log(request, response, request_id)
     return response
@@ -184,7 +182,7 @@ def build_server(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_
           servable, request, limits))
   registry.refresh()
   metrics = metrics_lib.ServingMetrics(registry)
-  request_logger = request_log_lib.RequestLogger(lambda: registry.snapshot().logging,
+  request_logger = request_log_lib.RequestLogger(lambda: registry.snapshot().request_logging,
                                                  metrics.registry, request_log)
   # Without SO_REUSEPORT a port already in use fails here, instead of silently sharing it (and
   # its requests) with another server, such as one left running from an earlier session.

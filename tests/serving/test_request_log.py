@@ -194,11 +194,10 @@ def answered() -> tuple:
   return request, response
 
 
-def _logger(prefix: pathlib.Path, rate: float = 1.0, **writer) -> tuple:
+def _logger(prefix: pathlib.Path, rate: float = 1.0, open_file=None, **writer) -> tuple:
   config = model_config.request_logging(MODEL, rate)
   config.log_collector_config.filename_prefix = str(prefix)
   registry = prometheus_client.CollectorRegistry()
-  open_file = writer.pop("open_file", request_log._open_new_file)  # pylint: disable=protected-access
   logger = request_log.RequestLogger(lambda: config, registry, RequestLogWriterConfig(**writer),
                                      open_file)
   return logger, registry

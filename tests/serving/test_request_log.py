@@ -315,3 +315,21 @@ def test_the_tfrecord_framing_is_tensorflow_s(tmp_path):
     writer.write(b"hello")
     writer.write(b"")
   assert path.read_bytes() == request_log.tfrecord(b"hello") + request_log.tfrecord(b"")
+
+
+def test_a_new_prefix_or_rate_in_the_config_applies_from_the_next_request(tmp_path, answered):
+  config = model_config.request_logging(MODEL, 1.0)
+  config.log_collector_config.filename_prefix = str(tmp_path / "a" / "p")
+  logger = request_log.RequestLogger(lambda: config, prometheus_client.CollectorRegistry())
+  logger.start()
+  logger.log(*answered, "to-a")
+  moved = model_config.request_logging(MODEL, 1.0)
+  moved.log_collector_config.filename_prefix = str(tmp_path / "b" / "p")
+  config = moved
+  logger.log(*answered, "to-b")
+  config = model_config.request_logging(MODEL, 0.0)
+  logger.log(*answered, "not-sampled")
+  logger.stop()
+  assert _ids(_records(tmp_path / "a" / "p")) == [b"to-a/0"]  # closed when the prefix moved
+  assert _ids(_records(tmp_path / "b" / "p")) == [b"to-b/0"]
+  assert in_progress_files(tmp_path) == []

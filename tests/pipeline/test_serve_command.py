@@ -1,7 +1,8 @@
 """`recsys serve` under a process manager: SIGTERM to the command stops the server itself.
 
 systemd, Docker and Kubernetes signal the main process; a server running as its child would
-outlive it, still bound to the ports (found running, parentless, an hour later).
+outlive it, still bound to the ports (found running, parentless, an hour later). Its request log
+is closed on the way out.
 """
 import collections
 import signal
@@ -14,8 +15,11 @@ import grpc
 import pytest
 
 from pipeline import cli
+from schemas import contract
 from serving import client as client_lib
+from serving import model_config
 from serving import push
+from serving import request_log
 from serving import server as server_lib
 from tests.conftest import REPO_ROOT
 from tests.serving.test_server import save_model
@@ -37,7 +41,7 @@ def _port_is_free(port: int) -> bool:
 @pytest.fixture
 def home(tmp_path):
   save_model(tmp_path / "model")
-  push.push(tmp_path / "model", tmp_path / "serving")
+  push.push(tmp_path / "model", tmp_path / "serving", request_log_sampling_rate=1.0)
   return tmp_path
 
 
@@ -50,8 +54,14 @@ def test_sigterm_to_recsys_serve_stops_the_server_and_frees_its_ports(home):
   try:
     with client_lib.RecommenderClient(f"127.0.0.1:{port}") as client:
       client.wait_until_available(timeout=120)
+      client.recommend("u1", k=1, request_id="before-sigterm")
     serve.send_signal(signal.SIGTERM)
     assert serve.wait(timeout=STOP_WITHIN_SECONDS) == 0
+    logs = home / "serving" / model_config.REQUEST_LOG_DIR
+    (closed,) = request_log.closed_files(
+        logs / contract.DEFAULT_MODEL_NAME / model_config.REQUEST_LOG_NAME)
+    assert b"before-sigterm" in closed.read_bytes()
+    assert not list(logs.rglob(f"*{request_log.IN_PROGRESS_SUFFIX}"))
     deadline = time.monotonic() + STOP_WITHIN_SECONDS
     while not (_port_is_free(port) and _port_is_free(rest_port)):
       assert time.monotonic() < deadline, "a process still holds the serving ports"

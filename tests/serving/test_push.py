@@ -16,6 +16,8 @@ from tfx.utils import proto_utils
 from components import artifact_properties
 from components import pusher as pusher_lib
 from pipeline import cli
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
 from schemas import contract
 from serving import model_config
 from serving import push
@@ -155,12 +157,13 @@ def test_the_pusher_pushes_only_with_both_blessings(model_dir, tmp_path, model_b
       {standard_component_specs.PUSHED_MODEL_KEY: [pushed]},
       {standard_component_specs.PUSH_DESTINATION_KEY: proto_utils.proto_to_json(destination),
        standard_component_specs.CUSTOM_CONFIG_KEY: json.dumps(
-           {pusher_lib.VERSIONS_KEPT_KEY: 2})})
+           {pusher_lib.VERSIONS_KEPT_KEY: 2, pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY: 0.25})})
   versions = push.versions(serving_root / MODEL)
   if model_blessed and infra_blessed:
     assert pushed.get_int_custom_property("pushed") == 1
     assert versions == [int(pushed.get_string_custom_property("pushed_version"))]
     assert _labels(serving_root) == {model_config.STABLE: versions[0]}
+    assert model_config.read_logging(serving_root, MODEL).sampling_config.sampling_rate == 0.25
     assert os.path.isfile(os.path.join(pushed.uri, contract.SAVED_MODEL_PB))
   else:
     assert pushed.get_int_custom_property("pushed") == 0
@@ -181,3 +184,49 @@ def test_recsys_rollback(model_dir, tmp_path):
   assert "version 7 of 'recommender' is not under" in result.output
   result = runner.invoke(cli.main, ["rollback", "--home", str(tmp_path), "--to", "2"])
   assert result.exit_code == 0 and _labels(serving_root) == {model_config.STABLE: 2}
+
+
+def test_the_push_writes_the_request_logging_and_a_rollback_keeps_it(model_dir, tmp_path):
+  push.push(model_dir, tmp_path, MODEL, version=1, request_log_sampling_rate=0.5)
+  push.push(model_dir, tmp_path, MODEL, version=2, request_log_sampling_rate=0.5)
+  written = model_config.read_logging(tmp_path, MODEL)
+  assert written.sampling_config.sampling_rate == 0.5
+  # In the server's file system, as base_path is; the local server maps it under the root.
+  assert written.log_collector_config.filename_prefix == (
+      f"{model_config.CONTAINER_MODELS_DIR}/logs/{MODEL}/predictions")
+  assert model_config.read_local_logging(tmp_path, MODEL).log_collector_config.filename_prefix \
+      == str(tmp_path / "logs" / MODEL / "predictions")
+  assert push.rollback(tmp_path, MODEL) == 1
+  assert model_config.read_logging(tmp_path, MODEL) == written
+  push.push(model_dir, tmp_path, MODEL, version=3)  # a push without logging turns it off
+  assert model_config.read_logging(tmp_path, MODEL) is None
+  assert model_config.read_local_logging(tmp_path, MODEL) is None
+
+
+def test_a_logging_config_the_server_cannot_use_is_refused_naming_the_field(tmp_path):
+  with pytest.raises(ValueError, match=r"within \[0, 1\], got 1.5"):
+    model_config.request_logging(MODEL, 1.5)
+  relative = model_config.request_logging(MODEL, 1.0)
+  relative.log_collector_config.filename_prefix = "logs/predictions"
+  model_config.write(tmp_path, MODEL, [1], {model_config.STABLE: 1}, logging=relative)
+  with pytest.raises(ValueError, match="filename_prefix must be an absolute path, got "
+                                       "'logs/predictions'"):
+    model_config.read_local_logging(tmp_path, MODEL)
+  elsewhere = model_config.request_logging(MODEL, 1.0)
+  elsewhere.log_collector_config.filename_prefix = "/var/log/recsys/predictions"
+  model_config.write(tmp_path, MODEL, [1], {model_config.STABLE: 1}, logging=elsewhere)
+  assert model_config.read_local_logging(tmp_path, MODEL) == elsewhere  # kept as it is
+
+
+@pytest.mark.parametrize("settings, rate", [
+    ((), 1.0),  # on by default
+    (("serving_request_log.sampling_rate=0.1",), 0.1),
+    (("serving_request_log.enabled=false",), None),
+])
+def test_the_pipeline_s_pusher_writes_the_configured_request_logging(tmp_path, settings, rate):
+  config = configs.PipelineConfig(home=tmp_path).with_settings(settings)
+  pipeline = pipeline_lib.create_pipeline(
+      config, pipeline_lib.PipelinePaths.local(config, tmp_path / "spans"))
+  (pusher,) = [component for component in pipeline.components if component.id == "Pusher"]
+  custom_config = json.loads(pusher.exec_properties[standard_component_specs.CUSTOM_CONFIG_KEY])
+  assert custom_config[pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY] == rate

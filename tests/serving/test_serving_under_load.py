@@ -20,12 +20,14 @@ from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import model_service_pb2_grpc
 from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from components.models import queries
 from schemas import contract
 from serving import model_config
 from serving import push
+from serving import request_log
 from serving import server as server_lib
 from tests.serving.test_server import expected_recommendations
 from tests.serving.test_server import MODEL
@@ -122,13 +124,20 @@ class Load:
 
 
 def test_10k_requests_at_concurrency_32_without_an_error(saved_models, tmp_path):
-  push.push(saved_models[0], tmp_path, MODEL, version=1)
+  push.push(saved_models[0], tmp_path, MODEL, version=1, request_log_sampling_rate=1.0)
   with serving(tmp_path) as channel:
     load = Load(channel, requests=10_000)
     load.join()
   assert load.errors == []
   assert load.wrong == []
   assert len(load.versions_seen) == 10_000
+  # Every request logged, once, in closed files only (the server stopped).
+  prefix = tmp_path / model_config.REQUEST_LOG_DIR / MODEL / model_config.REQUEST_LOG_NAME
+  logged = tf.data.TFRecordDataset([str(path) for path in request_log.closed_files(prefix)])
+  ids = {prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request.inputs[
+      contract.REQUEST_ID].string_val[0] for record in logged}
+  assert len(ids) == 10_000
+  assert not list(prefix.parent.glob(f"*{request_log.IN_PROGRESS_SUFFIX}"))
 
 
 def test_a_version_swap_under_load_fails_no_request(saved_models, tmp_path):

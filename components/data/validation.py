@@ -3,7 +3,8 @@
 TFX's ExampleValidator records anomalies but lets the run go on; training on data that breaks the
 schema must not happen, so the pipeline stops here and says which feature and what is wrong.
 Drift is judged the same way: TFDV compares a span's statistics with the previous span's using the
-drift comparators and thresholds of the curated schema (schemas/events/schema.pbtxt).
+drift comparators and thresholds of the curated schema (schemas/events/schema.pbtxt), and
+training-serving skew by the skew comparators of schemas/serving/skew.pbtxt (skew.py).
 """
 import collections
 import os

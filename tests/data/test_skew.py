@@ -1,12 +1,12 @@
 """Training-serving skew: hand-made PredictionLogs against hand-made training transitions."""
 import dataclasses
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_data_validation.utils import anomalies_util
-from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tfx.types import standard_artifacts
 
@@ -186,16 +186,34 @@ def test_too_few_requests_in_the_window_are_skipped(training, schema, prefix):
   assert wider.requests == 350
 
 
-def test_a_logged_request_without_an_input_names_the_file_record_and_input(training, schema,
-                                                                          prefix):
+def _missing_timestamp():
   log = _prediction_log(["u1"], [["i1"]], [START], START)
   del log.predict_log.request.inputs[contract.TIMESTAMP]
+  return log.SerializeToString()
+
+
+def _two_users_one_timestamp():
+  log = _prediction_log(["u1", "u2"], [["i1"], ["i2"]], [START, START], START)
+  log.predict_log.request.inputs[contract.TIMESTAMP].CopyFrom(
+      tf.make_tensor_proto(np.array([START])))
+  return log.SerializeToString()
+
+
+@pytest.mark.parametrize("record, problem", [
+    (_missing_timestamp, "the logged request has no input 'timestamp'"),
+    (_two_users_one_timestamp, "the logged request's inputs disagree on the batch size: "
+                               "user_id 2, history 2, timestamp 1"),
+    (lambda: b"not a prediction log", "not a PredictionLog"),
+])
+def test_an_unreadable_logged_record_names_the_file_and_record(training, schema, prefix, record,
+                                                               problem):
   path = f"{prefix}-1-1.tfrecord"
   os.makedirs(os.path.dirname(path))
   with tf.io.TFRecordWriter(path) as writer:
-    writer.write(log.SerializeToString())
+    writer.write(_prediction_log(["u0"], [[]], [START], START).SerializeToString())
+    writer.write(record())
   with pytest.raises(skew.RequestLogError,
-                     match=rf"{path}, record 0: the logged request has no input 'timestamp'"):
+                     match=rf"^{re.escape(path)}, record 1: {re.escape(problem)}"):
     skew.check_serving_skew(training, prefix, schema, SkewConfig(min_requests=1))
 
 

@@ -1,6 +1,8 @@
 """Training-serving skew: hand-made PredictionLogs against hand-made training transitions."""
 import dataclasses
+import functools
 import os
+import pathlib
 import re
 
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_data_validation.utils import anomalies_util
 from tensorflow_serving.apis import prediction_log_pb2
+from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 
 from components import artifact_properties
@@ -87,10 +90,20 @@ def _write_log(prefix, queries, batch=4, logged_at=None, suffix=".tfrecord"):
 
 
 @pytest.fixture(scope="module")
-def training(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("transitions")
-  _write_transitions(directory / "data-00000-of-00001.gz", _draw(0, 3000))
-  return str(directory / "*")
+def transitions(tmp_path_factory):
+  """SessionBuilder's transitions: their training split drawn like the requests below."""
+  artifact = standard_artifacts.Examples()
+  artifact.uri = str(tmp_path_factory.mktemp("transitions"))
+  artifact.split_names = artifact_utils.encode_split_names(["train", "eval"])
+  split_dir = pathlib.Path(artifact.uri) / "Split-train"
+  split_dir.mkdir()
+  _write_transitions(split_dir / "data-00000-of-00001.gz", _draw(0, 3000))
+  return artifact
+
+
+@pytest.fixture(scope="module")
+def training(transitions):
+  return f"{transitions.uri}/Split-train/*"
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +265,32 @@ def test_the_gate_records_anomalies_statistics_and_the_run_line(training, schema
   assert written == check.messages()
   serving = tmp_path / "skew" / "Split-serving" / skew.SERVING_STATISTICS_FILE
   assert serving.read_bytes() == check.serving_statistics.SerializeToString()
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_the_gate_component_reports_skew_or_stops_the_run(transitions, prefix, tmp_path, stop):
+  _write_log(prefix, _draw(9, 200, users=[f"new{i}" for i in range(200)]))
+  schema = standard_artifacts.Schema()
+  schema.uri = str(tmp_path / "schema")
+  os.makedirs(schema.uri)
+  pathlib.Path(schema.uri, "schema.pbtxt").write_text(schemas.SKEW_SCHEMA_PATH.read_text())
+  output = standard_artifacts.ExampleAnomalies()
+  output.uri = str(tmp_path / "skew")
+  execute = functools.partial(
+      data_gates.SkewGate.EXECUTOR_SPEC.executor_class().Do,
+      {"transitions": [transitions], "schema": [schema]}, {"skew": [output]},
+      {"request_log_prefix": prefix, "stop": int(stop), "min_requests": 100,
+       "window_days": 100.0})
+  if stop:
+    with pytest.raises(skew.ServingSkewError, match="feature 'user_status'"):
+      execute()
+    return
+  execute()
+  assert output.get_int_custom_property(artifact_properties.SKEW_DETECTED) == 1
+  assert output.get_string_custom_property(artifact_properties.SKEW_REPORT).startswith(
+      "Serving skew (reported, not stopping): skew in user_status over 200 logged requests "
+      "against 3000 training queries")
+  assert (tmp_path / "skew" / "Split-serving" / data_validation.ANOMALIES_FILE).exists()
 
 
 def test_a_skipped_check_is_recorded_without_files(training, schema, prefix, tmp_path):

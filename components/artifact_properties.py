@@ -8,6 +8,11 @@ properties and files back, so their names live in one place.
 DRIFT_DETECTED = "drift_detected"
 DRIFT_OVERRIDDEN = "drift_overridden"
 BASELINE_STATISTICS_URI = "baseline_statistics_uri"
+# Custom properties of SkewGate's output: the line the run prints, whether the logged requests
+# showed skew, and how many were judged (0 when the check was skipped).
+SKEW_REPORT = "skew_report"
+SKEW_DETECTED = "skew_detected"
+SKEW_REQUESTS = "skew_requests"
 # The statistics a run's data was judged on (DriftGate's output), and on SessionBuilder's
 # `examples`, with their split names, once the data passed every check: the next run's drift
 # baseline, so data any check stopped never becomes it.

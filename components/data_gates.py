@@ -1,7 +1,9 @@
 """Thin TFX wrappers around the data gates; the logic lives in components/data/validation.py.
 
 `DataValidationGate` stops the run on any anomaly ExampleValidator found; `DriftGate` stops it
-when the span drifted from the last accepted one.
+when the span drifted from the last accepted one; `SkewGate` reports (or, when told, stops on)
+skew between the served model's logged requests and the training data
+(components/data/skew.py).
 """
 import logging
 import os
@@ -16,7 +18,13 @@ from tfx.types import standard_artifacts
 from tfx.utils import io_utils
 
 from components import artifact_properties
+from components.data import sessions
+from components.data import skew as skew_lib
 from components.data import validation as data_validation
+from components.data.config import SkewConfig
+
+# SkewGate's one output split: the logged requests, judged against the training split.
+SKEW_SPLIT = "serving"
 
 
 @component
@@ -89,3 +97,48 @@ def DriftGate(
         "schemas/events/schema.pbtxt; the run stops before the model is trained. If the change "
         "is expected, re-run with --allow-drift (the override is recorded in ML Metadata):\n  "
         + "\n  ".join(detected))
+
+
+def record_skew(output, check: skew_lib.SkewCheck, report: str) -> None:
+  """Writes what the skew check found into SkewGate's output.
+
+  Its one split, `serving`, holds the anomalies as `SchemaDiff.pb` (as ExampleValidator writes
+  them, with every measured distance in `drift_skew_info`) and both sides' statistics; the
+  properties hold the line the run prints. A skipped check writes no files.
+  """
+  output.split_names = artifact_utils.encode_split_names([SKEW_SPLIT])
+  output.set_string_custom_property(artifact_properties.SKEW_REPORT, report)
+  output.set_int_custom_property(artifact_properties.SKEW_DETECTED, int(check.skewed))
+  output.set_int_custom_property(artifact_properties.SKEW_REQUESTS, check.requests)
+  if check.anomalies is None:
+    return
+  split_dir = os.path.join(output.uri, f"Split-{SKEW_SPLIT}")
+  for name, message in ((data_validation.ANOMALIES_FILE, check.anomalies),
+                        (skew_lib.TRAINING_STATISTICS_FILE, check.training_statistics),
+                        (skew_lib.SERVING_STATISTICS_FILE, check.serving_statistics)):
+    io_utils.write_bytes_file(os.path.join(split_dir, name), message.SerializeToString())
+
+
+@component
+def SkewGate(
+    transitions: annotations.InputArtifact[standard_artifacts.Examples],
+    schema: annotations.InputArtifact[standard_artifacts.Schema],
+    skew: annotations.OutputArtifact[standard_artifacts.ExampleAnomalies],
+    request_log_prefix: annotations.Parameter[str],
+    stop: annotations.Parameter[int] = int(SkewConfig.stop),
+    min_requests: annotations.Parameter[int] = SkewConfig.min_requests,
+    window_days: annotations.Parameter[float] = SkewConfig.window_days,
+) -> None:
+  """Compares the requests logged under `request_log_prefix` with the training transitions.
+
+  Skew beyond schemas/serving/skew.pbtxt's thresholds is reported, or, with `stop`, fails the run
+  before the model is trained, so the Pusher never runs and the served version keeps serving.
+  """
+  check = skew_lib.check_serving_skew(
+      os.path.join(artifact_utils.get_split_uri([transitions], sessions.TRAIN_SPLIT), "*"),
+      request_log_prefix,
+      data_validation.load_schema(os.path.join(schema.uri, schema_gen_executor.DEFAULT_FILE_NAME)),
+      SkewConfig(stop=bool(stop), min_requests=min_requests, window_days=window_days))
+  report = skew_lib.judge(check, bool(stop))
+  logging.info(report)
+  record_skew(skew, check, report)

@@ -171,6 +171,9 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
     raise RunFailedError(f"{stage} failed: {type(error).__name__}: {reason}; nothing was pushed "
                          f"and {run_report.serving_status(config)} (the traceback is in "
                          f"{output.log_path})") from error
+  skew = run_report.serving_skew(config)
+  if skew:
+    click.echo(skew)
   click.echo(run_report.describe(config, versions_before))
 
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from components.data.config import DataMinimums
 from components.data.config import SessionConfig
+from components.data.config import SkewConfig
 from components.evaluation.config import TradeoffConfig
 from components.models.config import ModelConfig
 import schemas
@@ -82,6 +83,10 @@ class PipelineConfig:
   minimums: DataMinimums = DataMinimums()
   # Let a run whose data drifted past the schema's thresholds go on; recorded in ML Metadata.
   allow_drift: bool = False
+  # Training-serving skew of the served model's logged requests (components/data/skew.py;
+  # thresholds in schemas/serving/skew.pbtxt): reported by default, `--set serving_skew.stop=true`
+  # stops the run before training instead.
+  serving_skew: SkewConfig = SkewConfig()
   # The release gate's rules (components/evaluation/release_gate.py): floors, allowed regressions
   # against the latest blessed model, the Pareto set.
   gate_config: pathlib.Path = schemas.DEFAULT_GATE_CONFIG

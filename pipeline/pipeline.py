@@ -36,6 +36,7 @@ from components.session_builder import SessionBuilder
 from pipeline import configs
 from pipeline.configs import PipelineConfig
 import schemas
+from serving import model_config as serving_model_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +120,19 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
   # SessionBuilder reads ExampleGen's output, not the gates', so the order is stated explicitly.
   session_builder.add_upstream_node(drift_gate)
 
+  # The served model's logged requests against the training data; with `stop`, skew fails the
+  # run here, before Transform, so nothing is trained or pushed.
+  skew_schema = import_schema_gen.ImportSchemaGen(
+      schema_file=paths.schema(schemas.SKEW_SCHEMA_PATH)).with_id("SkewSchemaGen")
+  skew_gate = data_gates.SkewGate(
+      transitions=session_builder.outputs["transitions"],
+      schema=skew_schema.outputs["schema"],
+      request_log_prefix=serving_model_config.request_log_prefix(paths.serving_root,
+                                                                 config.model_name),
+      stop=int(config.serving_skew.stop),
+      min_requests=config.serving_skew.min_requests,
+      window_days=config.serving_skew.window_days)
+
   transitions_schema = import_schema_gen.ImportSchemaGen(
       schema_file=paths.schema(schemas.TRANSITIONS_SCHEMA_PATH)).with_id(
           "TransitionsSchemaGen")
@@ -137,6 +151,7 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       disable_statistics=True,
       disable_analyzer_cache=True,
       custom_config=code_config)
+  transform.add_upstream_node(skew_gate)
   model_trainer = tfx_components.Trainer(
       run_fn=configs.TRAINER_RUN_FN,
       examples=session_builder.outputs["transitions"],
@@ -192,9 +207,9 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
       pipeline_name=config.pipeline_name,
       pipeline_root=paths.pipeline_root,
       components=[example_gen, statistics_gen, events_schema, example_validator, data_gate,
-                  accepted_runs, drift_gate, session_builder, transitions_schema, transform,
-                  model_trainer, latest_blessed_model, past_evaluations, evaluator,
-                  infra_validation, pusher],
+                  accepted_runs, drift_gate, session_builder, skew_schema, skew_gate,
+                  transitions_schema, transform, model_trainer, latest_blessed_model,
+                  past_evaluations, evaluator, infra_validation, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=list(config.beam_pipeline_args))

@@ -65,6 +65,18 @@ def latest_infra_validation(config: PipelineConfig) -> Tuple[bool, str]:
                          artifact_properties.INFRA_REASON, "no model was infra-validated")
 
 
+def serving_skew(config: PipelineConfig) -> Optional[str]:
+  """The newest SkewGate's line (components/data/skew.py, `judge`): its finding, or why it
+  skipped; None before any run checked."""
+  artifacts = [artifact for artifact in _store(config).get_artifacts_by_type(
+      standard_artifacts.ExampleAnomalies.TYPE_NAME)
+               if artifact_properties.SKEW_REPORT in artifact.custom_properties]
+  if not artifacts:
+    return None
+  newest = max(artifacts, key=lambda artifact: artifact.id)
+  return newest.custom_properties[artifact_properties.SKEW_REPORT].string_value
+
+
 def describe(config: PipelineConfig, versions_before: Set[str]) -> str:
   versions = pushed_versions(config)
   new_versions = sorted(versions - versions_before, key=int)

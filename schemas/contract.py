@@ -79,6 +79,20 @@ TITLE_LENGTH = 8
 # not know the time.
 HOUR_OF_WEEK = "hour_of_week"
 HOURS_PER_WEEK = 7 * 24
+_SECONDS_PER_HOUR = 3600
+_SECONDS_PER_DAY = 24 * _SECONDS_PER_HOUR
+
+
+def hour_of_week(timestamp):
+  """HOUR_OF_WEEK of Unix timestamps > 0 (the caller marks the unknown ones).
+
+  Floor division and modulo only, so the same formula serves Python ints, NumPy arrays and
+  TensorFlow tensors: Transform's graph (components/models/preprocessing.py) and the serving-skew
+  statistics (components/data/skew.py) cannot disagree on it.
+  """
+  days = timestamp // _SECONDS_PER_DAY
+  # 1 January 1970 was a Thursday: day 0 is weekday 3 counting from Monday.
+  return (days + 3) % 7 * 24 + timestamp // _SECONDS_PER_HOUR % 24
 
 
 def transformed_name(key: str) -> str:

@@ -192,3 +192,9 @@ def read_local_logging(serving_root: os.PathLike,
 def read_labels(serving_root: os.PathLike, model_name: str) -> Dict[str, int]:
   """Label -> version of `model_name` in `<serving_root>/models.config`; see `read`."""
   return read(serving_root, model_name)[1]
+
+
+def request_log_prefix(serving_root: str, model_name: str) -> str:
+  """The model's request log `filename_prefix` under a serving root (a path or an object-store
+  URI, as the reader sees it): `<serving_root>/logs/<model_name>/predictions`."""
+  return f"{serving_root}/{REQUEST_LOG_DIR}/{model_name}/{REQUEST_LOG_NAME}"

@@ -52,3 +52,27 @@ class DataMinimums:
       if getattr(self, name) < 1:
         raise ValueError(f"the minimum number of {name} must be at least 1, "
                          f"got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SkewConfig:
+  """How SkewGate judges the served model's logged requests against the training data.
+
+  The thresholds are the curated schema's (schemas/serving/skew.pbtxt); these say which requests
+  are judged and what skew does to the run.
+  """
+  # Report only by default: skew says the clients or the feed changed, which the served version
+  # meets as much as the candidate, and a log shorter than half a week shows hour-of-week skew by
+  # itself. True stops the run before training, so nothing is pushed (README, Serving skew).
+  stop: bool = False
+  # Fewer logged requests than this are too few for a distribution; the check is skipped.
+  min_requests: int = 100
+  # The requests judged: those logged within this many days of the newest one, a week so that
+  # every hour of the week can be present.
+  window_days: float = 7.0
+
+  def __post_init__(self):
+    if self.min_requests < 1:
+      raise ValueError(f"min_requests must be at least 1, got {self.min_requests}")
+    if self.window_days <= 0:
+      raise ValueError(f"window_days must be positive, got {self.window_days}")

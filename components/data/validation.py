@@ -3,7 +3,8 @@
 TFX's ExampleValidator records anomalies but lets the run go on; training on data that breaks the
 schema must not happen, so the pipeline stops here and says which feature and what is wrong.
 Drift is judged the same way: TFDV compares a span's statistics with the previous span's using the
-drift comparators and thresholds of the curated schema (schemas/events/schema.pbtxt).
+drift comparators and thresholds of the curated schema (schemas/events/schema.pbtxt), and
+training-serving skew by the skew comparators of schemas/serving/skew.pbtxt (skew.py).
 """
 import collections
 import os
@@ -29,7 +30,8 @@ def load_schema(path: os.PathLike) -> schema_pb2.Schema:
   return io_utils.parse_pbtxt_file(str(path), schema_pb2.Schema())
 
 
-_DRIFT_TYPES = frozenset((
+# What TFDV's drift and skew comparators report (the same types serve both).
+_COMPARATOR_TYPES = frozenset((
     anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
     anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH,
     anomalies_pb2.AnomalyInfo.COMPARATOR_NORMALIZED_ABSOLUTE_DIFFERENCE_HIGH,
@@ -78,18 +80,23 @@ def drift_anomalies(statistics: statistics_pb2.DatasetFeatureStatisticsList,
 
   Schema violations are ExampleValidator's to report; here they would only repeat.
   """
-  anomalies = tfdv.validate_statistics(statistics, schema, previous_statistics=baseline)
-  drift = anomalies_pb2.Anomalies()
-  drift.CopyFrom(anomalies)
-  drift.ClearField("anomaly_info")
+  return comparator_findings(
+      tfdv.validate_statistics(statistics, schema, previous_statistics=baseline))
+
+
+def comparator_findings(anomalies: anomalies_pb2.Anomalies) -> anomalies_pb2.Anomalies:
+  """The anomalies with only the drift or skew comparators' reasons, and their measurements."""
+  found = anomalies_pb2.Anomalies()
+  found.CopyFrom(anomalies)
+  found.ClearField("anomaly_info")
   for feature, info in anomalies.anomaly_info.items():
-    reasons = [reason for reason in info.reason if reason.type in _DRIFT_TYPES]
+    reasons = [reason for reason in info.reason if reason.type in _COMPARATOR_TYPES]
     if reasons:
-      drift.anomaly_info[feature].CopyFrom(info)
-      del drift.anomaly_info[feature].reason[:]
-      drift.anomaly_info[feature].reason.extend(reasons)
-  drift.ClearField("dataset_anomaly_info")
-  return drift
+      found.anomaly_info[feature].CopyFrom(info)
+      del found.anomaly_info[feature].reason[:]
+      found.anomaly_info[feature].reason.extend(reasons)
+  found.ClearField("dataset_anomaly_info")
+  return found
 
 
 def check_split_counts(counts: Mapping[str, int], config: SessionConfig) -> None:

@@ -15,8 +15,6 @@ from schemas import contract
 NUM_OOV_BUCKETS = 1
 # Index written into history slots that hold no item and title slots that hold no word.
 PADDING = -1
-_SECONDS_PER_HOUR = 3600
-_SECONDS_PER_DAY = 24 * _SECONDS_PER_HOUR
 # Title words kept: ample for a catalog's titles, and bounds the candidate tower's word table.
 MAX_TITLE_WORDS = 50_000
 # Quantile buckets of price: about as many as shoppers tell apart (budget ... premium).
@@ -52,10 +50,8 @@ def _title_words(title: tf.SparseTensor) -> tf.RaggedTensor:
 
 def _hour_of_week(timestamp: tf.Tensor) -> tf.Tensor:
   """contract.HOUR_OF_WEEK of Unix timestamps; PADDING where the time is unknown (<= 0)."""
-  days = timestamp // _SECONDS_PER_DAY
-  # 1 January 1970 was a Thursday: day 0 is weekday 3 counting from Monday.
-  hour = (days + 3) % 7 * 24 + timestamp // _SECONDS_PER_HOUR % 24
-  return tf.where(timestamp > 0, hour, tf.constant(PADDING, tf.int64))
+  return tf.where(timestamp > 0, contract.hour_of_week(timestamp),
+                  tf.constant(PADDING, tf.int64))
 
 
 def _indices(values: tf.Tensor, vocabulary) -> tf.Tensor:

@@ -68,6 +68,9 @@ def test_run_pushes_a_versioned_saved_model(trained):
   versions = _versions(home)
   assert len(versions) == 1 and versions[0].isdigit()
   assert f"pushed version {versions[0]}" in output
+  # Nothing was served before the first push, so there is no request log to judge.
+  assert (f"Serving skew: skipped: no request log under {home}/serving/logs/recommender/"
+          "predictions-*.tfrecord") in output
   # Labelled stable for TF Serving, with the warmup requests infra validation sent.
   assert model_config.read(home / "serving", "recommender") == (
       [int(versions[0])], {model_config.STABLE: int(versions[0])})

@@ -129,3 +129,19 @@ def test_a_recurring_run_is_created_without_overlap_or_catch_up(tmp_path):
       "experiment_id": "e-1", "job_name": "nightly", "cron_expression": "0 30 2 * * 1",
       "pipeline_package_path": str(spec), "max_concurrency": 1, "no_catchup": True,
       "enabled": True}}
+
+
+def test_the_skew_gate_reads_the_serving_root_s_request_log_before_transform(spec, tmp_path):
+  skew_gate = _parameters(spec, "SkewGate")
+  assert skew_gate["request_log_prefix"] == (
+      f"{KUBEFLOW.serving_root}/logs/{CONFIG.model_name}/predictions")
+  assert skew_gate["stop"] == 0  # reports by default
+  # A stop fails the run before the model is trained, so the Pusher is never reached.
+  assert "SkewGate" in spec["root"]["dag"]["tasks"]["Transform"]["dependentTasks"]
+  config = configs.PipelineConfig(home=tmp_path).with_settings(["serving_skew.stop=true"])
+  local = pipeline_lib.create_pipeline(
+      config, pipeline_lib.PipelinePaths.local(config, tmp_path / "spans"))
+  (local_gate,) = [component for component in local.components if component.id == "SkewGate"]
+  assert local_gate.exec_properties["stop"] == 1
+  assert local_gate.exec_properties["request_log_prefix"] == (
+      f"{config.serving_root}/logs/{config.model_name}/predictions")

@@ -55,3 +55,16 @@ def test_the_stable_version_is_the_one_reported_as_serving(config, tmp_path):
   line = run_report.describe(config, versions_before={"5", "6"})
   assert line.startswith("Model not blessed (refused: recall@10 0.01 is below its floor 0.05)")
   assert line.endswith(f"version 5 keeps serving from {config.model_base_path / '5'}")
+
+
+def test_the_newest_skew_check_is_the_line_printed(config):
+  assert run_report.serving_skew(config) is None  # before any run checked
+  record(config, standard_artifacts.ExampleAnomalies)  # ExampleValidator's: not a skew check
+  record(config, standard_artifacts.ExampleAnomalies,
+         **{artifact_properties.SKEW_REPORT: "Serving skew: skipped: no request log"})
+  record(config, standard_artifacts.ExampleAnomalies,
+         **{artifact_properties.SKEW_REPORT: "Serving skew (reported, not stopping): skew in "
+            "user_status"})
+  record(config, standard_artifacts.ExampleAnomalies)
+  assert run_report.serving_skew(config) == (
+      "Serving skew (reported, not stopping): skew in user_status")

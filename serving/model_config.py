@@ -48,8 +48,7 @@ def request_logging(model_name: str, sampling_rate: float,
   if not 0.0 <= sampling_rate <= 1.0:
     raise ValueError(f"the request log's sampling rate must be within [0, 1], got {sampling_rate}")
   config = logging_config_pb2.LoggingConfig()
-  config.log_collector_config.filename_prefix = (
-      f"{base_path}/{REQUEST_LOG_DIR}/{model_name}/{REQUEST_LOG_NAME}")
+  config.log_collector_config.filename_prefix = request_log_prefix(base_path, model_name)
   config.sampling_config.sampling_rate = sampling_rate
   return config
 

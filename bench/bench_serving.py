@@ -82,17 +82,21 @@ SWAP_GOAL = 2.0  # (d) p99 during a swap / steady p99, and no failed request
 class SyntheticRecommender(tf.Module):
   """The serving contract over `catalog_size` items, with the serving graph's costs."""
 
-  def __init__(self, catalog_size: int, seed: int = 0):
+  def __init__(self, catalog_size: int, vocabulary_file: pathlib.Path, seed: int = 0):
     super().__init__()
     rng = np.random.default_rng(seed)
-    self.item_ids = tf.constant(np.array([f"i{index}" for index in range(catalog_size)],
-                                         dtype=object))
-    self.item_index = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
-        self.item_ids, tf.range(catalog_size, dtype=tf.int64)), default_value=-1)
-    # The serving graph's retrieval itself: scores over the catalog, top candidates, gathers.
+    item_ids = [f"i{index}" for index in range(catalog_size)]
+    # As Transform's vocabularies: an asset file the table reads when the model loads.
+    vocabulary_file.write_text("\n".join(item_ids) + "\n")
+    self.item_index = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        str(vocabulary_file), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE, tf.int64,
+        tf.lookup.TextFileIndex.LINE_NUMBER), default_value=-1)
+    # The serving graph's retrieval itself, held as export.RecommenderModule holds it.
+    self.item_ids = tf.Variable(np.array(item_ids, dtype=object), trainable=False,
+                                dtype=tf.string)
     self.catalog = ranker.Catalog(
         rng.normal(size=(catalog_size, EMBEDDING_DIM)).astype(np.float32),
-        np.zeros(catalog_size, np.int64), np.zeros(catalog_size, np.int64))
+        np.zeros(catalog_size, np.int64), np.zeros(catalog_size, np.int64), as_variables=True)
     self.users = tf.Variable(rng.normal(size=(USER_BUCKETS, EMBEDDING_DIM)).astype(np.float32))
     self.hidden = tf.Variable(rng.normal(size=(2 * EMBEDDING_DIM, 64)).astype(np.float32) / 8)
     self.out = tf.Variable(rng.normal(size=(64, 1)).astype(np.float32) / 8)
@@ -118,7 +122,7 @@ class SyntheticRecommender(tf.Module):
 
 
 def export(catalog_size: int, path: pathlib.Path) -> None:
-  module = SyntheticRecommender(catalog_size)
+  module = SyntheticRecommender(catalog_size, path.with_name(f"{path.name}-items.txt"))
   tf.saved_model.save(module, str(path), signatures={
       contract.SERVING_SIGNATURE: module.serve.get_concrete_function()})
   # As the Trainer does: the server replays these before it serves a version.

@@ -233,7 +233,10 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
 
 def predict(registry: registry_lib.ModelRegistry, request: predict_pb2.PredictRequest,
             limits: RequestLimits) -> predict_pb2.PredictResponse:
-  return predict_with(find_servable(registry, request), request, limits)
+  """A client's Predict, over gRPC or REST: the one place its response is finished (warmup
+  requests call `predict_with` directly)."""
+  response = predict_with(find_servable(registry, request), request, limits)
+  return response
 
 
 def model_metadata(registry: registry_lib.ModelRegistry,

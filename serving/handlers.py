@@ -10,8 +10,10 @@ import re
 from typing import Dict, List, Optional
 
 import grpc
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
+from tensorflow.core.framework import tensor_shape_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
@@ -21,6 +23,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from schemas import contract
 from serving import registry as registry_lib
+from serving import tensor_protos
 
 # The only GetModelMetadata field TF Serving knows for SavedModels.
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -92,6 +95,16 @@ def _dtype_name(dtype: int) -> str:
           else f"unknown dtype {dtype}")
 
 
+def _shape_fits(shape: tensor_shape_pb2.TensorShapeProto,
+                expected: tensor_shape_pb2.TensorShapeProto) -> bool:
+  """tf.TensorShape(shape).is_compatible_with(tf.TensorShape(expected)), on the protos."""
+  if shape.unknown_rank or expected.unknown_rank:
+    return True
+  return len(shape.dim) == len(expected.dim) and all(
+      want.size < 0 or have.size < 0 or want.size == have.size
+      for have, want in zip(shape.dim, expected.dim))
+
+
 def _check_input(key: str, tensor: tensor_pb2.TensorProto, expected: meta_graph_pb2.TensorInfo,
                  signature_name: str) -> None:
   """Rejects an input whose dtype or shape the signature cannot take, naming both."""
@@ -100,22 +113,23 @@ def _check_input(key: str, tensor: tensor_pb2.TensorProto, expected: meta_graph_
         grpc.StatusCode.INVALID_ARGUMENT,
         f"input '{key}' has dtype {_dtype_name(tensor.dtype)}, but signature "
         f"'{signature_name}' expects {_dtype_name(expected.dtype)}")
-  shape, expected_shape = tf.TensorShape(tensor.tensor_shape), tf.TensorShape(expected.tensor_shape)
-  if not shape.is_compatible_with(expected_shape):
+  if not _shape_fits(tensor.tensor_shape, expected.tensor_shape):
+    shape, expected_shape = (tf.TensorShape(tensor.tensor_shape),
+                             tf.TensorShape(expected.tensor_shape))
     raise ServingError(
         grpc.StatusCode.INVALID_ARGUMENT,
         f"input '{key}' has shape {shape} (rank {shape.rank}), but signature '{signature_name}' "
         f"expects shape {expected_shape} (rank {expected_shape.rank})")
 
 
-def _check_limits(key: str, shape: tf.TensorShape, array, limits: RequestLimits) -> None:
-  if shape.rank and shape[0] > limits.max_batch_size:
+def _check_limits(key: str, array: np.ndarray, limits: RequestLimits) -> None:
+  if array.ndim and array.shape[0] > limits.max_batch_size:
     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"input '{key}' has a batch of {shape[0]}, more than the "
+                       f"input '{key}' has a batch of {array.shape[0]}, more than the "
                        f"{limits.max_batch_size} this server accepts in one request")
-  if key == contract.HISTORY and shape.rank == 2 and shape[1] > limits.max_history_length:
+  if key == contract.HISTORY and array.ndim == 2 and array.shape[1] > limits.max_history_length:
     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"input '{key}' has {shape[1]} items per user, more than the "
+                       f"input '{key}' has {array.shape[1]} items per user, more than the "
                        f"{limits.max_history_length} this server accepts")
   if array.dtype == object and array.size:
     longest = max(map(len, array.ravel()))
@@ -135,24 +149,24 @@ def _to_tensors(request: predict_pb2.PredictRequest, signature_def: meta_graph_p
         grpc.StatusCode.INVALID_ARGUMENT,
         f"inputs do not match signature '{signature_name}', which takes "
         f"{sorted(signature_def.inputs)}: missing {missing}, unexpected {extra}")
-  tensors = {}
+  arrays = {}
   for key, tensor in request.inputs.items():
     _check_input(key, tensor, signature_def.inputs[key], signature_name)
     try:
-      array = tf.make_ndarray(tensor)
+      array = tensor_protos.to_ndarray(tensor)
     except (ValueError, TypeError) as error:  # e.g. fewer values than its shape needs
       raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                          f"input '{key}' is not a valid TensorProto: {error}") from error
-    _check_limits(key, tf.TensorShape(tensor.tensor_shape), array, limits)
-    tensors[key] = tf.convert_to_tensor(array, dtype=tf.dtypes.as_dtype(tensor.dtype))
-  _check_batch_sizes(tensors)
-  return tensors
+    _check_limits(key, array, limits)
+    arrays[key] = array
+  _check_batch_sizes(arrays)
+  return {key: tf.constant(array, dtype=tf.dtypes.as_dtype(request.inputs[key].dtype))
+          for key, array in arrays.items()}
 
 
-def _check_batch_sizes(tensors: Dict[str, tf.Tensor]) -> None:
+def _check_batch_sizes(arrays: Dict[str, np.ndarray]) -> None:
   """Every input holds one row per query: refused before the graph runs when they disagree."""
-  sizes = {key: int(tensor.shape[0]) for key, tensor in sorted(tensors.items())
-           if tensor.shape.rank}
+  sizes = {key: array.shape[0] for key, array in sorted(arrays.items()) if array.ndim}
   if len(set(sizes.values())) > 1:
     raise ServingError(
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -213,12 +227,14 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
   response.model_spec.version.value = servable.version
   response.model_spec.signature_name = signature_name
   for key in output_keys:
-    response.outputs[key].CopyFrom(tf.make_tensor_proto(outputs[key].numpy()))
+    tensor_protos.fill_proto(response.outputs[key], outputs[key].numpy())
   return response
 
 
 def predict(registry: registry_lib.ModelRegistry, request: predict_pb2.PredictRequest,
             limits: RequestLimits) -> predict_pb2.PredictResponse:
+  """A client's Predict, over gRPC or REST: the one place its response is finished (warmup
+  requests call `predict_with` directly)."""
   return predict_with(find_servable(registry, request), request, limits)
 
 

@@ -24,8 +24,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import grpc
 import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import predict_pb2
@@ -35,6 +35,7 @@ from serving import handlers
 from serving import metrics as metrics_lib
 from serving import registry as registry_lib
 from serving import request_log
+from serving import tensor_protos
 
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -61,17 +62,21 @@ def _spec(request, match: re.Match) -> None:
     request.model_spec.version_label = match["label"]
 
 
-def _to_tensor_proto(key: str, value: Any):
+def _to_tensor_proto(key: str, value: Any) -> tensor_pb2.TensorProto:
   array = np.array(value, dtype=object)
   items = array.ravel()
   if any(isinstance(item, (list, dict)) for item in items):
     raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"input '{key}' is ragged or nested; rows must have equal length")
+  proto = tensor_pb2.TensorProto()
   if all(isinstance(item, str) for item in items):
-    return tf.make_tensor_proto(array, dtype=tf.string, shape=array.shape)
+    encoded = np.array([item.encode() for item in items], dtype=object)
+    tensor_protos.fill_proto(proto, encoded.reshape(array.shape))
+    return proto
   # JSON has one number type; bool is a subclass of int in Python and no id or time.
   if all(isinstance(item, int) and not isinstance(item, bool) for item in items):
-    return tf.make_tensor_proto(array.astype(np.int64), dtype=tf.int64, shape=array.shape)
+    tensor_protos.fill_proto(proto, array.astype(np.int64))
+    return proto
   raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                               f"input '{key}' must hold strings or integers, not a mix or "
                               f"other JSON values")
@@ -111,7 +116,7 @@ def predict_request(body: Dict[str, Any], match: re.Match) -> Tuple[predict_pb2.
 def _outputs_json(response: predict_pb2.PredictResponse, rows: bool) -> Dict[str, Any]:
   outputs = {}
   for key, tensor in response.outputs.items():
-    array = tf.make_ndarray(tensor)
+    array = tensor_protos.to_ndarray(tensor)
     outputs[key] = (np.char.decode(array.astype(bytes)) if array.dtype == object
                     else array).tolist()
   if not rows:

@@ -42,8 +42,9 @@ class RecommenderModule(tf.Module):
     self.tft_layer = tft_layer
     self.query_tower = query_tower
     self.q_network = q_network
-    self.catalog = catalog
-    self.item_ids = tf.constant(item_ids)
+    # Variables, not constants: a server loads them without holding Python's GIL (ranker.Catalog).
+    self.catalog = catalog.as_variables()
+    self.item_ids = tf.Variable(item_ids, trainable=False, dtype=tf.string)
     catalog_size = len(item_ids)
     # tf.math.top_k fails at serving time when asked for more items than there are.
     self.top_k = min(top_k, catalog_size)

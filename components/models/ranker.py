@@ -205,11 +205,30 @@ class Catalog(tf.Module):
   """The catalog as actions: frozen item embeddings and the features the Q-network reads."""
 
   def __init__(self, embeddings: np.ndarray, categories: np.ndarray,
-               price_buckets: np.ndarray):
+               price_buckets: np.ndarray, as_variables: bool = False):
+    """`as_variables` holds the arrays in non-trainable variables instead of constants, as the
+    served graph does (export.py): a SavedModel's variables are restored by C++ ops that release
+    Python's GIL, its constants are rebuilt in Python holding it, which stalled a serving
+    process's requests while a new version loaded beside them (bench/bench_serving.py's swap)."""
     super().__init__()
-    self.embeddings = tf.constant(embeddings, tf.float32)
-    self.categories = tf.constant(categories, tf.int64)
-    self.price_buckets = tf.constant(price_buckets, tf.int64)
+
+    def stored(value, dtype) -> tf.Tensor:
+      value = tf.constant(value, dtype)
+      return tf.Variable(value, trainable=False) if as_variables else value
+
+    self.embeddings = stored(embeddings, tf.float32)
+    # The same embeddings stored transposed, [dim, items], the layout the scores' matmul reads:
+    # with `transpose_b` on [items, dim], one state's scores over 1M items took ~1.4x as long
+    # (bench/bench_serving.py measures the served graph against its bare matmul + top_k floor).
+    self.embeddings_t = stored(np.ascontiguousarray(np.asarray(embeddings, np.float32).T),
+                               tf.float32)
+    self.categories = stored(categories, tf.int64)
+    self.price_buckets = stored(price_buckets, tf.int64)
+
+  def as_variables(self) -> "Catalog":
+    """The same catalog held in variables, for the served graph."""
+    return Catalog(self.embeddings.numpy(), self.categories.numpy(), self.price_buckets.numpy(),
+                   as_variables=True)
 
   def actions(self, items: tf.Tensor) -> Dict[str, tf.Tensor]:
     """The action features of item indices of any shape."""
@@ -219,7 +238,7 @@ class Catalog(tf.Module):
 
   def top_candidates(self, states: tf.Tensor, n: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """The retrieval top-n of each state: (scores, int64 item indices), both [B, n], best first."""
-    scores, items = tf.math.top_k(tf.matmul(states, self.embeddings, transpose_b=True), k=n)
+    scores, items = tf.math.top_k(tf.matmul(states, self.embeddings_t), k=n)
     return scores, tf.cast(items, tf.int64)
 
 

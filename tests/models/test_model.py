@@ -388,6 +388,21 @@ def test_saved_model_uses_stock_ops_only(exported):
 
 
 
+def test_the_served_catalog_is_saved_in_variables(exported):
+  """Variables are restored by C++ ops without Python's GIL, so a server loading a new version
+  keeps answering requests (ranker.Catalog); the values are the trained catalog's."""
+  module, path = exported
+  loaded = tf.saved_model.load(path)
+  arrays = {"item_ids": loaded.item_ids, "embeddings": loaded.catalog.embeddings,
+            "embeddings_t": loaded.catalog.embeddings_t, "categories": loaded.catalog.categories,
+            "price_buckets": loaded.catalog.price_buckets}
+  for name, array in arrays.items():
+    assert isinstance(array, tf.Variable) and not array.trainable, name
+  np.testing.assert_array_equal(arrays["item_ids"].numpy().astype(str), ITEM_IDS)
+  np.testing.assert_array_equal(arrays["embeddings_t"].numpy(),
+                                module.catalog.embeddings.numpy().T)
+
+
 def test_the_towers_say_their_config_so_saving_them_warns_of_nothing(tmp_path, caplog):
   model = _two_tower(3, 6, 2)
   assert model.query_tower.get_config() == {

@@ -424,3 +424,27 @@ def test_each_agent_learns_its_own_reward_and_one_hot_weights_rank_by_it():
     order, _ = ranker.rerank(dqn.q_network((states, actions)), k=6)
     np.testing.assert_array_equal(order.numpy(),
                                   np.argsort(-agent_values[:, :, agent], axis=1, kind="stable"))
+
+
+@pytest.mark.parametrize("batch", [1, 3, 64])
+@pytest.mark.parametrize("as_variables", [False, True])
+def test_top_candidates_from_the_transposed_catalog_equal_the_transpose_b_scores(batch,
+                                                                                as_variables):
+  """The pre-transposed matrix changes the layout the matmul reads, not the answer: the same
+  items in the same order, the scores equal up to float32 summation order."""
+  rng = np.random.default_rng(batch)
+  embeddings = rng.normal(size=(2_000, 16)).astype(np.float32)
+  catalog = ranker.Catalog(embeddings, np.arange(2_000) % 3, np.arange(2_000) % 5, as_variables)
+  assert isinstance(catalog.embeddings_t, tf.Variable) == as_variables
+  states = tf.constant(rng.normal(size=(batch, 16)).astype(np.float32))
+  scores, items = catalog.top_candidates(states, 200)
+  old_scores, old_items = tf.math.top_k(
+      tf.matmul(states, tf.constant(embeddings), transpose_b=True), k=200)
+  np.testing.assert_array_equal(items.numpy(), old_items.numpy())
+  assert items.dtype == tf.int64
+  np.testing.assert_allclose(scores.numpy(), old_scores.numpy(), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(catalog.embeddings_t.numpy(), embeddings.T)
+  actions = catalog.actions(items)
+  np.testing.assert_array_equal(actions["embedding"].numpy(), embeddings[items.numpy()])
+  np.testing.assert_array_equal(actions["category"].numpy(), items.numpy() % 3)
+  np.testing.assert_array_equal(actions["price_bucket"].numpy(), items.numpy() % 5)

@@ -67,10 +67,10 @@ def _known_flags() -> Set[str]:
   """Every option name the registered PipelineOptions define, as PipelineOptions collects them
   (by flag, not destination: --dask_client_address is stored as `address`; and not abbreviated,
   which argparse would otherwise accept)."""
-  parser = pipeline_options._BeamArgumentParser()  # pylint: disable=protected-access
+  parser = pipeline_options._BeamArgumentParser()
   for options_class in pipeline_options.PipelineOptions.__subclasses__():
-    options_class._add_argparse_args(parser)  # pylint: disable=protected-access
-  return {flag[2:] for action in parser._actions  # pylint: disable=protected-access
+    options_class._add_argparse_args(parser)
+  return {flag[2:] for action in parser._actions
           for flag in action.option_strings if flag.startswith("--")}
 
 

@@ -46,8 +46,8 @@ from apache_beam.transforms import sideinputs
 from apache_beam.transforms import window
 from apache_beam.utils import counters
 from apache_beam.utils import windowed_value
-from dask import bag as dask_bag
 import dask
+from dask import bag as dask_bag
 from dask import distributed
 
 # What the runner's own name is, for `--runner=` (Beam imports a runner by its full path).
@@ -65,18 +65,18 @@ def client_options(options: pipeline_options.PipelineOptions) -> Dict[str, Any]:
   DaskRunner passes every set option (`--runner`, `--direct_num_workers`, ...) on to the
   Client, which refuses them."""
   dask_options = options.view_as(dask_runner.DaskOptions)
-  parser = pipeline_options._BeamArgumentParser()  # pylint: disable=protected-access
-  dask_runner.DaskOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-  dests = {action.dest for action in parser._actions if action.dest != "help"}  # pylint: disable=protected-access
+  own = dask_options._visible_option_list()  # the options DaskOptions defines
   return {name: value for name, value in dask_options.get_all_options(drop_default=True).items()
-          if name in dests}
+          if name in own}
 
 
 def _global(value) -> windowed_value.WindowedValue:
   return windowed_value.WindowedValue(value, window.MIN_TIMESTAMP, (window.GlobalWindow(),))
 
 
-def _stable_hash(encoded_key: bytes) -> int:
+def _key_hash(element: windowed_value.WindowedValue) -> int:
+  """The same for a key in every process, unlike hash() of a str."""
+  encoded_key = _KEY_CODER.encode(element.value[0])
   return int.from_bytes(hashlib.blake2b(encoded_key, digest_size=8).digest(), "little")
 
 
@@ -169,21 +169,21 @@ class _BagVisitor(PipelineVisitor):
     inputs = [self.bags[pcoll] for pcoll in main_inputs]
     self.consumed.update(main_inputs)
     self.consumed.update(side.pvalue for side in applied.side_inputs)
-    if isinstance(transform, overrides._Create):  # pylint: disable=protected-access
+    if isinstance(transform, overrides._Create):
       values = [_global(value) for value in transform.values]
       bag = dask_bag.from_sequence(values, npartitions=max(1, min(len(values), 16)))
       self._set(applied, bag)
-    elif isinstance(transform, overrides._Read):  # pylint: disable=protected-access
+    elif isinstance(transform, overrides._Read):
       bundles = list(transform.source.split(_DESIRED_BUNDLE_BYTES))
       bag = dask_bag.from_sequence(bundles, npartitions=max(1, len(bundles)))
       self._set(applied, bag.map_partitions(_read_bundles))
-    elif isinstance(transform, overrides._Reshuffle):  # pylint: disable=protected-access
+    elif isinstance(transform, overrides._Reshuffle):
       self._set(applied, inputs[0])
-    elif isinstance(transform, overrides._Flatten):  # pylint: disable=protected-access
+    elif isinstance(transform, overrides._Flatten):
       self._set(applied, dask_bag.concat(inputs))
-    elif isinstance(transform, overrides._GroupByKeyOnly):  # pylint: disable=protected-access
-      grouped = inputs[0].groupby(lambda element: _stable_hash(_KEY_CODER.encode(element.value[0])),
-                                  npartitions=min(inputs[0].npartitions, _MAX_GROUP_PARTITIONS))
+    elif isinstance(transform, overrides._GroupByKeyOnly):
+      grouped = inputs[0].groupby(
+          _key_hash, npartitions=min(inputs[0].npartitions, _MAX_GROUP_PARTITIONS))
       self._set(applied, grouped.map(_group).flatten())
     elif isinstance(transform, transforms.ParDo) and len(inputs) == 1:
       self._pardo(applied, inputs[0])
@@ -207,7 +207,7 @@ class _BagVisitor(PipelineVisitor):
     if signature.is_stateful_dofn() or signature.is_splittable_dofn():
       raise NotImplementedError(f"{applied.full_label}: the Dask runner runs neither stateful "
                                 "nor splittable DoFns")
-    side_views = [(type(side), side._view_options()) for side in applied.side_inputs]  # pylint: disable=protected-access
+    side_views = [(type(side), side._view_options()) for side in applied.side_inputs]
     side_values = [dask.delayed(_concat)(self.bags[side.pvalue].to_delayed(optimize_graph=False))
                    for side in applied.side_inputs]
     tags = list(applied.outputs)

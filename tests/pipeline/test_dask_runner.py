@@ -45,7 +45,8 @@ def test_the_preset_names_this_runner_and_is_valid():
   assert beam_args.validate(preset) == preset
 
 
-@pytest.mark.parametrize("runner", ["DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"])
+@pytest.mark.parametrize("runner", ["DaskRunner",
+                                    "apache_beam.runners.dask.dask_runner.DaskRunner"])
 def test_beams_own_dask_runner_is_refused_with_the_name_of_this_one(runner):
   with pytest.raises(beam_args.BeamArgsError, match=f"use --runner={dask_runner.RUNNER}"):
     beam_args.validate([f"--runner={runner}"])

@@ -16,7 +16,8 @@ DoFnRunner, which the DirectRunner uses too) and translates each primitive to da
     result's `metrics()`, as on the DirectRunner.
   * GroupByKey: a dask shuffle on a hash of the key's deterministic encoding (Python's own str hash
     differs between worker processes), then an exact grouping by encoded key within each group.
-  * Create, Flatten, Reshuffle: from_sequence, concat, identity.
+  * Create, Flatten, Reshuffle: from_sequence, concat, identity (Beam's Flatten override fails on
+    a lone PCollection, so this runner replaces Flatten with its own first).
 
 Only the global window is supported (this project's Beam steps are batch); anything else, and any
 primitive not above (stateful or splittable DoFns, Impulse-based reads), is refused by name
@@ -36,6 +37,7 @@ from apache_beam.internal import pickler
 from apache_beam.metrics import execution as metrics_execution
 from apache_beam.options import pipeline_options
 from apache_beam.pipeline import PipelineVisitor
+from apache_beam.pipeline import PTransformOverride
 from apache_beam.runners import common
 from apache_beam.runners import runner
 from apache_beam.runners.dask import dask_runner
@@ -263,11 +265,31 @@ class DaskRunnerResult(runner.PipelineResult):
     return self._metrics
 
 
+class _Flatten(overrides._Flatten):
+  """Beam's Dask Flatten, also of one PCollection (TFDV flattens its splits' PCollections, and
+  Beam hands a replacement a lone input bare, which Beam's own version iterates over)."""
+
+  def expand(self, input_or_inputs):
+    if isinstance(input_or_inputs, pvalue.PCollection):
+      input_or_inputs = (input_or_inputs,)
+    return super().expand(input_or_inputs)
+
+
+class _FlattenOverride(PTransformOverride):
+
+  def matches(self, applied_ptransform):
+    return type(applied_ptransform.transform) is transforms.Flatten
+
+  def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
+    return _Flatten()
+
+
 class DaskRunner(runner.PipelineRunner):
   """Runs a batch pipeline on the Dask cluster at --dask_client_address (see the module doc)."""
 
   def run_pipeline(self, pipeline, options):
-    pipeline.replace_all(overrides.dask_overrides())
+    # Ours first: Beam's Flatten override then finds no beam.Flatten left to replace.
+    pipeline.replace_all([_FlattenOverride(), *overrides.dask_overrides()])
     visitor = _BagVisitor()
     pipeline.visit(visitor)
     client = distributed.Client(**client_options(options))

@@ -284,12 +284,38 @@ class _FlattenOverride(PTransformOverride):
     return _Flatten()
 
 
+class _GroupByKey(overrides._GroupByKey):
+  """Beam's Dask GroupByKey, applied through the pipeline it runs in: Beam's own applies through
+  its input's `pipeline`, which TFDV's PCollections leave unset (StatisticsGen failed with
+  "'NoneType' object has no attribute 'apply'")."""
+
+  def __init__(self, pipeline):
+    super().__init__()
+    self._pipeline = pipeline
+
+  def expand(self, input_or_inputs):
+    return self._pipeline.apply(overrides._GroupByKeyOnly(), input_or_inputs, "GroupByKey")
+
+
+class _GroupByKeyOverride(PTransformOverride):
+
+  def __init__(self, pipeline):
+    self._pipeline = pipeline
+
+  def matches(self, applied_ptransform):
+    return type(applied_ptransform.transform) is transforms.GroupByKey
+
+  def get_replacement_transform_for_applied_ptransform(self, applied_ptransform):
+    return _GroupByKey(self._pipeline)
+
+
 class DaskRunner(runner.PipelineRunner):
   """Runs a batch pipeline on the Dask cluster at --dask_client_address (see the module doc)."""
 
   def run_pipeline(self, pipeline, options):
-    # Ours first: Beam's Flatten override then finds no beam.Flatten left to replace.
-    pipeline.replace_all([_FlattenOverride(), *overrides.dask_overrides()])
+    # Ours first: Beam's Flatten and GroupByKey overrides then find nothing left to replace.
+    pipeline.replace_all([_FlattenOverride(), _GroupByKeyOverride(pipeline),
+                          *overrides.dask_overrides()])
     visitor = _BagVisitor()
     pipeline.visit(visitor)
     client = distributed.Client(**client_options(options))

@@ -16,7 +16,7 @@ help:
 	@echo "            serve it on 127.0.0.1 and print one user's top-10 over gRPC"
 	@echo "make test   run the test suite (end-to-end tests included) and the import contracts"
 	@echo "make test-fast   everything but the end-to-end tests (tests/e2e/), for the edit loop"
-	@echo "make lock   re-pin requirements.txt from requirements.in"
+	@echo "make lock   re-pin requirements.txt from requirements.in (and the image's requirements-gpu.txt)"
 
 env: $(VENV)/.installed
 
@@ -47,6 +47,7 @@ lint-imports: env
 
 lock: env
 	"$(PYTHON)" -m uv pip compile --python-version 3.10 requirements.in -o requirements.txt
+	"$(PYTHON)" -m uv pip compile --python-version 3.10 requirements-gpu.in -o requirements-gpu.txt
 
 clean:
 	rm -rf .recsys

@@ -9,16 +9,20 @@ points (README, "Beam on a cluster"); later arguments override a preset's (`--be
 Why each set needs what it needs: the portable runners (Flink, Spark) run the Python steps in
 SDK harness containers, which must be the pipeline image (./Dockerfile) because the steps
 import this project's code; Dataflow needs a project, a region and a GCS temp location, and the
-same image as its SDK container.
+same image as its SDK container. The Dask runner (pipeline/dask_runner.py) runs the steps on a
+Dask cluster whose workers have this project installed (the pipeline image); Beam's own
+DaskRunner is refused because it cannot run them (see that module).
 """
-from typing import Sequence, Tuple
+from typing import Sequence, Set, Tuple
 
 from apache_beam.options import pipeline_options
 
 from pipeline import configs
+# Registers DaskOptions (--dask_client_address, ...) with PipelineOptions, so they are known.
+from pipeline import dask_runner
 
 _PORTABLE_RUNNERS = ("FlinkRunner", "SparkRunner", "PortableRunner")
-_RUNNERS = ("DirectRunner", "DataflowRunner", *_PORTABLE_RUNNERS)
+_RUNNERS = ("DirectRunner", "DataflowRunner", *_PORTABLE_RUNNERS, dask_runner.RUNNER)
 
 
 class BeamArgsError(ValueError):
@@ -32,12 +36,14 @@ def validate(args: Sequence[str]) -> Tuple[str, ...]:
     if not arg.startswith("--"):
       raise BeamArgsError(f"Beam argument {arg!r} is not an option (--name=value)")
   options = pipeline_options.PipelineOptions(list(args))
-  known = options.get_all_options(retain_unknown_options=False)
-  unknown = sorted({arg[2:].split("=", 1)[0] for arg in args} - set(known))
+  unknown = sorted({arg[2:].split("=", 1)[0] for arg in args} - _known_flags())
   if unknown:
     raise BeamArgsError(f"Beam does not know the options {unknown}; see "
                         "`python -m apache_beam.runners.runner --help` or the README's sets")
   runner = options.view_as(pipeline_options.StandardOptions).runner or "DirectRunner"
+  if runner.rsplit(".", 1)[-1] == "DaskRunner" and runner != dask_runner.RUNNER:
+    raise BeamArgsError(f"--runner={runner}: Beam's own DaskRunner cannot run these steps (no "
+                        f"Read, side inputs or metrics); use --runner={dask_runner.RUNNER}")
   if runner not in _RUNNERS:
     raise BeamArgsError(f"--runner={runner} is not one of {list(_RUNNERS)}")
   if runner == "DataflowRunner":
@@ -55,6 +61,17 @@ def validate(args: Sequence[str]) -> Tuple[str, ...]:
     if (portable.environment_type or "DOCKER").upper() == "DOCKER":
       _needs_pipeline_image(runner, portable.environment_config, "--environment_config")
   return args
+
+
+def _known_flags() -> Set[str]:
+  """Every option name the registered PipelineOptions define, as PipelineOptions collects them
+  (by flag, not destination: --dask_client_address is stored as `address`; and not abbreviated,
+  which argparse would otherwise accept)."""
+  parser = pipeline_options._BeamArgumentParser()
+  for options_class in pipeline_options.PipelineOptions.__subclasses__():
+    options_class._add_argparse_args(parser)
+  return {flag[2:] for action in parser._actions
+          for flag in action.option_strings if flag.startswith("--")}
 
 
 def _needs_pipeline_image(runner: str, image: str, option: str) -> None:

@@ -37,6 +37,9 @@ BEAM_PRESETS: Dict[str, Tuple[str, ...]] = {
               "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
     "spark": ("--runner=SparkRunner", "--spark_master_url=spark://localhost:7077",
               "--environment_type=DOCKER", f"--environment_config={PIPELINE_IMAGE}"),
+    # A Dask cluster whose workers run the pipeline image (pipeline/dask_runner.py).
+    "dask": ("--runner=pipeline.dask_runner.DaskRunner",
+             "--dask_client_address=tcp://localhost:8786"),
     "dataflow": ("--runner=DataflowRunner", "--project=my-gcp-project", "--region=us-central1",
                  "--temp_location=gs://recsys-pipelines/tmp",
                  f"--sdk_container_image={PIPELINE_IMAGE}", "--experiments=use_runner_v2"),

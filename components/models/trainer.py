@@ -41,7 +41,6 @@ def run_fn(fn_args: fn_args_utils.FnArgs) -> None:
                                              tf_transform_output).cache()
   items = training.catalog(transitions, num_items)
   strategy = training.distribution_strategy()
-  logging.info("Training with %s", type(strategy).__name__)
   in_vocabulary = np.arange(len(item_ids))
   catalog_inputs = {
       two_tower.ITEM_XF: in_vocabulary,

@@ -163,10 +163,21 @@ class CatalogFeatures(NamedTuple):
 
 
 def distribution_strategy() -> tf.distribute.Strategy:
-  """MirroredStrategy over the visible GPUs when there are any, else the default strategy."""
+  """MirroredStrategy over the visible GPUs when there are any, else the default strategy.
+
+  Logs the devices TensorFlow sees and the strategy chosen with its replicas: a GPU pod whose
+  CUDA libraries did not load trains on the CPU without an error, and only this line says so.
+  """
   if tf.config.list_logical_devices("GPU"):
-    return tf.distribute.MirroredStrategy()
-  return tf.distribute.get_strategy()
+    strategy = tf.distribute.MirroredStrategy()
+    replicas = list(strategy.extended.worker_devices)
+  else:
+    strategy = tf.distribute.get_strategy()
+    replicas = ["the default device"]
+  logging.info("Physical devices: %s; training with %s over %d replica(s): %s",
+               [device.name for device in tf.config.list_physical_devices()],
+               type(strategy).__name__, strategy.num_replicas_in_sync, replicas)
+  return strategy
 
 
 def transitions_dataset(fn_args: fn_args_utils.FnArgs, files,

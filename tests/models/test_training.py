@@ -1,5 +1,7 @@
 """The Trainer's helpers: the catalog and the retrieval inputs read from the transitions,
 retrieval training, and the distribution strategy."""
+import logging
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -224,3 +226,20 @@ def test_validation_recall_ranks_each_row_among_the_engaged_items_without_the_us
   for batch_size in (len(rows), 4):
     assert training.validation_recall(model, inputs, rows, batch_size) == pytest.approx(
         np.mean(hits))
+
+
+def test_the_devices_and_the_strategy_used_are_logged(caplog):
+  with caplog.at_level(logging.INFO, logger="absl"):
+    strategy = training.distribution_strategy()
+  (message,) = [record.getMessage() for record in caplog.records
+                if "training with" in record.getMessage()]
+  for device in tf.config.list_physical_devices():
+    assert device.name in message
+  gpus = tf.config.list_logical_devices("GPU")
+  if gpus:  # one replica per GPU
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert f"training with MirroredStrategy over {len(gpus)} replica(s)" in message
+  else:
+    assert strategy is tf.distribute.get_strategy()
+    assert f"training with {type(strategy).__name__} over 1 replica(s)" in message
+    assert "/physical_device:CPU:0" in message

@@ -4,6 +4,9 @@ import json
 import types
 
 from click.testing import CliRunner
+from google.cloud import aiplatform_v1
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 import pytest
 
 from components.evaluation import release_gate
@@ -22,9 +25,45 @@ CONFIG = dataclasses.replace(configs.PipelineConfig(), kubeflow=KUBEFLOW)
 
 
 @pytest.fixture(scope="module")
-def spec(tmp_path_factory) -> dict:
+def job_text(tmp_path_factory) -> str:
+  """The PipelineJob JSON KubeflowV2DagRunner writes: displayName, pipelineSpec, runtimeConfig."""
   path = kubeflow_runner.compile_pipeline(CONFIG, tmp_path_factory.mktemp("kfp") / "p.json")
-  return json.loads(path.read_text())["pipelineSpec"]
+  return path.read_text()
+
+
+@pytest.fixture(scope="module")
+def spec(job_text) -> dict:
+  return json.loads(job_text)["pipelineSpec"]
+
+
+def test_the_job_and_its_spec_parse_strictly_into_kfps_and_vertexs_protos(job_text):
+  # A field the protos do not define would be dropped by a lenient parser and ignored by the
+  # cluster; strict parsing refuses it by name.
+  job = json_format.Parse(job_text, pipeline_spec_pb2.PipelineJob(), ignore_unknown_fields=False)
+  assert job.display_name == CONFIG.pipeline_name
+  assert job.runtime_config.gcs_output_directory == KUBEFLOW.pipeline_root
+  # The job holds the spec as a Struct: parse it into PipelineSpec, strictly, too.
+  pipeline_spec = json_format.ParseDict(json.loads(job_text)["pipelineSpec"],
+                                        pipeline_spec_pb2.PipelineSpec(),
+                                        ignore_unknown_fields=False)
+  assert pipeline_spec.pipeline_info.name == CONFIG.pipeline_name
+  assert set(pipeline_spec.root.dag.tasks) >= {"Trainer", "SessionBuilder"}
+  assert pipeline_spec.deployment_spec  # executors: a Struct in the proto, checked below
+  executors = json.loads(job_text)["pipelineSpec"]["deploymentSpec"]["executors"]
+  for name, executor in executors.items():
+    json_format.ParseDict(executor, pipeline_spec_pb2.PipelineDeploymentConfig.ExecutorSpec(),
+                          ignore_unknown_fields=False)
+  # Vertex AI Pipelines' PipelineJob (what `aiplatform.PipelineJob` submits) takes it as is.
+  vertex = aiplatform_v1.PipelineJob.from_json(job_text, ignore_unknown_fields=False)
+  assert vertex.display_name == CONFIG.pipeline_name
+
+
+def test_strict_parsing_refuses_an_unknown_field(job_text):
+  job = json.loads(job_text)
+  job["pipelineSpec"]["root"]["dag"]["tasks"]["Trainer"]["gpu"] = 1
+  with pytest.raises(json_format.ParseError, match="gpu"):
+    json_format.ParseDict(job["pipelineSpec"], pipeline_spec_pb2.PipelineSpec(),
+                          ignore_unknown_fields=False)
 
 
 def _parameters(spec: dict, task: str) -> dict:
@@ -61,8 +100,11 @@ def test_every_step_runs_in_the_pipeline_image_with_the_beam_args(spec):
 def test_the_model_steps_request_a_gpu(spec):
   executors = spec["deploymentSpec"]["executors"]
   for name in KUBEFLOW.gpu_components:
-    accelerator = executors[f"{name}_executor"]["container"]["resources"]["accelerator"]
-    assert accelerator == {"type": KUBEFLOW.gpu_type, "count": str(KUBEFLOW.gpu_count)}
+    container = executors[f"{name}_executor"]["container"]
+    assert container["resources"]["accelerator"] == {"type": KUBEFLOW.gpu_type,
+                                                     "count": str(KUBEFLOW.gpu_count)}
+    # The image built from ./Dockerfile, whose CUDA wheels tests/pipeline/test_image.py checks.
+    assert container["image"] == KUBEFLOW.image
   assert "resources" not in executors["SessionBuilder_executor"]["container"]
 
 

@@ -345,6 +345,8 @@ def test_service_and_autoscaler_target_the_deployment():
 def test_pipeline_image_installs_the_locked_requirements_on_python_3_10():
   dockerfile = (REPO_ROOT / "Dockerfile").read_text()
   assert re.search(r"^FROM python:3\.10", dockerfile, re.M)
-  assert "-r requirements.txt" in dockerfile
+  # requirements-gpu.txt by default: requirements.txt plus CUDA wheels (test_image.py)
+  assert re.search(r"^ARG REQUIREMENTS=requirements(-gpu)?\.txt$", dockerfile, re.M)
+  assert '-r "$REQUIREMENTS"' in dockerfile
   for package in ("components", "pipeline", "schemas", "serving"):
     assert f"COPY {package} {package}" in dockerfile

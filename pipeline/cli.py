@@ -265,12 +265,18 @@ def tune(home, version, trials, seed, settings) -> None:
               "DirectRunner, e.g. a --beam-preset's set (README).")
 @click.option("--beam-preset", type=click.Choice(sorted(configs.BEAM_PRESETS)),
               help="A documented Beam runner argument set to start from.")
+@click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+              help="Any field of pipeline/configs.py's PipelineConfig, repeatable, e.g. "
+              "--set kubeflow.serving_request_log.enabled=true")
 def compile_command(output, image, pipeline_root, input_base, serving_root, gpu_type, gpu_count,
-                    beam_args, beam_preset) -> None:
+                    beam_args, beam_preset, settings) -> None:
   """Compile the pipeline for Kubeflow Pipelines (TFX's KubeflowV2DagRunner)."""
   from pipeline import kubeflow_runner
 
-  config = _config(None)
+  try:
+    config = _config(None).with_settings(list(settings))
+  except ValueError as error:
+    raise UsageError(str(error)) from error
   args = _beam_args(beam_preset, beam_args)
   kubeflow = dataclasses.replace(config.kubeflow, **{key: value for key, value in dict(
       image=image, pipeline_root=pipeline_root, input_base=input_base,

@@ -72,6 +72,9 @@ class KubeflowConfig:
   # (pipeline/beam_args.py).
   beam_pipeline_args: Tuple[str, ...] = ("--direct_running_mode=multi_processing",
                                          "--direct_num_workers=0")
+  # The cluster's serving root is read by TF Serving (serving/deploy/), whose stock build refuses a
+  # models.config with a logging_config (README, Request logging): off unless its build logs.
+  serving_request_log: RequestLogConfig = RequestLogConfig(enabled=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,8 @@ def cluster_paths(config: PipelineConfig) -> pipeline_lib.PipelinePaths:
 def compile_pipeline(config: PipelineConfig, output: pathlib.Path) -> pathlib.Path:
   """Writes the KFP v2 pipeline spec of the pipeline to `output`; returns its path."""
   kubeflow = config.kubeflow
-  cluster_config = dataclasses.replace(config, beam_pipeline_args=kubeflow.beam_pipeline_args)
+  cluster_config = dataclasses.replace(config, beam_pipeline_args=kubeflow.beam_pipeline_args,
+                                       serving_request_log=kubeflow.serving_request_log)
   pipeline = pipeline_lib.create_pipeline(cluster_config, cluster_paths(config),
                                           latest_only_resolvers=True)
   ids = {component.id for component in pipeline.components}

@@ -9,6 +9,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 import pytest
 
+from components import pusher as pusher_lib
 from components.evaluation import release_gate
 from pipeline import cli
 from pipeline import configs
@@ -187,3 +188,22 @@ def test_the_skew_gate_reads_the_serving_root_s_request_log_before_transform(spe
   assert local_gate.exec_properties["stop"] == 1
   assert local_gate.exec_properties["request_log_prefix"] == (
       f"{config.serving_root}/logs/{config.model_name}/predictions")
+
+
+def test_the_cluster_s_pusher_writes_no_request_logging_unless_its_tf_serving_logs(spec, tmp_path):
+  # Stock TF Serving refuses a models.config with a logging_config; the cluster's root is its.
+  custom_config = json.loads(_parameters(spec, "Pusher")["custom_config"])
+  assert custom_config[pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY] is None
+  assert CONFIG.serving_request_log.enabled  # what a local run writes
+  # For a TF Serving build that logs.
+  output = tmp_path / "pipeline.json"
+  result = CliRunner().invoke(cli.main, [
+      "compile", "--kubeflow", str(output), "--set", "kubeflow.serving_request_log.enabled=true",
+      "--set", "kubeflow.serving_request_log.sampling_rate=0.1"])
+  assert result.exit_code == 0, result.output
+  custom_config = json.loads(_parameters(json.loads(output.read_text())["pipelineSpec"],
+                                         "Pusher")["custom_config"])
+  assert custom_config[pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY] == 0.1
+  result = CliRunner().invoke(cli.main, ["compile", "--kubeflow", str(output),
+                                         "--set", "kubeflow.no_such_field=1"])
+  assert result.exit_code == 2 and "no_such_field" in result.output

@@ -5,7 +5,8 @@ last: a server polling meanwhile can see a partial version, and a crash leaves o
 executor keeps the stock component, its blessing checks (ModelBlessing and InfraBlessing) and
 its PushedModel artifact, and replaces only the copy by `push.push`: staged, renamed into place,
 labelled stable in models.config (`custom_config["label_delay_seconds"]` apart, for TF Serving),
-older versions pruned to `custom_config["versions_kept"]`.
+older versions pruned to `custom_config["versions_kept"]`, request logging configured with
+`custom_config["request_log_sampling_rate"]` (absent or None: no logging).
 """
 import os
 from typing import Any, Dict, List
@@ -25,6 +26,7 @@ from serving.config import DEFAULT_VERSIONS_KEPT
 
 VERSIONS_KEPT_KEY = "versions_kept"
 LABEL_DELAY_KEY = "label_delay_seconds"
+REQUEST_LOG_SAMPLING_RATE_KEY = "request_log_sampling_rate"
 
 
 class AtomicPushExecutor(pusher_executor.Executor):
@@ -49,7 +51,8 @@ class AtomicPushExecutor(pusher_executor.Executor):
     version = push.push(
         model_path, os.path.dirname(base_directory), os.path.basename(base_directory),
         keep=int(custom_config.get(VERSIONS_KEPT_KEY, DEFAULT_VERSIONS_KEPT)),
-        label_delay_seconds=float(custom_config.get(LABEL_DELAY_KEY, 0.0)))
+        label_delay_seconds=float(custom_config.get(LABEL_DELAY_KEY, 0.0)),
+        request_log_sampling_rate=custom_config.get(REQUEST_LOG_SAMPLING_RATE_KEY))
     io_utils.copy_dir(model_path, pushed_model.uri)  # the archive copy the stock Pusher keeps
     self._MarkPushed(pushed_model, pushed_destination=os.path.join(base_directory, str(version)),
                      pushed_version=str(version))

@@ -18,6 +18,7 @@ import schemas
 from schemas import contract
 from serving.config import DEFAULT_VERSIONS_KEPT
 from serving.config import InfraValidationConfig
+from serving.config import RequestLogConfig
 
 # The module code TFX runs in Transform and the Trainer, by name.
 PREPROCESSING_FN = "components.models.preprocessing.preprocessing_fn"
@@ -107,6 +108,10 @@ class PipelineConfig:
   # when it reads the serving root set this above its config poll (30 s in
   # serving/deploy/Dockerfile) (serving/push.py, `_move_label`).
   serving_label_delay_seconds: float = 0.0
+  # Request logging the push writes into models.config (serving/config.py, README "Request
+  # logging"), e.g. `--set serving_request_log.sampling_rate=0.1`; `.enabled=false` when stock
+  # TF Serving reads the serving root, which refuses a config that logs.
+  serving_request_log: RequestLogConfig = RequestLogConfig()
   enable_cache: bool = True
   kubeflow: KubeflowConfig = KubeflowConfig()
   # Beam runs in-process by default; `recsys run --beam-arg` passes others, e.g. multi-process

@@ -182,7 +182,10 @@ def create_pipeline(config: PipelineConfig, paths: PipelinePaths, metadata_conne
           filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=f"{paths.serving_root}/{config.model_name}")),
       custom_config={pusher_lib.VERSIONS_KEPT_KEY: config.serving_versions_kept,
-                     pusher_lib.LABEL_DELAY_KEY: config.serving_label_delay_seconds},
+                     pusher_lib.LABEL_DELAY_KEY: config.serving_label_delay_seconds,
+                     pusher_lib.REQUEST_LOG_SAMPLING_RATE_KEY: (
+                         config.serving_request_log.sampling_rate
+                         if config.serving_request_log.enabled else None)},
       custom_executor_spec=pusher_lib.EXECUTOR_SPEC)
 
   return tfx_pipeline.Pipeline(

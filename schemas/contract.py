@@ -129,3 +129,9 @@ SCORES = "scores"  # float32, the same shape: Q-values (serving_default) or retr
 # and off-policy evaluation; the same definition as the simulator's
 # (components/simulation/simulator.py).
 PROPENSITIES = "propensities"
+
+# Request logging (serving/request_log.py): the id a client sends with a request, by which it
+# reports feedback on what it was shown. Sent as gRPC metadata (REST: the X-Request-Id header) and
+# echoed by the server; the server's PredictionLog records carry it as an extra request input.
+REQUEST_ID = "request_id"
+REQUEST_ID_HEADER = "x-request-id"

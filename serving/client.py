@@ -5,12 +5,15 @@ It speaks only TF Serving's own API through the official stubs, so pointing it a
 
   with RecommenderClient("127.0.0.1:8500") as client:
     client.wait_until_available(timeout=60)
-    for recommendation in client.recommend("u00042", history=["i00007", "i00013"], k=10):
+    recommendations = client.recommend("u00042", history=["i00007", "i00013"], k=10)
+    for recommendation in recommendations:
       print(recommendation.item_id, recommendation.score)
+    print(recommendations.request_id)  # what feedback on these recommendations is reported against
 """
 import json
 import time
 from typing import List, NamedTuple, Optional, Sequence
+import uuid
 
 import grpc
 import tensorflow as tf
@@ -20,6 +23,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from components.models import queries
 from schemas import contract
+from serving import request_log
 
 # Status codes that mean "not yet" while a server starts: UNAVAILABLE until it listens,
 # NOT_FOUND until it has loaded a version, DEADLINE_EXCEEDED while it is too busy loading to answer.
@@ -43,6 +47,18 @@ _SERVICE_CONFIG = json.dumps({"methodConfig": [{
 class Recommendation(NamedTuple):
   item_id: str
   score: float
+
+
+class Recommendations(list):
+  """One user's recommendations, best first, with the request id the server logged them under.
+
+  Feedback on them (what the user clicked, bought) is reported against `request_id`: the server's
+  request log holds what was shown under the same id (serving/request_log.py).
+  """
+
+  def __init__(self, recommendations: Sequence[Recommendation], request_id: str):
+    super().__init__(recommendations)
+    self.request_id = request_id
 
 
 class ModelStatus(NamedTuple):
@@ -73,24 +89,31 @@ class RecommenderClient:
     self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
   def recommend(self, user_id: str, history: Sequence[str] = (), k: int = 10,
-                timestamp: Optional[int] = None) -> List[Recommendation]:
+                timestamp: Optional[int] = None,
+                request_id: Optional[str] = None) -> Recommendations:
     """The best `k` items for one user, best first; `history` is recent item ids, oldest first.
 
-    `timestamp`: when the user asks, in seconds since the epoch; None means now.
+    `timestamp`: when the user asks, in seconds since the epoch; None means now. `request_id`:
+    the id to log the request under (printable ASCII, at most 256 characters); None generates
+    one. The answer's `request_id` is the id used.
     """
     return self.recommend_batch([user_id], [history], k,
-                                None if timestamp is None else [timestamp])[0]
+                                None if timestamp is None else [timestamp], request_id)[0]
 
   def recommend_batch(self, user_ids: Sequence[str], histories: Sequence[Sequence[str]],
-                      k: int = 10, timestamps: Optional[Sequence[int]] = None
-                      ) -> List[List[Recommendation]]:
+                      k: int = 10, timestamps: Optional[Sequence[int]] = None,
+                      request_id: Optional[str] = None) -> List[Recommendations]:
     """The best `k` items for each user, in one request; histories may differ in length.
 
     Only the most recent `contract.HISTORY_LENGTH` items of each history are sent. `timestamps`
-    say when each user asks (seconds since the epoch); None means now for all.
+    say when each user asks (seconds since the epoch); None means now for all. The request goes
+    with `request_id` (None: a new uuid4 hex) as `x-request-id` metadata; each user's answer
+    carries the id the server logs that user's row under: `request_id` itself for a single
+    user, `<request_id>/<row>` for several (serving/request_log.py, `row_request_ids`).
     """
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
+    request_id = request_id or uuid.uuid4().hex
     if timestamps is None:
       timestamps = [int(time.time())] * len(user_ids)
     # The most recent items at a fixed width: what the model reads, in a shape TF Serving batches.
@@ -100,7 +123,8 @@ class RecommenderClient:
     if self.version_label:
       request.model_spec.version_label = self.version_label
     request.output_filter.extend([contract.ITEM_IDS, contract.SCORES])
-    response = self._predictions.Predict(request, timeout=self.timeout)
+    response = self._predictions.Predict(request, timeout=self.timeout,
+                                         metadata=((contract.REQUEST_ID_HEADER, request_id),))
 
     item_ids = tf.make_ndarray(response.outputs[contract.ITEM_IDS])
     scores = tf.make_ndarray(response.outputs[contract.SCORES])
@@ -109,9 +133,10 @@ class RecommenderClient:
     if k > top_k:
       raise ValueError(f"k={k} is more than the {top_k} items model '{self.model_name}' version "
                        f"{response.model_spec.version.value} returns per user")
-    return [[Recommendation(item_id.decode(), float(score))
-             for item_id, score in zip(user_items[:k], user_scores[:k])]
-            for user_items, user_scores in zip(item_ids, scores)]
+    return [Recommendations([Recommendation(item_id.decode(), float(score))
+                             for item_id, score in zip(user_items[:k], user_scores[:k])], row_id)
+            for user_items, user_scores, row_id in zip(
+                item_ids, scores, request_log.row_request_ids(request_id, len(user_ids)))]
 
   def model_status(self) -> ModelStatus:
     """The served version and its state.

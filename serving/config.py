@@ -1,7 +1,7 @@
 """Serving settings the pipeline's configuration reads (pipeline/configs.py); plain values.
 
-What infra validation demands of a candidate before the push, and how many versions a push
-keeps in the serving root.
+What infra validation demands of a candidate before the push, how many versions a push keeps in
+the serving root, and how the server logs requests.
 """
 import dataclasses
 
@@ -18,3 +18,43 @@ class InfraValidationConfig:
   latency_budget_ms: float = 250.0
   latency_requests: int = 50
   request_timeout_seconds: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLogConfig:
+  """Request logging (serving/request_log.py): sampled requests and answers as PredictionLogs.
+
+  What the push writes into models.config, as TF Serving's `ModelConfig.logging_config`; the
+  server reads it from there.
+  """
+  # On by default: the feedback loop joins what users did to what they were shown by request id,
+  # and every unlogged request is feedback that cannot be joined. Stock TF Serving refuses a
+  # models.config with a logging_config (README, Request logging): set false when it reads the
+  # serving root.
+  enabled: bool = True
+  # The fraction of requests logged. 1.0 suits the local server's traffic (a record is a few KB);
+  # at production rates lower it to what the log's readers need.
+  sampling_rate: float = 1.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.sampling_rate <= 1.0:
+      raise ValueError(f"sampling_rate must be within [0, 1], got {self.sampling_rate}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLogWriterConfig:
+  """How the local server writes its request log: the server's flags, not models.config's."""
+  # A file is closed (renamed from .inprogress to .tfrecord, and so readable) at this size...
+  max_file_bytes: int = 64 * 1024 * 1024
+  # ...or this long after it was opened, so that readers see records within a minute or so even
+  # when traffic is light.
+  max_file_seconds: float = 60.0
+  # Records waiting for the writer thread; beyond this they are dropped and counted, never waited
+  # for. At a few KB each, the bound keeps the queue's memory to tens of MB.
+  queue_records: int = 10_000
+
+  def __post_init__(self):
+    if self.max_file_bytes < 1 or self.max_file_seconds <= 0 or self.queue_records < 1:
+      raise ValueError(f"max_file_bytes, max_file_seconds and queue_records must be positive, "
+                       f"got {self.max_file_bytes}, {self.max_file_seconds} and "
+                       f"{self.queue_records}")

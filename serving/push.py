@@ -24,6 +24,8 @@ import time
 from typing import List, Optional, Set
 import uuid
 
+from tensorflow_serving.config import logging_config_pb2
+
 from schemas import contract
 from serving import model_config
 from serving.config import DEFAULT_VERSIONS_KEPT
@@ -47,7 +49,8 @@ def versions(base_path: os.PathLike) -> List[int]:
 def push(model_dir: os.PathLike, serving_root: os.PathLike,
          model_name: str = contract.DEFAULT_MODEL_NAME,
          keep: int = DEFAULT_VERSIONS_KEPT, version: Optional[int] = None,
-         label_delay_seconds: float = 0.0) -> int:
+         label_delay_seconds: float = 0.0,
+         request_log_sampling_rate: Optional[float] = None) -> int:
   """Publishes a SavedModel as a new version labelled stable; returns the version.
 
   Args:
@@ -60,8 +63,13 @@ def push(model_dir: os.PathLike, serving_root: os.PathLike,
     label_delay_seconds: Between adding the version to the served ones and labelling it
       stable, when a server that refuses label moves to unloaded versions (TF Serving) reads
       the root; see `_move_label`.
+    request_log_sampling_rate: The fraction of requests servers log
+      (`model_config.request_logging`, under `<serving_root>/logs/<model_name>/`); None writes no
+      logging config, so nothing is logged.
   """
   model_dir, serving_root = pathlib.Path(model_dir), pathlib.Path(serving_root)
+  logging = (None if request_log_sampling_rate is None
+             else model_config.request_logging(model_name, request_log_sampling_rate))
   if keep < 1:
     raise PushError(f"keep must be at least 1, got {keep}")
   if not (model_dir / contract.SAVED_MODEL_PB).is_file():
@@ -85,7 +93,7 @@ def push(model_dir: os.PathLike, serving_root: os.PathLike,
     shutil.rmtree(staging, ignore_errors=True)
 
   served = _move_label(serving_root, model_name, model_config.STABLE, version,
-                       label_delay_seconds, keep_previous_loaded=True)
+                       label_delay_seconds, keep_previous_loaded=True, logging=logging)
   _retain(base_path, keep, protected=served)
   return version
 
@@ -111,14 +119,17 @@ def rollback(serving_root: os.PathLike, model_name: str = contract.DEFAULT_MODEL
   if to_version not in available:
     raise PushError(f"version {to_version} of {model_name!r} is not under {serving_root} "
                     f"(retained versions: {available})")
+  # The request logging the last push configured stays as it is.
   _move_label(serving_root, model_name, model_config.STABLE, to_version, label_delay_seconds,
-              keep_previous_loaded=False)
+              keep_previous_loaded=False,
+              logging=model_config.read_logging(serving_root, model_name))
   return to_version
 
 
 def _move_label(serving_root: pathlib.Path, model_name: str, label: str, version: int,
-                delay_seconds: float, keep_previous_loaded: bool) -> Set[int]:
-  """Points `label` at `version`; returns the versions the config now lists.
+                delay_seconds: float, keep_previous_loaded: bool,
+                logging: Optional[logging_config_pb2.LoggingConfig]) -> Set[int]:
+  """Points `label` at `version`, with `logging`; returns the versions the config now lists.
 
   The label's previous version stays loaded if asked.
 
@@ -136,13 +147,14 @@ def _move_label(serving_root: pathlib.Path, model_name: str, label: str, version
   served, labels = model_config.read(serving_root, model_name)
   previous = labels.get(label)
   if previous is not None and version not in served:
-    model_config.write(serving_root, model_name, sorted(set(served) | {version}), labels)
+    model_config.write(serving_root, model_name, sorted(set(served) | {version}), labels,
+                       logging=logging)
     time.sleep(delay_seconds)
   labels[label] = version
   loaded = set(labels.values())
   if keep_previous_loaded and previous is not None:
     loaded.add(previous)
-  model_config.write(serving_root, model_name, sorted(loaded), labels)
+  model_config.write(serving_root, model_name, sorted(loaded), labels, logging=logging)
   return loaded
 
 

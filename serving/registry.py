@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
+from tensorflow_serving.config import logging_config_pb2
 
 from components.models import warmup
 from serving import model_config
@@ -58,6 +59,8 @@ class Snapshot:
   # Label -> loaded version; '' is the newest version when the serving root has no models.config.
   labels: Mapping[str, int] = dataclasses.field(default_factory=dict)
   failures: Mapping[int, str] = dataclasses.field(default_factory=dict)  # version -> error
+  # The model's request logging in models.config, its path on this machine; None logs nothing.
+  logging: Optional[logging_config_pb2.LoggingConfig] = None
 
   def latest(self) -> Optional[Servable]:
     """The servable a request without version or label gets: the newest, as in TF Serving."""
@@ -101,6 +104,7 @@ class ModelRegistry:
       old = self._snapshot
       try:
         wanted_versions, wanted = self.wanted()
+        logging = model_config.read_local_logging(self.serving_root, self.model_name)
       except ValueError as error:  # a malformed models.config: keep serving what is served
         _LOGGER.error("Keeping the served versions: %s", error)
         return old
@@ -123,7 +127,7 @@ class ModelRegistry:
         elif label in old.labels:  # the wanted version failed: the label's old version serves on
           labels[label] = old.labels[label]
           servables[old.labels[label]] = old.servables[old.labels[label]]
-      self._snapshot = Snapshot(servables, labels, failures)
+      self._snapshot = Snapshot(servables, labels, failures, logging)
       for version in sorted(set(self._snapshot.servables) - set(old.servables)):
         _LOGGER.info("Serving model %r version %d", self.model_name, version)
       return self._snapshot

@@ -12,6 +12,8 @@ errors answer {"error": message} with the HTTP status matching the gRPC code. Re
 tensorflow-serving-api protos and go through serving/handlers.py, so both protocols validate and
 answer alike. Strings and integers only, as this model's inputs are (ids, the request time);
 TF Serving's base64 ({"b64": ...}) binary encoding is not needed for ids and is rejected.
+A Predict request's X-Request-Id header (else a generated id) is echoed in its answer and logged
+with it (serving/request_log.py).
 """
 import http
 import http.server
@@ -28,9 +30,11 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import get_model_status_pb2
 from tensorflow_serving.apis import predict_pb2
 
+from schemas import contract
 from serving import handlers
 from serving import metrics as metrics_lib
 from serving import registry as registry_lib
+from serving import request_log
 
 _MODEL_PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
@@ -118,9 +122,15 @@ def _outputs_json(response: predict_pb2.PredictResponse, rows: bool) -> Dict[str
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-  """One REST request; `server` carries the registry, limits and metrics."""
+  """One REST request; `server` carries the registry, limits, metrics and request log."""
 
   protocol_version = "HTTP/1.1"
+  # The Predict request's id, echoed in its answer; the handler serves a connection's requests.
+  _request_id: Optional[str] = None
+
+  def handle_one_request(self):
+    self._request_id = None
+    super().handle_one_request()
 
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     del format, args  # request logs would flood the server log; the metrics count requests
@@ -148,6 +158,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     self._answer("Predict", lambda: self._predict(match))
 
   def _predict(self, match: re.Match) -> Dict[str, Any]:
+    self._request_id = request_log.request_id(self.headers.get(contract.REQUEST_ID_HEADER))
     length = int(self.headers.get("Content-Length") or 0)
     if length > MAX_BODY_BYTES:
       raise handlers.ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -162,6 +173,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                   "the body must be a JSON object")
     request, rows = predict_request(body, match)
     response = handlers.predict(self.server.model_registry, request, self.server.limits)
+    self.server.request_log.log(request, response, self._request_id)
     return _outputs_json(response, rows)
 
   def _metadata(self, match: re.Match) -> Dict[str, Any]:
@@ -202,6 +214,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
   def _send(self, status: http.HTTPStatus, payload: bytes, content_type: str) -> None:
     self.send_response(status)
+    if self._request_id:
+      self.send_header(contract.REQUEST_ID_HEADER, self._request_id)
     self.send_header("Content-Type", content_type)
     self.send_header("Content-Length", str(len(payload)))
     self.end_headers()
@@ -214,11 +228,13 @@ class RestServer(http.server.ThreadingHTTPServer):
   daemon_threads = True
 
   def __init__(self, address: Tuple[str, int], model_registry: registry_lib.ModelRegistry,
-               limits: handlers.RequestLimits, metrics: metrics_lib.ServingMetrics):
+               limits: handlers.RequestLimits, metrics: metrics_lib.ServingMetrics,
+               request_logger: request_log.RequestLogger):
     super().__init__(address, _Handler)
     self.model_registry = model_registry
     self.limits = limits
     self.metrics = metrics
+    self.request_log = request_logger
     self._thread: Optional[threading.Thread] = None
 
   @property

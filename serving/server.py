@@ -38,7 +38,9 @@ from schemas import contract
 from serving import handlers
 from serving import metrics as metrics_lib
 from serving import registry as registry_lib
+from serving import request_log as request_log_lib
 from serving import rest
+from serving.config import RequestLogWriterConfig
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -81,15 +83,21 @@ class PredictionServiceServicer(prediction_service_pb2_grpc.PredictionServiceSer
   """TF Serving's PredictionService for the model in a registry: Predict and GetModelMetadata."""
 
   def __init__(self, registry: registry_lib.ModelRegistry, limits: handlers.RequestLimits,
-               metrics: metrics_lib.ServingMetrics):
+               metrics: metrics_lib.ServingMetrics, request_log: request_log_lib.RequestLogger):
     self._registry = registry
     self._limits = limits
     self._metrics = metrics
+    self._request_log = request_log
 
   @_answers_with_grpc_status
   def Predict(self, request: predict_pb2.PredictRequest,
               context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-    return handlers.predict(self._registry, request, self._limits)
+    request_id = request_log_lib.request_id(
+        dict(context.invocation_metadata()).get(contract.REQUEST_ID_HEADER))
+    context.send_initial_metadata(((contract.REQUEST_ID_HEADER, request_id),))
+    response = handlers.predict(self._registry, request, self._limits)
+    self._request_log.log(request, response, request_id)
+    return response
 
   @_answers_with_grpc_status
   def GetModelMetadata(
@@ -132,12 +140,14 @@ class ModelServer:
   port: int
   rest_server: Optional[rest.RestServer]
   poller: Optional[registry_lib.Poller]
+  request_log: request_log_lib.RequestLogger
 
   @property
   def rest_port(self) -> Optional[int]:
     return self.rest_server.port if self.rest_server else None
 
   def start(self) -> None:
+    self.request_log.start()
     self.grpc_server.start()
     if self.rest_server:
       self.rest_server.serve_in_background()
@@ -145,24 +155,28 @@ class ModelServer:
       self.poller.start()
 
   def stop(self, grace: Optional[float] = None) -> None:
-    """Stops taking requests, lets those in flight finish within `grace` seconds."""
+    """Stops taking requests, lets those in flight finish within `grace` seconds, then writes
+    and closes the request log."""
     if self.poller:
       self.poller.stop()
     if self.rest_server:
       self.rest_server.stop()
     self.grpc_server.stop(grace=grace).wait()
+    self.request_log.stop()
 
 
 def build_server(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
                  host: str = "127.0.0.1", port: int = 8500, rest_port: Optional[int] = None,
                  poll_seconds: Optional[float] = DEFAULT_POLL_SECONDS, max_workers: int = 8,
-                 limits: handlers.RequestLimits = handlers.RequestLimits()) -> ModelServer:
+                 limits: handlers.RequestLimits = handlers.RequestLimits(),
+                 request_log: RequestLogWriterConfig = RequestLogWriterConfig()) -> ModelServer:
   """A server, not yet started, serving what the serving root asks for.
 
   The first load happens here, before the server listens, so it answers from its first request.
   It starts without any version too, answering NOT_FOUND as TF Serving does until one is loaded.
   Port 0 picks a free port (the bound ports are on the returned server); `rest_port=None` serves
-  no REST API and `poll_seconds=None` never reloads.
+  no REST API and `poll_seconds=None` never reloads. Requests are logged as the model's
+  logging_config in models.config asks (serving/request_log.py), written as `request_log` says.
   """
   registry = registry_lib.ModelRegistry(
       serving_root, model_name,
@@ -170,20 +184,22 @@ def build_server(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_
           servable, request, limits))
   registry.refresh()
   metrics = metrics_lib.ServingMetrics(registry)
+  request_logger = request_log_lib.RequestLogger(lambda: registry.snapshot().logging,
+                                                 metrics.registry, request_log)
   # Without SO_REUSEPORT a port already in use fails here, instead of silently sharing it (and
   # its requests) with another server, such as one left running from an earlier session.
   grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
                             options=[("grpc.so_reuseport", 0)])
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionServiceServicer(registry, limits, metrics), grpc_server)
+      PredictionServiceServicer(registry, limits, metrics, request_logger), grpc_server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(
       ModelServiceServicer(registry, metrics), grpc_server)
   address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # IPv6 literals need brackets
   bound_port = grpc_server.add_insecure_port(address)
-  rest_server = (rest.RestServer((host, rest_port), registry, limits, metrics)
+  rest_server = (rest.RestServer((host, rest_port), registry, limits, metrics, request_logger)
                  if rest_port is not None else None)
   poller = registry_lib.Poller(registry, poll_seconds) if poll_seconds else None
-  return ModelServer(registry, grpc_server, bound_port, rest_server, poller)
+  return ModelServer(registry, grpc_server, bound_port, rest_server, poller, request_logger)
 
 
 def command(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
@@ -241,13 +257,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--max-batch-size", type=int, default=handlers.RequestLimits.max_batch_size)
   parser.add_argument("--max-history-length", type=int,
                       default=handlers.RequestLimits.max_history_length)
+  parser.add_argument("--request-log-max-file-bytes", type=int,
+                      default=RequestLogWriterConfig.max_file_bytes,
+                      help="A request log file is closed at this size.")
+  parser.add_argument("--request-log-max-file-seconds", type=float,
+                      default=RequestLogWriterConfig.max_file_seconds,
+                      help="...or this long after it was opened.")
+  parser.add_argument("--request-log-queue-records", type=int,
+                      default=RequestLogWriterConfig.queue_records,
+                      help="Records waiting to be written; beyond, they are dropped and counted.")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
   server = build_server(args.serving_root, args.model_name, args.host, args.port, args.rest_port,
                         args.poll_seconds or None, limits=handlers.RequestLimits(
                             max_batch_size=args.max_batch_size,
-                            max_history_length=args.max_history_length))
+                            max_history_length=args.max_history_length),
+                        request_log=RequestLogWriterConfig(
+                            max_file_bytes=args.request_log_max_file_bytes,
+                            max_file_seconds=args.request_log_max_file_seconds,
+                            queue_records=args.request_log_queue_records))
   server.start()
   _LOGGER.info("Listening for gRPC on %s:%d%s", args.host, server.port,
                f", REST on port {server.rest_port}" if server.rest_port else "")

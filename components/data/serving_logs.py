@@ -10,8 +10,10 @@ still being written is named `*.tfrecord.inprogress` and is never read), each re
 PredictionLog whose `predict_log` holds the PredictRequest (user_id, history, timestamp and the
 `request_id` input the server adds, one per batch row) and the PredictResponse (item_ids and
 propensities, [batch, k]). One served slate is a request row: its user, its items by position,
-the serving policy's propensity of each item at its position (1.0 for a signature that answers
-without propensities: it ranks deterministically), the model version that answered, and the
+the serving policy's propensity of each item at its position (none where the logged response
+has no `propensities`: the answer of a signature without them, or of a request whose
+`output_filter` left them out, as serving/client.py's does), the model version that answered, and
+the
 request time: the request's own `timestamp` input where the client sent one, else the server's
 time of the request (`log_metadata.timestamp_secs`).
 
@@ -101,8 +103,10 @@ def _slates_of(log: prediction_log_pb2.PredictionLog, where: str) -> List[dict]:
   times = (_tensor(inputs, contract.TIMESTAMP, where) if contract.TIMESTAMP in inputs
            else np.zeros(len(users), dtype=np.int64))
   items = _decoded(_tensor(outputs, contract.ITEM_IDS, where))
+  # Not logged (a signature without them, or a client's output_filter left them out): not
+  # claimed. The evaluator's off-policy estimates leave such slates out.
   propensities = (_tensor(outputs, contract.PROPENSITIES, where)
-                  if contract.PROPENSITIES in outputs else np.ones(items.shape))
+                  if contract.PROPENSITIES in outputs else np.full(items.shape, np.nan))
   if not len(request_ids) == len(users) == len(times) == len(items) == len(propensities):
     raise ingest.InputDataError(
         f"{where}: batch sizes disagree: {contract.REQUEST_ID} {len(request_ids)}, "

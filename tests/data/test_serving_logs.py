@@ -136,12 +136,14 @@ def test_the_join_records_every_served_slot_with_its_strongest_outcome(tmp_path)
   assert (joined["slates"], joined["engagements"], joined["unknown_requests"]) == (3, 3, 0)
 
 
-def test_a_slate_without_logged_propensities_is_a_deterministic_ranking(tmp_path):
+def test_a_slate_logged_without_propensities_claims_none(tmp_path):
+  # E.g. a client whose output_filter asked for item_ids and scores only.
   logs = [prediction_log(["r1"], ["u1"], [["i1", "i2"]], propensities=None)]
   slates = serving_logs.read_prediction_logs(write_logs(tmp_path / "logs", logs))
   feedback = serving_logs.read_feedback(write_feedback(tmp_path / "f.csv", ["r1,i1,click,"]))
   events = serving_logs.served_events(slates, feedback)["events"]
-  assert events[contract.PROPENSITY].tolist() == [1.0, 1.0]
+  assert events[contract.PROPENSITY].isna().all()
+  assert events[contract.POSITION].tolist() == [0, 1]
   assert events[contract.CATEGORY].tolist() == [contract.UNKNOWN_CATEGORY] * 2  # no span yet
 
 

@@ -197,8 +197,11 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
 @click.option("--feedback", required=True, type=click.Path(exists=True, dir_okay=False),
               help="What users did with the served items: CSV (or Parquet) of request_id, "
               "item_id, event (click or purchase) and optional price; see README.")
+@click.option("--slate-size", type=click.IntRange(min=1),
+              help="How many of each answer's items the app shows, the first ones (default: "
+              "all of the model's top_k); only those are impressions.")
 @click.option("--home", type=click.Path(file_okay=False))
-def ingest_logs(predictions, feedback, home) -> None:
+def ingest_logs(predictions, feedback, slate_size, home) -> None:
   """Join the served slates with the app's feedback into a new span for `recsys run
   --latest-span`."""
   from components.data import ingest
@@ -209,7 +212,7 @@ def ingest_logs(predictions, feedback, home) -> None:
   try:
     with scheduler.run_lock(config.home):
       report = serving_logs.ingest_logs(predictions, feedback, config.input_base,
-                                        config.minimums)
+                                        config.minimums, slate_size)
   except scheduler.RunInProgress as error:
     raise RunInProgressError(str(error)) from error
   except ingest.InputDataError as error:

@@ -36,9 +36,10 @@ or purchase, a negative price and an item that is not in its request's slate are
 counted and reported, not refused: the server logs a sample of requests (`sampling_rate`), so
 feedback on requests it did not keep is expected.
 
-The join (`served_events`): every position of every logged slate becomes one event row (user,
-item, request time, impression, click or purchase, position, propensity, request_id,
-model_version), with the item's category, price and title from the latest span's events
+The join (`served_events`): every shown position of every logged slate (the answer's first
+`slate_size` items, `recsys ingest-logs --slate-size`: the server answers with the model's top_k,
+100 by default, of which an app shows a page) becomes one event row (user, item, request time,
+impression, click or purchase, position, propensity, request_id, model_version), with the item's category, price and title from the latest span's events
 (`unknown`, 0 and none for an item the data have never had). Slates whose request id the latest
 span already holds were ingested before and are left out, so ingesting the same logs twice adds
 nothing.
@@ -202,7 +203,8 @@ def _item_attributes(previous: Optional[pd.DataFrame]) -> pd.DataFrame:
 
 
 def served_events(slates: pd.DataFrame, feedback: pd.DataFrame,
-                  previous: Optional[pd.DataFrame] = None) -> Dict[str, object]:
+                  previous: Optional[pd.DataFrame] = None,
+                  slate_size: Optional[int] = None) -> Dict[str, object]:
   """Joins the slates with the feedback into event rows (module docstring).
 
   Args:
@@ -210,6 +212,9 @@ def served_events(slates: pd.DataFrame, feedback: pd.DataFrame,
     feedback: read_feedback's frame.
     previous: The latest span's events (ingest.read_examples), or None when there is none: they
       give items their attributes, and the requests they hold are not added again.
+    slate_size: How many of each answer's items the app shows, its first ones; None: all. The
+      server answers with the model's top_k (100 by default) and an app shows a page of them;
+      only the items shown are impressions.
 
   Returns:
     `events` (contract.EVENT_COLUMNS but session_id; rows by time, request and position) and the
@@ -220,6 +225,11 @@ def served_events(slates: pd.DataFrame, feedback: pd.DataFrame,
            if previous is not None and contract.REQUEST_ID in previous else set())
   already = slates[contract.REQUEST_ID].isin(known)
   slates = slates[~already]
+  if slate_size is not None:
+    if slate_size < 1:
+      raise ValueError(f"slate_size must be at least 1, got {slate_size}")
+    slates = slates.assign(items=slates["items"].str[:slate_size],
+                           propensities=slates["propensities"].str[:slate_size])
   shown = slates.explode(["items", "propensities"]).rename(
       columns={"items": contract.ITEM_ID, "propensities": contract.PROPENSITY})
   shown[contract.POSITION] = shown.groupby(level=0).cumcount()
@@ -284,9 +294,11 @@ def latest_events(input_base: os.PathLike) -> Optional[pd.DataFrame]:
 
 
 def ingest_logs(predictions_dir: os.PathLike, feedback_path: os.PathLike,
-                input_base: os.PathLike,
-                minimums: Optional[DataMinimums] = None) -> IngestReport:
+                input_base: os.PathLike, minimums: Optional[DataMinimums] = None,
+                slate_size: Optional[int] = None) -> IngestReport:
   """Publishes the latest span's events plus the joined logs and feedback as a new span.
+
+  `slate_size` is served_events'.
 
   With `minimums`, data too small to train and evaluate on is refused (ingest.require_trainable)
   and nothing is published. Logs that add nothing new publish nothing: the report names the
@@ -295,7 +307,7 @@ def ingest_logs(predictions_dir: os.PathLike, feedback_path: os.PathLike,
   slates = read_prediction_logs(predictions_dir)
   feedback = read_feedback(feedback_path)
   previous = latest_events(input_base)
-  joined = served_events(slates, feedback, previous)
+  joined = served_events(slates, feedback, previous, slate_size)
   events = pd.concat([frame for frame in (previous, joined["events"]) if frame is not None],
                      ignore_index=True)
   events = events[[column for column in contract.EVENT_COLUMNS if column in events]]

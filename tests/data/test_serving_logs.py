@@ -136,6 +136,18 @@ def test_the_join_records_every_served_slot_with_its_strongest_outcome(tmp_path)
   assert (joined["slates"], joined["engagements"], joined["unknown_requests"]) == (3, 3, 0)
 
 
+def test_only_the_shown_part_of_each_answer_is_impressions(tmp_path):
+  slates = serving_logs.read_prediction_logs(write_logs(tmp_path / "logs", LOGS))
+  feedback = serving_logs.read_feedback(write_feedback(tmp_path / "f.csv", ["r2,i7,click,"]))
+  events = serving_logs.served_events(slates, feedback, slate_size=2)["events"]
+  assert events[contract.ITEM_ID].tolist() == ["i1", "i2", "i4", "i5", "i3", "i7"]
+  assert events[contract.POSITION].tolist() == [0, 1] * 3
+  # An item the app did not show cannot have been clicked.
+  feedback = serving_logs.read_feedback(write_feedback(tmp_path / "f.csv", ["r2,i1,click,"]))
+  with pytest.raises(ingest.InputDataError, match="f.csv line 2: field 'item_id' has value 'i1'"):
+    serving_logs.served_events(slates, feedback, slate_size=2)
+
+
 def test_a_slate_logged_without_propensities_claims_none(tmp_path):
   # E.g. a client whose output_filter asked for item_ids and scores only.
   logs = [prediction_log(["r1"], ["u1"], [["i1", "i2"]], propensities=None)]

@@ -148,10 +148,10 @@ def read_prediction_logs(predictions_dir: os.PathLike) -> pd.DataFrame:
   slates = []
   for path in log_files(predictions_dir):
     try:
-      for number, record in enumerate(tf.compat.v1.io.tf_record_iterator(str(path))):
+      for number, record in enumerate(tf.data.TFRecordDataset(str(path))):
         where = f"{path.name} record {number + 1}"
         try:
-          log = prediction_log_pb2.PredictionLog.FromString(record)
+          log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         except Exception as error:  # pylint: disable=broad-except  # protobuf's DecodeError
           raise ingest.InputDataError(f"{where}: not a PredictionLog ({error})") from None
         slates.extend(_slates_of(log, where))

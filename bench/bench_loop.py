@@ -1,12 +1,14 @@
 """The feedback loop on the simulator: serve, log, join the feedback, retrain, push, round by round.
 
 Run: .venv/bin/python bench/bench_loop.py [--rounds 3] [--users 200] [--horizon 3]
-         [--events 20000] [--items 60] [--seed 7] [--work-dir DIR] [--out bench/results/loop.json]
+         [--events 20000] [--items 60] [--seed 7] [--default-gate] [--work-dir DIR]
+         [--home HOME] [--out bench/results/loop.json]
 
 The world is a generated dataset's (components/simulation/generator.py: `--seed`, `--events`
 impressions of the logging policy, `--items` items, generator.users_for(events) users), and the
-pipeline first trains on that log (`recsys run --interactions`) and pushes a model. Then, each
-round:
+pipeline first trains on that log (`recsys run --interactions`) and pushes a model (`--home`: a
+home where this bench did that already, whose later spans and request logs were removed). Then,
+each round:
   1. the pushed model is served by the real local server (serving/server.py, in its own process,
      request logging on as the push configures it: every request, `serving_request_log`);
   2. the world's first `--users` users, each starting new, are followed over up to `--horizon`
@@ -19,12 +21,15 @@ round:
   3. the server stops (its log file is closed), the users' clicks and purchases become the app's
      feedback file (request_id, item_id, event, price), `recsys ingest-logs --slate-size 10`
      joins it with the request log into a new span (the previous span's events plus the served
-     slates), and `recsys run --latest-span` retrains on it, judges it and pushes it if blessed.
+     slates), and `recsys run --latest-span` retrains on it, judges it and pushes it: with the
+     report-only gate, so that every round serves the model retrained on the rounds before
+     (`--default-gate` judges it by the default gate instead, which may keep the old version).
 Reported per round: the served version, per user (over the users' sessions, the figures of
 bench/bench_policies.py) the reward, clicks, purchases, revenue and sessions, per session the
 clicks and satisfaction, what ingestion joined, and whether the retrained model was pushed. The
-logging policy, followed over the same users with the same seed, gives the scale. Each round's
-users meet the same random draws (seed), so the rounds differ by the served model.
+logging policy, followed over the same users with the same seed, gives the scale. Round r's
+users draw with seed `--seed` + r, new traffic each round; the logging policy meets the same
+draws, so each round's difference to it is paired.
 """
 import argparse
 import collections
@@ -36,6 +41,7 @@ import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
+import uuid
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -51,6 +57,7 @@ from components.simulation import generator
 from components.simulation import simulator
 from pipeline import cli
 from pipeline import configs
+import schemas
 from schemas import contract
 from serving import client as client_lib
 from serving import model_config
@@ -70,8 +77,8 @@ STEP_SECONDS = 60
 SESSION_GAP_SECONDS = 2 * 3600  # beyond the pipeline's 30-minute session cut
 ROUND_GAP_SECONDS = 7 * 86_400
 RPC_TIMEOUT_SECONDS = 120.0
-# The retrained models go through the default gate; the world's on-policy metrics need its users,
-# which `recsys run --latest-span` does not assume the latest span holds.
+# The world's on-policy metrics need its users, which `recsys run --latest-span` does not assume
+# the latest span holds.
 RUN_SETTINGS = ("--set", "simulator_users=0")
 
 
@@ -185,11 +192,13 @@ def _cli(*args) -> str:
 
 
 def loop_round(home: pathlib.Path, world: simulator.World, users: np.ndarray, horizon: int,
-               seed: int, start_time: int, number: int, work: pathlib.Path) -> dict:
+               seed: int, start_time: int, number: int, work: pathlib.Path,
+               run_args: List[str]) -> dict:
   """Serve, log, join the feedback, retrain: one round, with what it measured."""
   started = time.monotonic()
+  # Request ids unique to this run: the request log keeps every earlier run's.
   result, feedback, versions, clock = serve_round(home, world, users, horizon, seed, start_time,
-                                                  f"round{number}")
+                                                  f"{uuid.uuid4().hex[:8]}-round{number}")
   served_seconds = time.monotonic() - started
   feedback_path = work / f"feedback-{number}.csv"
   feedback.to_csv(feedback_path, index=False)
@@ -198,11 +207,11 @@ def loop_round(home: pathlib.Path, world: simulator.World, users: np.ndarray, ho
   config = configs.PipelineConfig(home=home)
   before = set(push.versions(config.serving_root / config.model_name))
   started = time.monotonic()
-  output = _cli("run", "--latest-span", "--home", home, *RUN_SETTINGS)
+  output = _cli("run", "--latest-span", "--home", home, *RUN_SETTINGS, *run_args)
   pushed = sorted(set(push.versions(config.serving_root / config.model_name)) - before)
   metrics = bench_policies.per_user_metrics(result, world, len(users))
   return {
-      "round": number, "served_versions": sorted(versions),
+      "round": number, "seed": seed, "served_versions": sorted(versions),
       "metrics": {name: float(value) for name, value in metrics.items()},
       "clicks_per_user": float(result.sessions["clicks"].sum() / len(users)),
       "purchases_per_user": float(result.sessions["purchases"].sum() / len(users)),
@@ -224,39 +233,46 @@ def main(argv: Optional[List[str]] = None) -> None:
   parser.add_argument("--events", type=int, default=20_000)
   parser.add_argument("--items", type=int, default=60)
   parser.add_argument("--seed", type=int, default=7)
+  parser.add_argument("--default-gate", action="store_true")
   parser.add_argument("--work-dir", type=pathlib.Path)
+  parser.add_argument("--home", type=pathlib.Path)
   parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent /
                       "results" / "loop.json")
   args = parser.parse_args(argv)
   work = args.work_dir or pathlib.Path(tempfile.mkdtemp(prefix="bench_loop-"))
-  home = work / "home"
+  home = args.home or work / "home"
   n_users = generator.users_for(args.events)
   dataset = generator.generate_dataset(work / "raw", seed=args.seed, n_users=n_users,
                                        n_items=args.items, n_events=args.events)
   world = generator.default_world(args.seed, n_users, args.items)
   users = np.arange(min(args.users, n_users))
-  started = time.monotonic()
-  first = _cli("run", "--interactions", dataset.interactions, "--items", dataset.items,
-               "--home", home)
-  print(first.strip().splitlines()[-1], flush=True)
-  initial_seconds = time.monotonic() - started
-  logging_result = simulator.run_users(world, generator.logging_policy(world, args.seed), users,
-                                       args.horizon, np.random.default_rng(args.seed))
+  initial_seconds = None
+  if args.home is None:
+    started = time.monotonic()
+    first = _cli("run", "--interactions", dataset.interactions, "--items", dataset.items,
+                 "--home", home)
+    print(first.strip().splitlines()[-1], flush=True)
+    initial_seconds = round(time.monotonic() - started, 1)
+  run_args = [] if args.default_gate else ["--gate-config", schemas.REPORT_ONLY_GATE_CONFIG]
+  logging_policy = generator.logging_policy(world, args.seed)
   rounds = []
   clock = int(pd.read_csv(dataset.interactions, usecols=["timestamp"])["timestamp"].max())
   for number in range(1, args.rounds + 1):
-    result = loop_round(home, world, users, args.horizon, args.seed, clock + ROUND_GAP_SECONDS,
-                        number, work)
+    seed = args.seed + number
+    result = loop_round(home, world, users, args.horizon, seed, clock + ROUND_GAP_SECONDS,
+                        number, work, run_args)
     clock = result.pop("clock")
+    logged = simulator.run_users(world, logging_policy, users, args.horizon,
+                                 np.random.default_rng(seed))
+    result["logging_policy"] = {name: float(value) for name, value in
+                                bench_policies.per_user_metrics(logged, world, len(users)).items()}
     rounds.append(result)
     print(json.dumps(result), flush=True)
   report = {
       "machine": platform.platform(), "work_dir": str(work),
       "settings": {name: getattr(args, name) for name in ("rounds", "users", "horizon", "events",
                                                           "items", "seed")},
-      "initial_run_seconds": round(initial_seconds, 1),
-      "logging_policy": {name: float(value) for name, value in bench_policies.per_user_metrics(
-          logging_result, world, len(users)).items()},
+      "default_gate": args.default_gate, "initial_run_seconds": initial_seconds,
       "rounds": rounds,
   }
   args.out.parent.mkdir(parents=True, exist_ok=True)

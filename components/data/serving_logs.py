@@ -68,6 +68,7 @@ from schemas import contract
 
 # pylint: disable=protected-access  # the ingest module's readers give feedback its error style
 
+# A closed log file's suffix (serving/request_log.py's CLOSED_SUFFIX; data does not import serving).
 LOG_SUFFIX = ".tfrecord"
 FEEDBACK_EVENTS = ("click", contract.PURCHASE_EVENT)
 

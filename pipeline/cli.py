@@ -93,13 +93,20 @@ def main() -> None:
               f"{configs.PipelineConfig.minimums.items}).")
 @click.option("--min-engagements", type=int, help="Fewest engagements (default "
               f"{configs.PipelineConfig.minimums.engagements}).")
+@click.option("--latest-span", is_flag=True,
+              help="Train on the home's latest span as it is, e.g. the one `recsys ingest-logs` "
+              "made, instead of ingesting files.")
 @click.option("--verbose", is_flag=True,
               help="Show the libraries' logs on the terminal too, not only in the run's log file.")
 def run(interactions, items, fmt, home, epochs, gate_config, reward, settings, no_cache,
-        allow_drift, beam_args, beam_preset, min_users, min_items, min_engagements,
+        allow_drift, beam_args, beam_preset, min_users, min_items, min_engagements, latest_span,
         verbose) -> None:
   """Run the whole pipeline under TFX's LocalDagRunner and push a blessed model."""
   from pipeline import run_output
+
+  if latest_span and (interactions or items):
+    raise UsageError("--latest-span trains on the span already ingested; give it no "
+                     "--interactions or --items")
 
   config = _config(home, gate_config=pathlib.Path(gate_config).resolve() if gate_config else None,
                    enable_cache=False if no_cache else None, allow_drift=allow_drift or None,
@@ -120,14 +127,15 @@ def run(interactions, items, fmt, home, epochs, gate_config, reward, settings, n
     with scheduler.run_lock(config.home), run_output.captured(
         config.home, verbose, click.echo, sys.stdout.isatty()) as output:
       click.echo(f"Logs: {output.log_path}")
-      _run_pipeline(config, interactions, items, fmt, output)
+      _run_pipeline(config, interactions, items, fmt, output, latest_span)
   except scheduler.RunInProgress as error:
     raise RunInProgressError(str(error)) from error
 
 
 def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
-                  items: Optional[str], fmt: str, output) -> None:
-  """Ingests the files as a new span, runs the pipeline, prints what it did.
+                  items: Optional[str], fmt: str, output, latest_span: bool = False) -> None:
+  """Ingests the files as a new span (or takes the latest one), runs the pipeline, prints what
+  it did.
 
   Anything that stops the run ends in one line naming the stage and the reason, with the
   version being served; the traceback of an unexpected error goes to the run's log file.
@@ -143,20 +151,28 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
     release_gate.GateConfig.load(config.gate_config)
   except release_gate.GateConfigError as error:
     raise UsageError(str(error)) from error
-  if interactions is None:
-    dataset = _default_dataset(config)
-    interactions, items, fmt = dataset.interactions, dataset.items, "generic"
-  else:
-    # The simulator's world holds the built-in dataset's users, not these.
-    config = dataclasses.replace(config, simulator_users=0)
   input_base = config.input_base
-  try:
-    staged = ingest.prepare_dataset(interactions, items, fmt=fmt, out_dir=input_base / ".staging",
-                                    minimums=config.minimums)
-  except ingest.InputDataError as error:
-    raise UsageError(f"{error}; {run_report.serving_status(config)}") from error
-  span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
-  click.echo(f"Ingested {interactions} as span {span} of {input_base}")
+  if latest_span:
+    existing = spans.spans(input_base)
+    if not existing:
+      raise UsageError(f"--latest-span: {input_base} holds no span yet; run with the built-in "
+                       "data or --interactions first")
+    click.echo(f"Training on span {max(existing)} of {input_base}")
+  else:
+    if interactions is None:
+      dataset = _default_dataset(config)
+      interactions, items, fmt = dataset.interactions, dataset.items, "generic"
+    else:
+      # The simulator's world holds the built-in dataset's users, not these.
+      config = dataclasses.replace(config, simulator_users=0)
+    try:
+      staged = ingest.prepare_dataset(interactions, items, fmt=fmt,
+                                      out_dir=input_base / spans.STAGING_DIR,
+                                      minimums=config.minimums)
+    except ingest.InputDataError as error:
+      raise UsageError(f"{error}; {run_report.serving_status(config)}") from error
+    span = spans.publish(staged / ingest.EXAMPLES_FILE, input_base)
+    click.echo(f"Ingested {interactions} as span {span} of {input_base}")
 
   versions_before = run_report.pushed_versions(config)
   try:
@@ -175,6 +191,42 @@ def _run_pipeline(config: configs.PipelineConfig, interactions: Optional[str],
   if skew:
     click.echo(skew)
   click.echo(run_report.describe(config, versions_before))
+
+
+@main.command("ingest-logs")
+@click.option("--predictions", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The server's request log directory: its closed *.tfrecord PredictionLog "
+              "files (the logging config's filename_prefix's directory).")
+@click.option("--feedback", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="What users did with the served items: CSV (or Parquet) of request_id, "
+              "item_id, event (click or purchase) and optional price; see README.")
+@click.option("--slate-size", type=click.IntRange(min=1),
+              help="How many of each answer's items the app shows, the first ones (default: "
+              "all of the model's top_k); only those are impressions.")
+@click.option("--home", type=click.Path(file_okay=False))
+def ingest_logs(predictions, feedback, slate_size, home) -> None:
+  """Join the served slates with the app's feedback into a new span for `recsys run
+  --latest-span`."""
+  from components.data import ingest
+  from components.data import serving_logs
+
+  config = _config(home)
+  # One writer of spans at a time per home, as for `recsys run`.
+  try:
+    with scheduler.run_lock(config.home):
+      report = serving_logs.ingest_logs(predictions, feedback, config.input_base,
+                                        config.minimums, slate_size)
+  except scheduler.RunInProgress as error:
+    raise RunInProgressError(str(error)) from error
+  except ingest.InputDataError as error:
+    raise UsageError(str(error)) from error
+  skipped = (f"; {report.already_ingested} slates were ingested before"
+             if report.already_ingested else "")
+  unknown = (f"; {report.unknown_requests} feedback rows name requests the log does not hold "
+             "(not sampled) and were skipped" if report.unknown_requests else "")
+  click.echo(f"Joined {report.slates} served slates with {report.engagements} engagements"
+             f"{skipped}{unknown}: span {report.span} of {config.input_base} holds "
+             f"{report.events} events; `recsys run --latest-span` trains on it")
 
 
 @main.command()

@@ -30,6 +30,15 @@ POSITION = "position"  # 0-based slot of the item in the slate shown
 PROPENSITY = "propensity"  # probability the logging policy had of showing the item there
 # Where the source has item titles (an items CSV, MovieLens' movies.csv); absent elsewhere.
 TITLE = "title"
+# Where the events come from the server's request log (`recsys ingest-logs`): the request that
+# served the slate (its id, REQUEST_ID below, the same name as the log's added request input)
+# and the version of the model that chose it.
+MODEL_VERSION = "model_version"
+# Request logging (serving/request_log.py): the id a client sends with a request, by which it
+# reports feedback on what it was shown. Sent as gRPC metadata (REST: the X-Request-Id header) and
+# echoed by the server; the server's PredictionLog records carry it as an extra request input.
+REQUEST_ID = "request_id"
+REQUEST_ID_HEADER = "x-request-id"
 
 # An impression is an item shown and not engaged with; the other event types are engagements: the
 # user chose the item, so they are retrieval positives, enter the user's history and count as a
@@ -43,7 +52,7 @@ EVENT_TYPES = (IMPRESSION,) + ENGAGEMENT_EVENTS
 UNKNOWN_CATEGORY = "unknown"
 
 REQUIRED_EVENT_COLUMNS = (USER_ID, ITEM_ID, TIMESTAMP, EVENT, RATING, PRICE, CATEGORY)
-OPTIONAL_EVENT_COLUMNS = (SESSION_ID, POSITION, PROPENSITY, TITLE)
+OPTIONAL_EVENT_COLUMNS = (SESSION_ID, POSITION, PROPENSITY, TITLE, REQUEST_ID, MODEL_VERSION)
 # Columns ingestion writes, in order; optional ones only where the source has them.
 EVENT_COLUMNS = REQUIRED_EVENT_COLUMNS + OPTIONAL_EVENT_COLUMNS
 
@@ -138,9 +147,3 @@ SCORES = "scores"  # float32, the same shape: Q-values (serving_default) or retr
 # and off-policy evaluation; the same definition as the simulator's
 # (components/simulation/simulator.py).
 PROPENSITIES = "propensities"
-
-# Request logging (serving/request_log.py): the id a client sends with a request, by which it
-# reports feedback on what it was shown. Sent as gRPC metadata (REST: the X-Request-Id header) and
-# echoed by the server; the server's PredictionLog records carry it as an extra request input.
-REQUEST_ID = "request_id"
-REQUEST_ID_HEADER = "x-request-id"

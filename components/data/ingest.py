@@ -545,6 +545,58 @@ def write_examples(events: pd.DataFrame, out_path: os.PathLike) -> bool:
     temp.unlink(missing_ok=True)
 
 
+# The tf.train.Example feature type of every event column, as write_examples writes it.
+_EVENT_DTYPES = {
+    contract.USER_ID: tf.string, contract.ITEM_ID: tf.string, contract.TIMESTAMP: tf.int64,
+    contract.EVENT: tf.string, contract.RATING: tf.float32, contract.PRICE: tf.float32,
+    contract.CATEGORY: tf.string, contract.SESSION_ID: tf.string, contract.POSITION: tf.int64,
+    contract.PROPENSITY: tf.float32, contract.TITLE: tf.string, contract.REQUEST_ID: tf.string,
+    contract.MODEL_VERSION: tf.int64,
+}
+_RECORDS_PER_BATCH = 8192
+
+
+def read_examples(path: os.PathLike) -> pd.DataFrame:
+  """The events of a file write_examples wrote, in its columns and types, rows in file order.
+
+  Written again by write_examples, they give the same records: floats went through float32 once.
+  """
+  spec = {column: tf.io.RaggedFeature(dtype) for column, dtype in _EVENT_DTYPES.items()}
+  parts = {column: [] for column in spec}
+  dataset = tf.data.TFRecordDataset(str(path), compression_type="GZIP")
+  for batch in dataset.batch(_RECORDS_PER_BATCH).map(lambda records: tf.io.parse_example(
+      records, spec)):
+    for column, values in batch.items():
+      parts[column].append(values)
+  events = {}
+  for column, batches in parts.items():
+    if not batches:
+      continue
+    ragged = tf.concat(batches, axis=0)
+    lengths = ragged.row_lengths().numpy()
+    if not lengths.any():  # a column no record has
+      continue
+    values = pd.Series(ragged.flat_values.numpy())
+    if _EVENT_DTYPES[column] == tf.string:
+      values = values.str.decode("utf-8")
+    present = np.flatnonzero(lengths)
+    column_values = pd.Series(np.nan, index=np.arange(len(lengths)), dtype=object)
+    column_values.iloc[present] = values.to_numpy()
+    events[column] = column_values
+  frame = pd.DataFrame(events)
+  if frame.empty:
+    return frame
+  frame = frame.astype({column: str for column in (
+      contract.USER_ID, contract.ITEM_ID, contract.EVENT, contract.CATEGORY)})
+  frame = frame.astype({contract.TIMESTAMP: np.int64, contract.RATING: np.float64,
+                        contract.PRICE: np.float64})
+  for column, dtype in ((contract.POSITION, "Int64"), (contract.MODEL_VERSION, "Int64"),
+                        (contract.PROPENSITY, np.float64)):
+    if column in frame:
+      frame[column] = pd.to_numeric(frame[column]).astype(dtype)
+  return frame[[column for column in contract.EVENT_COLUMNS if column in frame]]
+
+
 def require_trainable(events: pd.DataFrame, minimums: DataMinimums, source: str) -> None:
   """Refuses events too few or too uniform to train and evaluate a recommender on, saying why.
 

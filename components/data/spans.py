@@ -13,6 +13,8 @@ from typing import Dict
 from components.data import ingest
 
 INPUT_PATTERN = "span-{SPAN}/*"
+# Where a span is staged under the input base before `publish` moves it in; not a span directory.
+STAGING_DIR = ".staging"
 _SPAN_DIR = re.compile(r"span-(\d+)")
 
 

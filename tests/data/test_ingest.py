@@ -193,7 +193,9 @@ def test_generated_dataset_round_trips(tmp_path):
                                         out_dir=tmp_path / "out")
   expected = ingest.load_interactions(dataset.interactions, dataset.items)
   _assert_round_trip(examples_dir, expected)
-  assert set(contract.OPTIONAL_EVENT_COLUMNS) <= set(expected.columns)  # an impression log
+  # An impression log; request ids and model versions come from the server's request log.
+  assert {contract.SESSION_ID, contract.POSITION, contract.PROPENSITY, contract.TITLE} <= set(
+      expected.columns)
   assert set(expected[contract.EVENT]) <= set(contract.EVENT_TYPES)
   assert (expected[contract.PRICE] > 0).all()
   assert not (expected[contract.CATEGORY] == contract.UNKNOWN_CATEGORY).any()

@@ -4,10 +4,12 @@ One module-scoped home is shared so the pipeline runs once for the success path;
 it run in file order, each ingesting a new span into the same home: the failure paths check that
 bad or drifted input never reaches the Trainer and the served version keeps serving.
 """
+import importlib.util
 import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,13 +18,16 @@ import time
 from click.testing import CliRunner
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+import numpy as np
 import pandas as pd
 import pytest
 from tfx.orchestration import metadata
 from tfx.types import standard_artifacts
 
 from components import artifact_properties
+from components.data import ingest
 from components.data import sessions
+from components.data import spans
 from components.models import queries
 from components.models import training
 from components.models import warmup
@@ -37,6 +42,11 @@ from serving import model_config
 from serving import server as server_lib
 
 pytestmark = pytest.mark.e2e
+# One round of the feedback loop is bench/bench_loop.py's, run here on the fixture's model.
+_BENCH_LOOP = pathlib.Path(__file__).resolve().parents[2] / "bench" / "bench_loop.py"
+_loop_spec = importlib.util.spec_from_file_location("bench_loop", _BENCH_LOOP)
+bench_loop = importlib.util.module_from_spec(_loop_spec)
+_loop_spec.loader.exec_module(bench_loop)
 REPORT_ONLY = ("--gate-config", str(schemas.REPORT_ONLY_GATE_CONFIG))
 
 
@@ -494,3 +504,48 @@ def test_real_ratings_are_blessed_by_the_default_gate_and_pushed(movielens_dir, 
   # Ratings hold no unengaged impression: the DQN head has no reward contrast and stays untrained.
   log = pathlib.Path(re.search(r"Logs: (\S+)", result.output).group(1)).read_text()
   assert "the DQN head is not trained" in log
+
+
+def test_one_round_of_the_feedback_loop_retrains_on_the_served_slates(trained, tmp_path):
+  """One round of bench/bench_loop.py: the pushed model serves simulated users with request
+  logging on, their clicks and purchases are the feedback, `recsys ingest-logs` joins both into
+  a new span and `recsys run --latest-span` retrains on it."""
+  source_home, dataset, _, _ = trained
+  home = tmp_path / "home"
+  # The fixture's pushed model (without the request log earlier tests wrote), and the data it
+  # learnt from as this home's span 1: the fixture's home holds the failure tests' spans since.
+  shutil.copytree(source_home / "serving", home / "serving",
+                  ignore=shutil.ignore_patterns(model_config.REQUEST_LOG_DIR))
+  input_base = home / "data" / "spans"
+  staged = ingest.prepare_dataset(dataset.interactions, dataset.items,
+                                  out_dir=input_base / spans.STAGING_DIR)
+  assert spans.publish(staged / ingest.EXAMPLES_FILE, input_base) == 1
+  n_users = generator.users_for(20_000)
+  world = generator.default_world(7, n_users, 60)  # the fixture dataset's world
+  start = int(pd.read_csv(dataset.interactions, usecols=["timestamp"])["timestamp"].max()) + 86_400
+  served, feedback, versions, _ = bench_loop.serve_round(home, world, np.arange(40), 2, 0, start,
+                                                         "e2e")
+  assert len(versions) == 1 and versions <= {int(version) for version in _versions(home)}
+  feedback_path = tmp_path / "feedback.csv"
+  feedback.to_csv(feedback_path, index=False)
+  assert len(feedback) > 0
+
+  ingested = CliRunner().invoke(cli.main, [
+      "ingest-logs", "--predictions", str(bench_loop.request_log_dir(home)), "--feedback",
+      str(feedback_path), "--slate-size", "10", "--home", str(home)], catch_exceptions=False)
+  assert ingested.exit_code == 0, ingested.output
+  slates = served.impressions.groupby(["session", "step"]).ngroups
+  assert f"Joined {slates} served slates with {len(feedback)} engagements:" in ingested.output
+  events = ingest.read_examples(input_base / "span-2" / ingest.EXAMPLES_FILE)
+  logged = events[events[contract.REQUEST_ID].notna()]
+  assert len(logged) == len(served.impressions) == 10 * slates
+  assert set(logged[contract.MODEL_VERSION]) == versions
+  assert (logged[contract.EVENT] != "impression").sum() == len(feedback)
+  assert (logged[contract.EVENT] == "purchase").sum() == served.impressions["purchase"].sum()
+  assert logged[contract.PROPENSITY].eq(1.0).all()  # the default serving policy is greedy
+  assert len(events) - len(logged) == len(pd.read_csv(dataset.interactions))
+
+  result = _run("--latest-span", "--home", str(home), "--set", "simulator_users=0", *REPORT_ONLY)
+  assert result.exit_code == 0, result.output
+  assert "Training on span 2 of" in result.output
+  assert "pushed version" in result.output

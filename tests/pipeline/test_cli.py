@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-COMMANDS = ("run", "report", "lineage", "compile", "schedule", "serve", "rollback", "recommend",
-            "demo")
+COMMANDS = ("run", "ingest-logs", "report", "lineage", "compile", "schedule", "serve", "rollback",
+            "recommend", "demo")
 HEAVY_MODULES = ("tensorflow", "tfx", "apache_beam", "tensorflow_data_validation", "grpc",
                  "pandas")
 

@@ -55,7 +55,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 from scipy import sparse
-from scipy.sparse import linalg as sparse_linalg
+from sklearn.utils import extmath
 import tensorflow as tf
 
 from components.data import sessions
@@ -294,7 +294,10 @@ def item_factors(train_engagements: pd.DataFrame, catalog: np.ndarray,
   rank = min(dim, min(matrix.shape) - 1)
   if rank < 1:
     return {}
-  left, singular, _ = sparse_linalg.svds(matrix, k=rank, random_state=0)
+  # Randomized SVD seeded from NumPy: the same data gives the same vectors. ARPACK (scipy's svds)
+  # restarts from a seed it keeps between calls, so where singular values tie (a catalog's
+  # symmetric corners) two calls in one process returned differently rotated vectors.
+  left, singular, _ = extmath.randomized_svd(matrix, n_components=rank, random_state=0)
   vectors = left * singular
   return {item: vector for item, vector in zip(items, vectors) if np.linalg.norm(vector) > 0}
 

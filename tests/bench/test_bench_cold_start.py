@@ -55,3 +55,14 @@ def test_the_dataset_builds_the_trainers_index_arrays_and_new_users_sequences():
   new_items = events[events[contract.USER_ID] == "new"][contract.ITEM_ID]
   np.testing.assert_array_equal(sequence, dataset.items.get_indexer(new_items))
   assert (sequence == -1).sum() == 15
+
+
+def test_the_default_run_is_one_short_seed_of_two_models_and_full_is_the_readme_s_protocol():
+  seeds, forms, overrides = bench_cold_start.offline_plan(
+      False, None, bench_cold_start.DEFAULT_FORMS, [])
+  assert seeds == [0] and forms == ["off", "maml"] and overrides == {"epochs": 4}
+  seeds, forms, overrides = bench_cold_start.offline_plan(
+      True, [5], ["off"], ["adapt_learning_rate=0.5", "epochs=7"])
+  assert seeds == [0, 1, 2] and forms == ["off", "amortised", "maml"]
+  # Settings come last and are typed as ModelConfig's fields are.
+  assert overrides == {"epochs": 7, "adapt_learning_rate": 0.5}

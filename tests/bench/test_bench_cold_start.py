@@ -57,10 +57,10 @@ def test_the_dataset_builds_the_trainers_index_arrays_and_new_users_sequences():
   assert (sequence == -1).sum() == 15
 
 
-def test_the_default_run_is_one_short_seed_of_two_models_and_full_is_the_readme_s_protocol():
+def test_the_default_run_is_one_seed_of_two_models_and_full_is_the_readme_s_protocol():
   seeds, forms, overrides = bench_cold_start.offline_plan(
       False, None, bench_cold_start.DEFAULT_FORMS, [])
-  assert seeds == [0] and forms == ["off", "maml"] and overrides == {"epochs": 4}
+  assert seeds == [0] and forms == ["off", "maml"] and overrides == {"epochs": 10}
   seeds, forms, overrides = bench_cold_start.offline_plan(
       True, [5], ["off"], ["adapt_learning_rate=0.5", "epochs=7"])
   assert seeds == [0, 1, 2] and forms == ["off", "amortised", "maml"]

@@ -233,8 +233,8 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
 
 def predict(registry: registry_lib.ModelRegistry, request: predict_pb2.PredictRequest,
             limits: RequestLimits) -> predict_pb2.PredictResponse:
-  """A client's Predict, over gRPC or REST: the one place its response is finished (warmup
-  requests call `predict_with` directly)."""
+  """A client's Predict, over gRPC or REST; their servers log what it answers (warmup requests
+  call `predict_with` directly and are not logged)."""
   return predict_with(find_servable(registry, request), request, limits)
 
 

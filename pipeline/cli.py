@@ -21,6 +21,7 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
 
 from pipeline import configs
 from pipeline import scheduler
+from serving.config import RequestLogWriterConfig
 
 FORMATS = ("generic", "movielens", "movielens-100k")
 # How much of an unexpected error's first line a refusal quotes; the log file has all of it.
@@ -397,12 +398,27 @@ def schedule(cron, home, max_runs, spec, host, experiment, run_args) -> None:
 @click.option("--port", default=8500, show_default=True, type=int, help="gRPC port.")
 @click.option("--rest-port", default=8501, show_default=True, type=int,
               help="REST API and Prometheus metrics port.")
-def serve(home, host, port, rest_port) -> None:
+@click.option("--request-log-max-file-bytes", default=RequestLogWriterConfig.max_file_bytes,
+              show_default=True, type=int, help="A request log file is closed at this size...")
+@click.option("--request-log-max-file-seconds", default=RequestLogWriterConfig.max_file_seconds,
+              show_default=True, type=float, help="...or this long after it was opened.")
+@click.option("--request-log-queue-records", default=RequestLogWriterConfig.queue_records,
+              show_default=True, type=int,
+              help="Records waiting to be written; beyond, they are dropped and counted.")
+def serve(home, host, port, rest_port, request_log_max_file_bytes, request_log_max_file_seconds,
+          request_log_queue_records) -> None:
   """Serve the pushed model over TF Serving's gRPC and REST APIs until interrupted."""
   from serving import server as server_lib
 
   config = _config(home)
-  command = server_lib.command(config.serving_root, config.model_name, host, port, rest_port)
+  try:
+    request_log = RequestLogWriterConfig(max_file_bytes=request_log_max_file_bytes,
+                                         max_file_seconds=request_log_max_file_seconds,
+                                         queue_records=request_log_queue_records)
+  except ValueError as error:
+    raise UsageError(str(error)) from error
+  command = server_lib.command(config.serving_root, config.model_name, host, port, rest_port,
+                               request_log=request_log)
   # The server replaces this process rather than running as its child: the signals systemd,
   # Docker or Kubernetes send to the main process (SIGTERM) then reach the server itself, which
   # finishes the requests in flight and stops. A child would outlive a terminated parent.

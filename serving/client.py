@@ -122,7 +122,10 @@ class RecommenderClient:
         self.model_name, history_width=contract.HISTORY_LENGTH, timestamps=timestamps)
     if self.version_label:
       request.model_spec.version_label = self.version_label
-    request.output_filter.extend([contract.ITEM_IDS, contract.SCORES])
+    # No output_filter: the answer holds every output of the signature, so propensities where it
+    # has them (serving_default's contract: item ids, scores and propensities). The server logs
+    # the answer as sent, and a slate logged without propensities is left out of the next run's
+    # off-policy estimates (components/data/serving_logs.py).
     response = self._predictions.Predict(request, timeout=self.timeout,
                                          metadata=((contract.REQUEST_ID_HEADER, request_id),))
 

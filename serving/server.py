@@ -202,11 +202,15 @@ def build_server(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_
 
 def command(serving_root: pathlib.Path, model_name: str = contract.DEFAULT_MODEL_NAME,
             host: str = "127.0.0.1", port: int = 8500, rest_port: Optional[int] = None,
-            poll_seconds: float = DEFAULT_POLL_SECONDS) -> List[str]:
+            poll_seconds: float = DEFAULT_POLL_SECONDS,
+            request_log: RequestLogWriterConfig = RequestLogWriterConfig()) -> List[str]:
   """The command line that runs this server in a process of its own (see `main`)."""
   arguments = [sys.executable, "-m", "serving.server", "--serving-root", str(serving_root),
                "--model-name", model_name, "--host", host, "--port", str(port),
-               "--poll-seconds", str(poll_seconds)]
+               "--poll-seconds", str(poll_seconds),
+               "--request-log-max-file-bytes", str(request_log.max_file_bytes),
+               "--request-log-max-file-seconds", str(request_log.max_file_seconds),
+               "--request-log-queue-records", str(request_log.queue_records)]
   return arguments + (["--rest-port", str(rest_port)] if rest_port is not None else [])
 
 
@@ -240,7 +244,8 @@ def running_process(serving_root: pathlib.Path, model_name: str = contract.DEFAU
       process.wait()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def parse_arguments(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+  """`main`'s command line (see `command`), with the request log's flags as `request_log`."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--serving-root", required=True, type=pathlib.Path,
                       help="Holds models.config and <model-name>/<version>/ SavedModels.")
@@ -265,16 +270,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                       default=RequestLogWriterConfig.queue_records,
                       help="Records waiting to be written; beyond, they are dropped and counted.")
   args = parser.parse_args(argv)
+  args.request_log = RequestLogWriterConfig(max_file_bytes=args.request_log_max_file_bytes,
+                                            max_file_seconds=args.request_log_max_file_seconds,
+                                            queue_records=args.request_log_queue_records)
+  return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = parse_arguments(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
   server = build_server(args.serving_root, args.model_name, args.host, args.port, args.rest_port,
                         args.poll_seconds or None, limits=handlers.RequestLimits(
                             max_batch_size=args.max_batch_size,
                             max_history_length=args.max_history_length),
-                        request_log=RequestLogWriterConfig(
-                            max_file_bytes=args.request_log_max_file_bytes,
-                            max_file_seconds=args.request_log_max_file_seconds,
-                            queue_records=args.request_log_queue_records))
+                        request_log=args.request_log)
   server.start()
   _LOGGER.info("Listening for gRPC on %s:%d%s", args.host, server.port,
                f", REST on port {server.rest_port}" if server.rest_port else "")

@@ -12,10 +12,9 @@ PredictionLog whose `predict_log` holds the PredictRequest (user_id, history, ti
 propensities, [batch, k]). One served slate is a request row: its user, its items by position,
 the serving policy's propensity of each item at its position (none where the logged response
 has no `propensities`: the answer of a signature without them, or of a request whose
-`output_filter` left them out, as serving/client.py's does), the model version that answered, and
-the
-request time: the request's own `timestamp` input where the client sent one, else the server's
-time of the request (`log_metadata.timestamp_secs`).
+`output_filter` left them out; serving/client.py sets none), the model version that answered,
+and the request time: the request's own `timestamp` input where the client sent one, else the
+server's time of the request (`log_metadata.timestamp_secs`).
 
 The feedback file (`read_feedback`), a CSV (or `.parquet`) with one row per engagement:
 

@@ -149,7 +149,7 @@ def test_only_the_shown_part_of_each_answer_is_impressions(tmp_path):
 
 
 def test_a_slate_logged_without_propensities_claims_none(tmp_path):
-  # E.g. a client whose output_filter asked for item_ids and scores only.
+  # E.g. a request whose output_filter asked for item_ids and scores only.
   logs = [prediction_log(["r1"], ["u1"], [["i1", "i2"]], propensities=None)]
   slates = serving_logs.read_prediction_logs(write_logs(tmp_path / "logs", logs))
   feedback = serving_logs.read_feedback(write_feedback(tmp_path / "f.csv", ["r1,i1,click,"]))

@@ -1,9 +1,13 @@
 """What `recsys run` prints: a line per component, the Trainer's epochs, and no library noise."""
 import logging
 import os
+import re
 import warnings
 
+from pipeline import configs
+from pipeline import pipeline as pipeline_lib
 from pipeline import run_output
+from tests.conftest import REPO_ROOT
 
 TFX = logging.getLogger("absl")
 
@@ -91,3 +95,15 @@ def test_verbose_shows_the_logs_on_the_terminal_too(tmp_path, capfd):
     TFX.warning("ArtifactQuery.property_predicate is not supported.")
   assert "ArtifactQuery.property_predicate" in capfd.readouterr().err
   assert "ArtifactQuery.property_predicate" in output.log_path.read_text()
+
+
+def test_the_readme_shows_every_component_and_prints_them_in_the_order_they_run(tmp_path):
+  config = configs.PipelineConfig(home=tmp_path)
+  components = [component.id for component in pipeline_lib.create_pipeline(
+      config, pipeline_lib.PipelinePaths.local(config, tmp_path / "spans")).components]
+  readme = (REPO_ROOT / "README.md").read_text()
+  diagram = readme.split("```")[1]
+  assert [component for component in components if component not in diagram] == []
+  sample = readme.split("**What a run prints.**")[1].split("```")[1]
+  printed = re.findall(r"^  (\w+) +COMPLETE", sample, flags=re.MULTILINE)
+  assert printed == components

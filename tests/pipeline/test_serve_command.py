@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from click import testing
 import grpc
 import pytest
 
@@ -21,6 +22,7 @@ from serving import model_config
 from serving import push
 from serving import request_log
 from serving import server as server_lib
+from serving.config import RequestLogWriterConfig
 from tests.conftest import REPO_ROOT
 from tests.serving.test_server import save_model
 
@@ -72,6 +74,35 @@ def test_sigterm_to_recsys_serve_stops_the_server_and_frees_its_ports(home):
   finally:
     serve.kill()
     serve.wait()
+
+
+def _served_arguments(monkeypatch, tmp_path, *flags):
+  """What the server `recsys serve <flags>` execs would parse, without starting it."""
+  executed = []
+  monkeypatch.setattr(cli.os, "execv", lambda path, command: executed.append(command))
+  result = testing.CliRunner().invoke(cli.main, ["serve", "--home", str(tmp_path), *flags])
+  assert result.exit_code == 0, result.output
+  (command,) = executed
+  assert command[1:3] == ["-m", "serving.server"]
+  return server_lib.parse_arguments(command[3:])
+
+
+def test_recsys_serve_passes_the_request_log_writer_settings_to_the_server(monkeypatch, tmp_path):
+  served = _served_arguments(monkeypatch, tmp_path, "--request-log-max-file-bytes", "4096",
+                             "--request-log-max-file-seconds", "2.5",
+                             "--request-log-queue-records", "7")
+  assert served.request_log == RequestLogWriterConfig(max_file_bytes=4096, max_file_seconds=2.5,
+                                                      queue_records=7)
+  assert served.serving_root == tmp_path.resolve() / "serving"
+  assert _served_arguments(monkeypatch, tmp_path).request_log == RequestLogWriterConfig()
+
+
+def test_recsys_serve_refuses_a_request_log_setting_the_server_would_refuse(monkeypatch, tmp_path):
+  monkeypatch.setattr(cli.os, "execv", lambda path, command: pytest.fail("the server started"))
+  result = testing.CliRunner().invoke(
+      cli.main, ["serve", "--home", str(tmp_path), "--request-log-queue-records", "0"])
+  assert result.exit_code == 1
+  assert "queue_records must be positive" in result.output
 
 
 def test_printed_recommendations_name_only_the_latest_history_items(capsys):

@@ -12,6 +12,7 @@ from typing import List
 import urllib.request
 
 import grpc
+import numpy as np
 import prometheus_client
 import pytest
 import tensorflow as tf
@@ -20,6 +21,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 from tensorflow_serving.config import logging_config_pb2
 
+from components.data import serving_logs
+from components.models import queries
 from schemas import contract
 from serving import client as client_lib
 from serving import model_config
@@ -32,12 +35,36 @@ from tests.serving.test_server import MODEL
 from tests.serving.test_server import predict_request
 from tests.serving.test_server import RPC_TIMEOUT
 from tests.serving.test_server import save_model
+from tests.serving.test_server import TinyRecommender
+from tests.serving.test_server import TOP_K
+
+# What RecommenderWithPropensities answers for the slots of every slate, best first.
+SLOT_PROPENSITIES = tuple(1.0 / slot for slot in range(1, TOP_K + 1))
+
+
+class RecommenderWithPropensities(TinyRecommender):
+  """The tiny model with serving_default's third output: SLOT_PROPENSITIES for every user."""
+
+  @tf.function(input_signature=queries.INPUT_SPECS)
+  def serve_with_propensities(self, user_id, history, timestamp):
+    outputs = self.serve(user_id, history, timestamp)
+    return {**outputs, contract.PROPENSITIES: tf.broadcast_to(
+        tf.constant(SLOT_PROPENSITIES), tf.shape(outputs[contract.SCORES]))}
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> pathlib.Path:
   path = tmp_path_factory.mktemp("model") / "saved"
   save_model(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def model_with_propensities_dir(tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp("model_with_propensities") / "saved"
+  module = RecommenderWithPropensities()
+  tf.saved_model.save(module, str(path), signatures={
+      contract.SERVING_SIGNATURE: module.serve_with_propensities.get_concrete_function()})
   return path
 
 
@@ -109,8 +136,11 @@ def test_records_hold_request_response_version_request_id_and_time(model_dir, tm
   assert name.endswith(request_log.CLOSED_SUFFIX)
 
 
-def test_the_client_sends_and_returns_the_request_id_the_server_logs(model_dir, tmp_path):
-  push.push(model_dir, tmp_path, MODEL, version=1, request_log_sampling_rate=1.0)
+@pytest.mark.parametrize("with_propensities", [True, False])
+def test_the_client_sends_and_returns_the_request_id_the_server_logs(
+    with_propensities, model_dir, model_with_propensities_dir, tmp_path):
+  push.push(model_with_propensities_dir if with_propensities else model_dir, tmp_path, MODEL,
+            version=1, request_log_sampling_rate=1.0)
   server = server_lib.build_server(tmp_path, port=0, poll_seconds=None)
   server.start()
   try:
@@ -126,6 +156,13 @@ def test_the_client_sends_and_returns_the_request_id_the_server_logs(model_dir, 
   logged = [tf.make_ndarray(log.predict_log.request.inputs[contract.REQUEST_ID]).tolist()
             for log in read_logs(tmp_path)]
   assert logged == [[b"app-42"], [generated.request_id.encode()], [b"b/0", b"b/1"]]
+  # What ingest-logs reads of them: each slate with the served policy's propensities where the
+  # signature has them, none claimed where it has not.
+  slates = serving_logs.read_prediction_logs(log_prefix(tmp_path).parent)
+  assert slates[contract.REQUEST_ID].tolist() == ["app-42", generated.request_id, "b/0", "b/1"]
+  expected = SLOT_PROPENSITIES if with_propensities else (np.nan,) * TOP_K
+  for propensities in slates["propensities"]:
+    np.testing.assert_allclose(propensities, expected, rtol=1e-6)
 
 
 def test_a_request_id_that_is_not_an_id_is_refused(model_dir, tmp_path):

@@ -139,9 +139,9 @@ def _check_limits(key: str, array: np.ndarray, limits: RequestLimits) -> None:
                          f"{limits.max_id_bytes} bytes")
 
 
-def _to_tensors(request: predict_pb2.PredictRequest, signature_def: meta_graph_pb2.SignatureDef,
-                signature_name: str, limits: RequestLimits) -> Dict[str, tf.Tensor]:
-  """The request's inputs as tensors, after checking them against the signature and limits."""
+def _to_arrays(request: predict_pb2.PredictRequest, signature_def: meta_graph_pb2.SignatureDef,
+               signature_name: str, limits: RequestLimits) -> Dict[str, np.ndarray]:
+  """The request's inputs as arrays, after checking them against the signature and limits."""
   missing = sorted(set(signature_def.inputs) - set(request.inputs))
   extra = sorted(set(request.inputs) - set(signature_def.inputs))
   if missing or extra:
@@ -160,8 +160,7 @@ def _to_tensors(request: predict_pb2.PredictRequest, signature_def: meta_graph_p
     _check_limits(key, array, limits)
     arrays[key] = array
   _check_batch_sizes(arrays)
-  return {key: tf.constant(array, dtype=tf.dtypes.as_dtype(request.inputs[key].dtype))
-          for key, array in arrays.items()}
+  return arrays
 
 
 def _check_batch_sizes(arrays: Dict[str, np.ndarray]) -> None:
@@ -206,16 +205,14 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
                  limits: RequestLimits = RequestLimits()) -> predict_pb2.PredictResponse:
   """Runs a Predict request on one servable (also how warmup requests are replayed)."""
   signature_name = request.model_spec.signature_name or contract.SERVING_SIGNATURE
-  # `model.signatures` holds the callable signatures; the SignatureDef map also lists
-  # internal ones such as '__saved_model_init_op', which cannot be called.
-  if signature_name not in servable.model.signatures:
+  if signature_name not in servable.signature_names:
     raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                        f'Serving signature key "{signature_name}" not found.')
   signature_def = servable.signature_defs[signature_name]
-  inputs = _to_tensors(request, signature_def, signature_name, limits)
+  inputs = _to_arrays(request, signature_def, signature_name, limits)
   output_keys = _output_keys(request, signature_def, signature_name)
   try:
-    outputs = servable.model.signatures[signature_name](**inputs)
+    outputs = servable.run(signature_name, inputs)
   except tf.errors.OpError as error:
     # Raised by the model itself, e.g. an InvalidArgumentError from an assertion on the inputs.
     logging.warning("Model %s version %d failed on a request: %s", servable.name,
@@ -227,7 +224,7 @@ def predict_with(servable: registry_lib.Servable, request: predict_pb2.PredictRe
   response.model_spec.version.value = servable.version
   response.model_spec.signature_name = signature_name
   for key in output_keys:
-    tensor_protos.fill_proto(response.outputs[key], outputs[key].numpy())
+    tensor_protos.fill_proto(response.outputs[key], outputs[key])
   return response
 
 

@@ -15,8 +15,10 @@ import pathlib
 import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow.python.saved_model import constants as saved_model_constants
 from tensorflow.python.saved_model import loader_impl
 from tensorflow_serving.config import logging_config_pb2
 
@@ -27,28 +29,78 @@ from serving import push
 _LOGGER = logging.getLogger(__name__)
 
 
+# SignatureDefs a SavedModel stores for its own loading and training: never served.
+_INTERNAL_SIGNATURES = frozenset({saved_model_constants.INIT_OP_SIGNATURE_KEY,
+                                  saved_model_constants.TRAIN_OP_SIGNATURE_KEY})
+
+
 @dataclasses.dataclass(frozen=True)
 class Servable:
-  """One loaded version of a model."""
+  """One loaded version of a model, run as TF Serving runs it: its SignatureDefs in a Session.
+
+  TF Serving loads a SavedModel's MetaGraph into a session and runs a signature by feeding its
+  input tensors and fetching its outputs. A session callable does that here too, from numpy
+  arrays to numpy arrays. Calling the TF2 object's signature function instead (what
+  `tf.saved_model.load` gives) binds keyword arguments and converts every input and output
+  between numpy and eager tensors: about 0.5 ms more per request over gRPC at batch 1, half the
+  server's own cost (README, "Latency").
+  """
 
   name: str
   version: int
   path: pathlib.Path
-  # What `tf.saved_model.load` returns; `model.signatures` holds the callable signatures.
-  model: Any
   # The SignatureDefs as stored in saved_model.pb: what TF Serving validates requests against and
-  # returns from GetModelMetadata (dtypes and shapes, which the loaded functions do not expose).
+  # returns from GetModelMetadata.
   signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]
+  _signatures: Mapping[str, "_SessionSignature"]
 
   @classmethod
   def load(cls, name: str, version: int, path: pathlib.Path) -> "Servable":
-    saved_model = loader_impl.parse_saved_model(str(path))
-    meta_graph = next((graph for graph in saved_model.meta_graphs
+    loader = loader_impl.SavedModelLoader(str(path))
+    meta_graph = next((graph for graph in loader.saved_model.meta_graphs
                        if tf.saved_model.SERVING in graph.meta_info_def.tags), None)
     if meta_graph is None:
       raise ValueError(f"{path} has no MetaGraph tagged '{tf.saved_model.SERVING}'")
-    model = tf.saved_model.load(str(path), tags=[tf.saved_model.SERVING])
-    return cls(name, version, path, model, dict(meta_graph.signature_def))
+    session = tf.compat.v1.Session(graph=tf.Graph())
+    loader.load(session, [tf.saved_model.SERVING])
+    signatures = {name: _SessionSignature.of(session, signature_def)
+                  for name, signature_def in meta_graph.signature_def.items()
+                  if name not in _INTERNAL_SIGNATURES}
+    return cls(name, version, path, dict(meta_graph.signature_def), signatures)
+
+  @property
+  def signature_names(self) -> List[str]:
+    """The signatures a request can run: the stored ones but the SavedModel's internal ones."""
+    return sorted(self._signatures)
+
+  def run(self, signature_name: str, inputs: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """The signature's outputs for `inputs`, which name each of its SignatureDef's inputs.
+
+    Raises the model's tf.errors.OpError when it fails on the inputs.
+    """
+    signature = self._signatures[signature_name]
+    outputs = signature.call(*[inputs[key] for key in signature.input_keys])
+    return dict(zip(signature.output_keys, outputs))
+
+
+@dataclasses.dataclass(frozen=True)
+class _SessionSignature:
+  """One SignatureDef as a session callable: arrays of its inputs in, arrays of its outputs out."""
+
+  input_keys: Tuple[str, ...]
+  output_keys: Tuple[str, ...]
+  # Holds the session: it closes when the last request of a version no longer served lets go.
+  call: Callable[..., List[np.ndarray]]
+
+  @classmethod
+  def of(cls, session: tf.compat.v1.Session,
+         signature_def: meta_graph_pb2.SignatureDef) -> "_SessionSignature":
+    input_keys, output_keys = tuple(sorted(signature_def.inputs)), tuple(
+        sorted(signature_def.outputs))
+    tensor = session.graph.get_tensor_by_name
+    return cls(input_keys, output_keys, session.make_callable(
+        [tensor(signature_def.outputs[key].name) for key in output_keys],
+        [tensor(signature_def.inputs[key].name) for key in input_keys]))
 
 
 @dataclasses.dataclass(frozen=True)

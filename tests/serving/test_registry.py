@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.saved_model import loader_impl
@@ -60,11 +61,11 @@ def _copy_version(model_dir: pathlib.Path, root: pathlib.Path, version: int) -> 
 
 def _top_item(servable: registry_lib.Servable) -> str:
   """The loaded model's best item for USER with an empty history."""
-  outputs = servable.model.signatures[contract.SERVING_SIGNATURE](**{
-      contract.USER_ID: tf.constant([USER]),
-      contract.HISTORY: queries.padded_histories([[]]),
-      contract.TIMESTAMP: queries.query_times(None, 1)})
-  return outputs[contract.ITEM_IDS].numpy()[0, 0].decode()
+  outputs = servable.run(contract.SERVING_SIGNATURE, {
+      contract.USER_ID: np.array([USER.encode()], dtype=object),
+      contract.HISTORY: queries.padded_histories([[]]).numpy(),
+      contract.TIMESTAMP: queries.query_times(None, 1).numpy()})
+  return outputs[contract.ITEM_IDS][0, 0].decode()
 
 
 def _top_item_of_offset(offset: int) -> str:
@@ -409,7 +410,9 @@ def test_servable_load_keeps_the_stored_signature_defs(models):
       contract.HISTORY: tf.string.as_datatype_enum,
       contract.TIMESTAMP: tf.int64.as_datatype_enum}
   assert [dim.size for dim in signature_def.inputs[contract.HISTORY].tensor_shape.dim] == [-1, -1]
-  assert contract.SERVING_SIGNATURE in servable.model.signatures
+  assert servable.signature_names == sorted(
+      set(servable.signature_defs) - {"__saved_model_init_op"})
+  assert contract.SERVING_SIGNATURE in servable.signature_names
   assert _top_item(servable) == _top_item_of_offset(0)
 
 

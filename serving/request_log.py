@@ -96,9 +96,13 @@ def request_id(sent: Optional[str]) -> str:
 
 
 def echo_grpc_request_id(context: grpc.ServicerContext) -> str:
-  """The gRPC request's id (`request_id`), sent back at once in the answer's initial metadata."""
+  """The gRPC request's id (`request_id`), sent back in the answer's trailing metadata.
+
+  Trailing metadata goes out with the status, errors included, in the answer's last batch of
+  operations; initial metadata would be a batch of its own, 0.1 ms per request (README, "Latency").
+  """
   id_ = request_id(dict(context.invocation_metadata()).get(contract.REQUEST_ID_HEADER))
-  context.send_initial_metadata(((contract.REQUEST_ID_HEADER, id_),))
+  context.set_trailing_metadata(((contract.REQUEST_ID_HEADER, id_),))
   return id_
 
 

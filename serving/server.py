@@ -279,6 +279,9 @@ def parse_arguments(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   args = parse_arguments(argv)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  # TensorFlow's INFO lines (a Saver restoring each version's variables) say nothing the
+  # registry's "Loaded model" line does not.
+  logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
   server = build_server(args.serving_root, args.model_name, args.host, args.port, args.rest_port,
                         args.poll_seconds or None, limits=handlers.RequestLimits(

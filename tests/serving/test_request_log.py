@@ -94,11 +94,16 @@ def test_records_hold_request_response_version_request_id_and_time(model_dir, tm
       batch = predict_request()  # two users
       response, call = stub.Predict.with_call(
           batch, timeout=RPC_TIMEOUT, metadata=((contract.REQUEST_ID_HEADER, "req-1"),))
-      assert dict(call.initial_metadata())[contract.REQUEST_ID_HEADER] == "req-1"
+      assert dict(call.trailing_metadata())[contract.REQUEST_ID_HEADER] == "req-1"
       single = predict_request({key: value[:1] for key, value in GOOD_INPUTS.items()})
       _, call = stub.Predict.with_call(single, timeout=RPC_TIMEOUT)
-      generated = dict(call.initial_metadata())[contract.REQUEST_ID_HEADER]
+      generated = dict(call.trailing_metadata())[contract.REQUEST_ID_HEADER]
       assert len(generated) == 32 and int(generated, 16) >= 0  # a uuid4 hex
+      refused = predict_request({contract.USER_ID: GOOD_INPUTS[contract.USER_ID]})
+      with pytest.raises(grpc.RpcError) as error:  # refused, not logged, but its id is echoed
+        stub.Predict(refused, timeout=RPC_TIMEOUT, metadata=((contract.REQUEST_ID_HEADER, "bad"),))
+      assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+      assert dict(error.value.trailing_metadata())[contract.REQUEST_ID_HEADER] == "bad"
     body = {"instances": [{"user_id": "u9", "history": ["item01"], "timestamp": 5}]}
     with urllib.request.urlopen(urllib.request.Request(
         f"http://127.0.0.1:{server.rest_port}/v1/models/{MODEL}:predict",

@@ -50,8 +50,8 @@ class Servable:
   input tensors and fetching its outputs. A session callable does that here too, from numpy
   arrays to numpy arrays. Calling the TF2 object's signature function instead (what
   `tf.saved_model.load` gives) binds keyword arguments and converts every input and output
-  between numpy and eager tensors: about 0.5 ms more per request over gRPC at batch 1, half the
-  server's own cost (README, "Latency").
+  between numpy and eager tensors: about 0.5 ms more per request over gRPC at batch 1, at 10k
+  items (README, "Latency").
   """
 
   name: str

@@ -466,6 +466,8 @@ class DQNRanker(tf.keras.Model):
             "cql_penalty": cql_penalty(candidate_q, self.q_network.combined(logged_values),
                                        clicked)}
 
+  # Traced without AutoGraph, for the reason TwoTowerModel.train_step gives.
+  @tf.autograph.experimental.do_not_convert
   def train_step(self, batch):
     with tf.GradientTape() as tape:
       terms = self.loss_terms(batch)

@@ -83,9 +83,8 @@ def run_fn(fn_args: fn_args_utils.FnArgs) -> None:
     fit_transitions, validation_transitions = (
         dqn.with_states(split) for split in training.split_users(
             transitions, config.ranker.validation_fraction))
-    # Cached: the states and the user filter are computed in the first epoch only.
     history = dqn.fit(
-        fit_transitions.cache().shuffle(training.SHUFFLE_BUFFER).batch(config.ranker.batch_size),
+        training.dqn_fit_dataset(fit_transitions, config.ranker.batch_size),
         epochs=config.ranker.epochs, verbose=0,
         callbacks=[training.EpochLog("DQN head", config.ranker.epochs, "td_loss")])
     logging.info("DQN TD loss per epoch: %s, click loss: %s, CQL penalty: %s",

@@ -4,6 +4,7 @@ import logging
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx
 
 from components.models import cold_start
 from components.models import export
@@ -138,6 +139,19 @@ def test_training_learns_user_item_affinity():
                                             np.full((8, 2), PAD)))
   best = tf.argmax(tf.matmul(queries, candidates, transpose_b=True), axis=1).numpy()
   assert list(best) == [4, 5, 6, 7]
+
+
+def test_the_train_step_is_traced_without_autograph(autograph_statuses):
+  # AutoGraph's rewriting of every function the step calls took 17 of the first step's 20 s on
+  # ml-latest-small; the step needs none of it.
+  statuses = autograph_statuses(two_tower.QueryTower, "call")
+  users = np.arange(4)
+  data = tf.data.Dataset.from_tensor_slices(
+      _batch(users, users, users % 2, np.full((4, 2), PAD))).batch(2)
+  model = _two_tower(4, 4, 2)
+  model.compile(optimizer=tf.keras.optimizers.Adagrad(0.1))
+  model.fit(data, epochs=1, verbose=0)
+  assert statuses and set(statuses) == {ag_ctx.Status.DISABLED}
 
 
 def _loss(model, batch):

@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx
 
 from components.models import ranker
 from components.models import training
@@ -235,6 +236,20 @@ def test_dqn_learns_which_shown_item_is_clicked():
   states = _user_states(retrieval)
   q_values = dqn.q_network((states, catalog.actions(tf.tile(tf.range(6)[None], [4, 1])))).numpy()
   assert (q_values[:, ::2].min(axis=1) > q_values[:, 1::2].max(axis=1)).all()
+
+
+def test_the_train_step_is_traced_without_autograph(autograph_statuses):
+  statuses = autograph_statuses(ranker.QNetwork, "estimates")
+  retrieval, catalog = _world()
+  dqn = ranker.DQNRanker(retrieval.query_tower, catalog, np.zeros(6), 2, 3,
+                         RankerConfig(hidden_units=(4,), train_candidates=6))
+  dqn.build_networks(4)
+  dqn.compile(optimizer=tf.keras.optimizers.Adam(0.01))
+  called_before_fit = len(statuses)
+  dqn.fit(dqn.with_states(tf.data.Dataset.from_tensor_slices(
+      _transitions([0, 1], [0, 1], [1, 0], [1, 1]))).batch(2), epochs=1, verbose=0)
+  assert len(statuses) > called_before_fit
+  assert set(statuses[called_before_fit:]) == {ag_ctx.Status.DISABLED}
 
 
 def test_with_states_replaces_histories_by_the_towers_states_and_retrievals():

@@ -101,6 +101,29 @@ def test_retrieval_trains_on_sampled_histories_for_ratings_only(events, sampled,
     assert (seen[0] == -1).all() and (seen[1] == -1).all()
 
 
+def test_the_datasets_keras_fits_on_are_not_autotuned(monkeypatch):
+  # Deleting an autotuned iterator waits for its tuning thread's next wake-up: up to 8 s after
+  # each retrieval epoch on ml-latest-small.
+  assert tf.data.Dataset.range(3).options().autotune.enabled is None  # TensorFlow's default: on
+  config = ModelConfig(embedding_dim=4, epochs=2, cold_start=NO_COLD_START)
+  model = two_tower.TwoTowerModel(4, 10, 1, 1, 1, config)
+  model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+  autotuned = []
+  fit = model.fit
+  def recording_fit(dataset, **kwargs):
+    autotuned.append(dataset.options().autotune.enabled)
+    return fit(dataset, **kwargs)
+  monkeypatch.setattr(model, "fit", recording_fit)
+  monkeypatch.setattr(training, "validation_recall", lambda *_: 0.5)
+  training.train_retrieval(model, _engagement_inputs([b"click"] * 40), config)
+  assert autotuned == [False, False]
+  dqn_dataset = training.dqn_fit_dataset(tf.data.Dataset.range(10), 4)
+  assert dqn_dataset.options().autotune.enabled is False
+  batches = list(dqn_dataset.as_numpy_iterator())
+  assert [len(batch) for batch in batches] == [4, 4, 2]
+  assert sorted(np.concatenate(batches)) == list(range(10))
+
+
 def test_impressions_without_an_engagement_are_what_the_dqn_head_learns_from():
   def transitions(clicks):
     return tf.data.Dataset.from_tensor_slices({contract.CLICK: tf.constant(clicks, tf.int64)})

@@ -77,6 +77,16 @@ def test_empty_history_is_finite():
   assert np.isfinite(tower(_batch([0], [0], [0], [[PAD, PAD]])).numpy()).all()
 
 
+def test_a_bag_mean_is_the_mean_of_the_present_rows_and_zero_without_any():
+  bag_mean = two_tower._bag_mean  # pylint: disable=protected-access
+  table = tf.constant(np.arange(12, dtype=np.float32).reshape(4, 3))
+  means = bag_mean(table, tf.constant([[1, 3, PAD], [PAD, PAD, PAD], [2, 2, 0]], tf.int64))
+  np.testing.assert_allclose(means.numpy(), [(table[1] + table[3]) / 2, np.zeros(3),
+                                             (2 * table[2] + table[0]) / 3], rtol=1e-6)
+  # A request may send a history of width 0.
+  assert bag_mean(table, tf.zeros([2, 0], tf.int64)).numpy().tolist() == [[0.0] * 3] * 2
+
+
 def test_title_words_are_a_bag_and_padding_does_not_count():
   tower = _two_tower(3, 7, 2).candidate_tower
   def embed(titles):

@@ -128,16 +128,21 @@ def adapt_user_vectors(query_tower: tf.keras.Model, candidates: tf.Tensor,
                        learning_rate: float, temperature: float = 1.0) -> tf.Tensor:
   """`user_vectors` after `steps` steps of gradient descent on `support_loss` (inner loop).
 
-  `steps` may be a tensor (the serving graph's input); the towers are not changed.
+  `steps` may be a tensor (the serving graph's input); the towers are not changed. The loop is
+  a `tf.while_loop` of its own, not left to AutoGraph, so that the functions calling it are
+  traced without AutoGraph (MetaLearner).
   """
-  for _ in tf.range(steps):
+  def step(taken, vectors):
     with tf.GradientTape() as tape:
-      tape.watch(user_vectors)
-      loss = support_loss(query_tower, candidates, user_vectors, support, temperature)
+      tape.watch(vectors)
+      loss = support_loss(query_tower, candidates, vectors, support, temperature)
     # Dense: each row's gradient is its own user's (gathered once per support item).
-    user_vectors = user_vectors - learning_rate * tf.convert_to_tensor(
-        tape.gradient(loss, user_vectors))
-  return user_vectors
+    return taken + 1, vectors - learning_rate * tf.convert_to_tensor(
+        tape.gradient(loss, vectors))
+
+  _, adapted = tf.while_loop(lambda taken, _: taken < steps, step,
+                             (tf.constant(0, tf.int32), user_vectors))
+  return adapted
 
 
 class MetaLearner:
@@ -153,7 +158,9 @@ class MetaLearner:
     self._retrieval = retrieval
     self._steps = steps
     self._learning_rate = learning_rate
-    self._step = tf.function(self._meta_step, input_signature=[
+    # Without AutoGraph, which took 15 s rewriting Keras' layer code on the first step (the
+    # two-tower model's train step says more).
+    self._step = tf.function(self._meta_step, autograph=False, input_signature=[
         tf.TensorSpec([None, None], tf.int64), tf.TensorSpec([None, None], tf.int64)])
 
   def __call__(self, support: np.ndarray, query: np.ndarray) -> float:

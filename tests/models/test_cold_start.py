@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.autograph.core import ag_ctx
 
 from components.models import cold_start
 from components.models import training
@@ -103,9 +104,11 @@ def _two_tower(config):
 
 
 @pytest.mark.parametrize("steps", [0, 2])
-def test_a_first_order_maml_step_moves_the_unknown_users_row_by_the_query_gradient(steps):
+def test_a_first_order_maml_step_moves_the_unknown_users_row_by_the_query_gradient(
+    steps, autograph_statuses):
   """The OOV row moves by -lr times the query loss's gradient at the adapted vector, as if the
   adapted vector were the row (first-order MAML; 0 steps: the amortised form)."""
+  statuses = autograph_statuses(two_tower.QueryTower, "call")
   config = ModelConfig(embedding_dim=4)
   model = _two_tower(config)
   support = np.array([[0, 1, PAD], [2, PAD, PAD]], np.int64)
@@ -126,7 +129,10 @@ def test_a_first_order_maml_step_moves_the_unknown_users_row_by_the_query_gradie
         items, tf.matmul(queries, candidates, transpose_b=True)))
   expected = oov - 0.1 * tf.convert_to_tensor(tape.gradient(loss, adapted)).numpy().sum(axis=0)
   learner = cold_start.MetaLearner(model, steps, 1.0)
+  called_before = len(statuses)
   assert learner(support, query) == pytest.approx(float(loss), rel=1e-5)
+  # Traced without AutoGraph, the adaptation loop included.
+  assert set(statuses[called_before:]) == {ag_ctx.Status.DISABLED}
   np.testing.assert_allclose(tower.user_embedding.embeddings.numpy()[-1], expected, rtol=1e-4,
                              atol=1e-6)
   # The known users' rows are not touched; the towers are.

@@ -239,6 +239,13 @@ def exported(tmp_path_factory):
   return export_tiny_model(path, ITEM_IDS, top_k=3, serve_candidates=4), str(path)
 
 
+def test_the_serving_functions_are_traced_without_autograph(tmp_path, autograph_statuses):
+  # AutoGraph's rewriting of the layers' code took 16 of the 23 s of this export.
+  statuses = autograph_statuses(export.RecommenderModule, "_user_inputs")
+  export_tiny_model(tmp_path, ITEM_IDS, top_k=3)
+  assert statuses and set(statuses) == {ag_ctx.Status.DISABLED}
+
+
 A_TIME = 1_700_000_000
 
 

@@ -3,15 +3,15 @@
 Run: .venv/bin/python bench/bench_serving.py [--quick] [--catalogs 10000 1000000] [--seconds 8]
          [--out bench/results/serving.json]
 
-For each catalog size a SavedModel with the serving graph's shape of work is exported: raw ids
-in; user embedding by id hash, mean embedding of the history items (looked up by id), scores
-against every catalog item and the top 200 candidates by the serving graph's own retrieval
-(components/models/ranker.Catalog), an MLP over (query, candidate) pairs standing in for the DQN
-head, top 10 out with scores and propensities, and warmup requests as the Trainer writes them.
-The weights are random: latency does not depend on them. The model is pushed to a temporary
-serving root and served by the local server (`python -m serving.server`) in its own process, as
-deployed; the load generator sends TF Serving Predict requests from client threads in this
-process.
+For each catalog size a SavedModel with the serving graph's shape of work is exported: raw ids in;
+user embedding by id hash, mean embedding of the history items (looked up by id, by the query
+tower's own two_tower.bag_mean), scores against every catalog item and the top 200 candidates by
+the serving graph's own retrieval (components/models/ranker.Catalog), an MLP over (query,
+candidate) pairs standing in for the DQN head, top 10 out with scores and propensities, and warmup
+requests as the Trainer writes them. The weights are random: latency does not depend on them. The
+model is pushed to a temporary serving root and served by the local server (`python -m
+serving.server`) in its own process, as deployed; the load generator sends TF Serving Predict
+requests from client threads in this process.
 
 Measured per (catalog, batch), all in the same run, one after the other, on the same machine:
   * in process: the loaded signature called in a loop (one caller), as a TF2 program calls a
@@ -59,6 +59,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from components.models import queries
 from components.models import ranker
+from components.models import two_tower
 from components.models import warmup
 from components.models.config import ModelConfig
 from schemas import contract
@@ -113,11 +114,8 @@ class SyntheticRecommender(tf.Module):
   def serve(self, user_id, history, timestamp):
     del timestamp  # the contract's input; an hour embedding costs nothing next to the rest
     users = tf.gather(self.users, tf.strings.to_hash_bucket_fast(user_id, USER_BUCKETS))
-    indices = self.item_index.lookup(history)
-    known = tf.cast(indices >= 0, tf.float32)[:, :, tf.newaxis]
-    history_mean = tf.reduce_sum(
-        tf.gather(self.catalog.embeddings, tf.maximum(indices, 0)) * known, 1) / (
-            tf.reduce_sum(known, 1) + 1.0)
+    # Unknown ids look up as -1, the Transform's PADDING, which the mean skips as the tower does.
+    history_mean = two_tower.bag_mean(self.catalog.embeddings, self.item_index.lookup(history))
     query = users + history_mean
     _, candidates = self.catalog.top_candidates(query, CANDIDATES)
     pairs = tf.concat([tf.repeat(query[:, tf.newaxis], CANDIDATES, axis=1),

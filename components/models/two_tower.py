@@ -420,8 +420,9 @@ class TwoTowerModel(tfrs.Model):
     gradients = tape.gradient(total_loss, variables)
     if self.negatives == FULL_SOFTMAX:
       whole = {variable.ref() for variable in self.candidate_tower.trainable_variables}
-      gradients = [tf.convert_to_tensor(gradient) if variable.ref() in whole else gradient
-                   for gradient, variable in zip(gradients, variables)]
+      gradients = [tf.convert_to_tensor(gradient)
+                   if variable.ref() in whole and isinstance(gradient, tf.IndexedSlices)
+                   else gradient for gradient, variable in zip(gradients, variables)]
     self.optimizer.apply_gradients(zip(gradients, variables))
     metrics = {metric.name: metric.result() for metric in self.metrics}
     metrics.update(loss=loss, regularization_loss=regularization_loss, total_loss=total_loss)

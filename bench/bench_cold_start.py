@@ -90,8 +90,8 @@ SUPPORT_SIZES = cold_start.SUPPORT_SIZES
 QUERY_SIZE = cold_start.QUERY_SIZE
 MAX_SUPPORT = cold_start.MAX_SUPPORT
 Z_95 = 1.96
-# The default run compares the default form with the non-meta model on one seed (4 min 59 s on
-# 2 idle cores); `--full` is the README's protocol.
+# The default run compares the default form with the non-meta model on one seed (about 5 min on
+# 2 idle cores; the README has the latest time); `--full` is the README's protocol.
 DEFAULT_SEEDS = [0]
 DEFAULT_FORMS = [NO_COLD_START, ModelConfig().cold_start]
 FULL_SEEDS = [0, 1, 2]

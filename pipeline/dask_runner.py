@@ -14,8 +14,9 @@ DoFnRunner, which the DirectRunner uses too) and translates each primitive to da
     teardown), with side inputs (the side PCollection gathered whole, global window only) and
     tagged outputs; the partition's metric updates travel with its output and are merged into the
     result's `metrics()`, as on the DirectRunner.
-  * GroupByKey: a dask shuffle on a hash of the key's deterministic encoding (Python's own str hash
-    differs between worker processes), then an exact grouping by encoded key within each group.
+  * GroupByKey: a dask task shuffle on a hash of the key's deterministic encoding (Python's own
+    str hash differs between worker processes), then an exact grouping by encoded key within each
+    group.
   * Create, Flatten, Reshuffle: from_sequence, concat, identity (Beam's Flatten override fails on
     a lone PCollection, so this runner replaces Flatten with its own first).
 
@@ -184,8 +185,12 @@ class _BagVisitor(PipelineVisitor):
     elif isinstance(transform, overrides._Flatten):
       self._set(applied, dask_bag.concat(inputs))
     elif isinstance(transform, overrides._GroupByKeyOnly):
+      # The task shuffle, always: dask picks it only when a Client exists as the graph is built,
+      # and this one does not yet. Its other choice, the disk shuffle, has every worker process
+      # append to one partd directory behind a thread lock, and lost groups on 2 workers.
       grouped = inputs[0].groupby(
-          _key_hash, npartitions=min(inputs[0].npartitions, _MAX_GROUP_PARTITIONS))
+          _key_hash, npartitions=min(inputs[0].npartitions, _MAX_GROUP_PARTITIONS),
+          shuffle="tasks")
       self._set(applied, grouped.map(_group).flatten())
     elif isinstance(transform, transforms.ParDo) and len(inputs) == 1:
       self._pardo(applied, inputs[0])
@@ -309,15 +314,21 @@ class _GroupByKeyOverride(PTransformOverride):
     return _GroupByKey(self._pipeline)
 
 
+def translate(pipeline) -> _BagVisitor:
+  """The pipeline's dask bags, built without a cluster; refuses what it cannot translate."""
+  # Ours first: Beam's Flatten and GroupByKey overrides then find nothing left to replace.
+  pipeline.replace_all([_FlattenOverride(), _GroupByKeyOverride(pipeline),
+                        *overrides.dask_overrides()])
+  visitor = _BagVisitor()
+  pipeline.visit(visitor)
+  return visitor
+
+
 class DaskRunner(runner.PipelineRunner):
   """Runs a batch pipeline on the Dask cluster at --dask_client_address (see the module doc)."""
 
   def run_pipeline(self, pipeline, options):
-    # Ours first: Beam's Flatten and GroupByKey overrides then find nothing left to replace.
-    pipeline.replace_all([_FlattenOverride(), _GroupByKeyOverride(pipeline),
-                          *overrides.dask_overrides()])
-    visitor = _BagVisitor()
-    pipeline.visit(visitor)
+    visitor = translate(pipeline)
     client = distributed.Client(**client_options(options))
     # Unoptimised: dask's fusion renames tasks per collection, and a DoFn with side effects (the
     # file writes) must run once, however many collections read its output.

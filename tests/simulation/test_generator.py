@@ -1,5 +1,4 @@
 """The built-in dataset: deterministic, well-formed, and with a signal a recommender can learn."""
-import time
 
 import numpy as np
 import pandas as pd
@@ -150,10 +149,9 @@ def test_recent_history_beats_popularity_at_next_item(default_dataset):
   assert history_hits > 1.5 * popularity_hits
 
 
-def test_generates_100k_events_in_a_few_seconds(tmp_path):
-  start = time.perf_counter()
+def test_generates_the_number_of_events_asked_for(tmp_path):
+  # Its speed is bench/bench_simulator.py's to measure.
   dataset = generator.generate_dataset(tmp_path, n_events=100_000)
-  assert time.perf_counter() - start < 10
   assert dataset.interactions.read_text().count("\n") == 100_001
 
 

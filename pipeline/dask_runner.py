@@ -20,6 +20,13 @@ DoFnRunner, which the DirectRunner uses too) and translates each primitive to da
   * Create, Flatten, Reshuffle: from_sequence, concat, identity (Beam's Flatten override fails on
     a lone PCollection, so this runner replaces Flatten with its own first).
 
+Before any task runs, every worker imports the modules the pipeline's transforms and DoFns come
+from, in one thread (`_ImportFirst`). Otherwise a worker imports them in two threads at once: its
+task thread unpickling a DoFn, and its communication thread unpickling a shuffled element. A
+package whose modules import each other (tensorflow_transform) then hands one of them a
+half-initialised module: Transform failed with "partially initialized module
+'tensorflow_transform.tf_metadata.dataset_metadata' has no attribute 'DatasetMetadata'".
+
 Only the global window is supported (this project's Beam steps are batch); anything else, and any
 primitive not above (stateful or splittable DoFns, Impulse-based reads), is refused by name
 before a task runs. Use it with `--runner=pipeline.dask_runner.DaskRunner` (Beam resolves a
@@ -28,8 +35,10 @@ without an address the Client starts a local cluster.
 """
 import dataclasses
 import hashlib
+import importlib
 import itertools
-from typing import Any, Dict, List, Optional
+import logging
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 from apache_beam import pvalue
 from apache_beam import transforms
@@ -156,17 +165,60 @@ def _concat(partitions):
   return list(itertools.chain.from_iterable(partitions))
 
 
+class _ImportFirst(distributed.WorkerPlugin):
+  """Imports the given modules on each worker as it is set up, before it runs a task."""
+
+  def __init__(self, modules: Iterable[str]):
+    self.modules = sorted(modules)
+
+  def setup(self, worker):
+    for module in self.modules:
+      try:
+        importlib.import_module(module)
+      except Exception as error:  # pylint: disable=broad-except
+        # Not fatal here: a task that needs the module fails with its own error.
+        logging.warning("Dask worker %s could not import %s first: %s", worker.address, module,
+                        error)
+
+
+def _defining_modules(value, depth: int = 3) -> Set[str]:
+  """The modules `value` (a transform, a DoFn, a function, an argument) and the functions its
+  closure holds are defined in: what a worker imports to unpickle it. Map's DoFn, for one, calls
+  a wrapper defined in Beam whose closure holds the user's function."""
+  modules = {getattr(value, "__module__", None) or type(value).__module__}
+  for cell in (getattr(value, "__closure__", None) or ()) if depth else ():
+    try:
+      modules |= _defining_modules(cell.cell_contents, depth - 1)
+    except ValueError:  # an empty cell
+      pass
+  return {module for module in modules if isinstance(module, str)} - {"__main__", "builtins"}
+
+
+def _source_modules(transform) -> Set[str]:
+  """The modules a transform, its DoFn, the DoFn's function and the arguments come from."""
+  dofn = getattr(transform, "dofn", None)
+  sources = [transform, dofn, getattr(dofn, "_fn", None), *(getattr(transform, "args", None) or ()),
+             *(getattr(transform, "kwargs", None) or {}).values()]
+  return set().union(*(_defining_modules(source) for source in sources if source is not None))
+
+
 class _BagVisitor(PipelineVisitor):
   """Builds a dask.bag of WindowedValues for every PCollection, and one of metric updates per
-  ParDo."""
+  ParDo; gathers the modules the transforms come from."""
 
   def __init__(self):
     self.bags: Dict[pvalue.PCollection, dask_bag.Bag] = {}
     self.metric_bags: List[dask_bag.Bag] = []
     self.consumed = set()
+    self.modules: Set[str] = set()
+
+  def enter_composite_transform(self, applied):
+    if applied.transform is not None:  # the pipeline's root
+      self.modules |= _source_modules(applied.transform)
 
   def visit_transform(self, applied):
     transform = applied.transform
+    self.modules |= _source_modules(transform)
     main_inputs = [pcoll for pcoll in applied.main_inputs.values()
                    if isinstance(pcoll, pvalue.PCollection)]
     inputs = [self.bags[pcoll] for pcoll in main_inputs]
@@ -186,8 +238,9 @@ class _BagVisitor(PipelineVisitor):
       self._set(applied, dask_bag.concat(inputs))
     elif isinstance(transform, overrides._GroupByKeyOnly):
       # The task shuffle, always: dask picks it only when a Client exists as the graph is built,
-      # and this one does not yet. Its other choice, the disk shuffle, has every worker process
-      # append to one partd directory behind a thread lock, and lost groups on 2 workers.
+      # and this one does not yet. Its other choice, the disk shuffle, keeps the groups in one
+      # worker's temporary directory: out of other machines' reach, and deleted with the copy
+      # of its handle that the Active Memory Manager drops as a spare replica.
       grouped = inputs[0].groupby(
           _key_hash, npartitions=min(inputs[0].npartitions, _MAX_GROUP_PARTITIONS),
           shuffle="tasks")
@@ -330,6 +383,11 @@ class DaskRunner(runner.PipelineRunner):
   def run_pipeline(self, pipeline, options):
     visitor = translate(pipeline)
     client = distributed.Client(**client_options(options))
+    try:
+      client.register_worker_plugin(_ImportFirst(visitor.modules), name="recsys-import-first")
+    except BaseException:
+      client.close()
+      raise
     # Unoptimised: dask's fusion renames tasks per collection, and a DoFn with side effects (the
     # file writes) must run once, however many collections read its output.
     futures = client.compute(visitor.sinks(), optimize_graph=False)

@@ -12,6 +12,7 @@ from pipeline import beam_args
 from pipeline import configs
 from pipeline import dask_runner
 from tests.data import test_sessions
+from tests.pipeline import dask_import_probe
 
 _DIRECT = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -60,6 +61,19 @@ def test_combiners_and_flattens_of_one_or_two_collections_run_on_the_cluster(tmp
 
   assert written("alone") == ["a 3", "b 2", "c 1"]
   assert written("both") == ["a 3", "b 2", "c 2", "d 1"]
+
+
+def test_a_workers_task_thread_finds_the_dofns_module_already_imported(tmp_path, cluster):
+  # Imported by the task thread, tensorflow_transform raced the communication thread's unpickling
+  # of a shuffled element and was seen half-initialised.
+  pipeline = beam.Pipeline(runner=dask_runner.DaskRunner(), options=PipelineOptions(
+      [f"--dask_client_address={cluster.scheduler_address}"]))
+  _ = (pipeline | beam.Create([0, 1]) | beam.Map(dask_import_probe.imported_in)
+       | beam.io.WriteToText(str(tmp_path / "threads")))
+  pipeline.run().wait_until_finish()
+  threads = {line for path in tmp_path.glob("threads-*") for line in path.read_text().split()}
+  assert threads
+  assert not any(thread.startswith("Dask-Default-Threads") for thread in threads)
 
 
 def test_a_group_by_key_shuffles_through_tasks_not_a_directory_the_workers_share():

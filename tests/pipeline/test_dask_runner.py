@@ -77,8 +77,9 @@ def test_a_workers_task_thread_finds_the_dofns_module_already_imported(tmp_path,
 
 
 def test_a_group_by_key_shuffles_through_tasks_not_a_directory_the_workers_share():
-  # dask's disk shuffle, its default when no Client exists yet, lost groups now and then on two
-  # worker processes; nothing in the graph may create its partd store.
+  # dask's disk shuffle, its default when no Client exists yet, keeps the groups in one worker's
+  # temporary directory, and lost them when that directory went with a dropped replica of its
+  # handle; nothing in the graph may create its partd store.
   pipeline = beam.Pipeline(runner=dask_runner.DaskRunner())
   _ = (pipeline | beam.Create([("a", 1), ("b", 2), ("a", 3)]) | beam.GroupByKey()
        | beam.Map(str))

@@ -186,11 +186,13 @@ def _defining_modules(value, depth: int = 3) -> Set[str]:
   closure holds are defined in: what a worker imports to unpickle it. Map's DoFn, for one, calls
   a wrapper defined in Beam whose closure holds the user's function."""
   modules = {getattr(value, "__module__", None) or type(value).__module__}
-  for cell in (getattr(value, "__closure__", None) or ()) if depth else ():
-    try:
-      modules |= _defining_modules(cell.cell_contents, depth - 1)
-    except ValueError:  # an empty cell
-      pass
+  if depth:
+    for cell in getattr(value, "__closure__", None) or ():
+      try:
+        contents = cell.cell_contents
+      except ValueError:  # an empty cell
+        continue
+      modules |= _defining_modules(contents, depth - 1)
   return {module for module in modules if isinstance(module, str)} - {"__main__", "builtins"}
 
 
